@@ -1,0 +1,1 @@
+"""callwatch conversion: run folder -> verified int8 TFLite model bundle."""

@@ -1,0 +1,204 @@
+"""Reading audio files and changing their sample rate, for training and replay alike.
+
+Files are read with soundfile (libsndfile: wav, flac, ogg, opus, mp3), downmixed to mono by
+averaging channels, and resampled with :class:`Resampler`, a streaming polyphase filter: a
+whole file and the same file fed block by block give the same samples, so training, replay
+and the live microphone path all see identical audio.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import scipy.signal
+import soundfile
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3")
+"""File name endings that replay and training pick up from folders (case-insensitive)."""
+
+
+class AudioError(Exception):
+    """An audio file that cannot be used; the message is one line that names the file."""
+
+
+class Resampler:
+    """Streaming polyphase resampler from ``rate_in`` to ``rate_out`` Hz (float32, mono).
+
+    A Kaiser-windowed FIR low-pass (beta 5, as scipy's ``resample_poly``) applied with
+    ``scipy.signal.upfirdn`` on each block plus the history it needs. The filter's delay is
+    removed, so output sample ``j`` is aligned with time ``j / rate_out``; :meth:`flush`
+    returns the tail, after which the total length is ``ceil(n_in * rate_out / rate_in)``.
+    Not thread-safe: one owner.
+    """
+
+    def __init__(self, rate_in: int, rate_out: int) -> None:
+        if rate_in <= 0 or rate_out <= 0:
+            raise ValueError(f"sample rates must be positive, got {rate_in} -> {rate_out}")
+        g = math.gcd(int(rate_in), int(rate_out))
+        self.up, self.down = int(rate_out) // g, int(rate_in) // g
+        self.passthrough = self.up == self.down
+        self._n_in = 0  # input samples received
+        self._n_out = 0  # outputs returned
+        if self.passthrough:
+            return
+        # Half the filter length in upsampled samples; a multiple of `down` so that the
+        # filter's delay is a whole number of output samples.
+        half_len = self.down * math.ceil(10 * max(self.up, self.down) / self.down)
+        self._delay_out = half_len // self.down
+        cutoff = 1.0 / max(self.up, self.down)
+        self._taps = (
+            scipy.signal.firwin(2 * half_len + 1, cutoff, window=("kaiser", 5.0)) * self.up
+        ).astype(np.float32)
+        # Inputs older than this no longer reach any future output.
+        self._span_in = math.ceil(len(self._taps) / self.up) + self.down
+        self._history = np.zeros(0, np.float32)
+        self._history_start = 0  # absolute index of _history[0]
+        self._n_full = 0  # outputs of the causal (delayed) filter computed so far
+
+    def _causal_outputs(self, stop: int) -> np.ndarray:
+        """Causal filter outputs ``self._n_full .. stop - 1`` from the history buffer."""
+        if stop <= self._n_full:
+            return np.zeros(0, np.float32)
+        j0 = self._n_full
+        # First input that output j0 needs, rounded down to a multiple of `down` so that
+        # upfirdn's output grid lines up with the global one.
+        first = max(0, (j0 * self.down - len(self._taps) + 1) // self.up)
+        first = max(self._history_start, first - first % self.down)
+        segment = self._history[first - self._history_start :]
+        y = scipy.signal.upfirdn(self._taps, segment, self.up, self.down)
+        offset = j0 - first * self.up // self.down
+        out = y[offset : offset + (stop - j0)]
+        if len(out) < stop - j0:  # past the end of the segment: zeros
+            out = np.concatenate((out, np.zeros(stop - j0 - len(out), out.dtype)))
+        self._n_full = stop
+        return out.astype(np.float32, copy=False)
+
+    def _trim_history(self) -> None:
+        keep_from = max(0, (self._n_full * self.down - len(self._taps)) // self.up - self.down)
+        keep_from -= keep_from % self.down
+        if keep_from > self._history_start:
+            self._history = self._history[keep_from - self._history_start :].copy()
+            self._history_start = keep_from
+
+    def _emit(self, causal: np.ndarray) -> np.ndarray:
+        """Drop the filter delay from the front of the causal output stream."""
+        skip = max(0, self._delay_out - (self._n_full - len(causal)))
+        out = causal[skip:]
+        self._n_out += len(out)
+        return out
+
+    def process(self, block: np.ndarray) -> np.ndarray:
+        """block: mono float32 at ``rate_in``. Returns the output samples it makes available."""
+        block = np.asarray(block, dtype=np.float32)
+        if self.passthrough:
+            self._n_in += len(block)
+            self._n_out += len(block)
+            return block
+        self._history = np.concatenate((self._history, block))
+        self._n_in += len(block)
+        # Output j (causal) needs inputs up to floor(j * down / up).
+        stop = (self._n_in * self.up - 1) // self.down + 1 if self._n_in else 0
+        out = self._emit(self._causal_outputs(stop))
+        self._trim_history()
+        return out
+
+    def flush(self) -> np.ndarray:
+        """The remaining output (the filter's tail), padding the input with zeros."""
+        total = math.ceil(self._n_in * self.up / self.down)
+        if self.passthrough or self._n_out >= total:
+            return np.zeros(0, np.float32)
+        out = self._emit(self._causal_outputs(total + self._delay_out))
+        return out[: total - (self._n_out - len(out))]
+
+
+def _open(path: Path) -> soundfile.SoundFile:
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder, expected an audio file")
+    try:
+        audio = soundfile.SoundFile(str(path))
+    except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise AudioError(f"{path}: not readable as audio ({_reason(exc)})") from None
+    if audio.frames == 0:
+        audio.close()
+        raise AudioError(f"{path}: contains no audio samples")
+    # libsndfile quietly shortens a WAV whose data chunk is cut off; its log says so.
+    cut = re.search(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", audio.extra_info, re.M)
+    if cut:
+        audio.close()
+        raise AudioError(
+            f"{path}: truncated, header promises {cut[1]} bytes of audio, file holds {cut[2]}"
+        )
+    return audio
+
+
+def _reason(exc: Exception) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def audio_info(path: str | Path) -> tuple[int, int, float]:
+    """(sample rate Hz, channels, duration s) of a file, without decoding it."""
+    path = Path(path)
+    with _open(path) as audio:
+        return audio.samplerate, audio.channels, audio.frames / audio.samplerate
+
+
+def stream_audio(
+    path: str | Path, sample_rate: int, *, block_s: float = 10.0
+) -> Iterator[np.ndarray]:
+    """Yield mono float32 blocks of a file at ``sample_rate``, about ``block_s`` seconds each.
+
+    Memory stays bounded whatever the file's length. Raises :class:`AudioError` (one line,
+    naming the file) for a missing, empty, unreadable or truncated file.
+    """
+    path = Path(path)
+    with _open(path) as audio:
+        expected = audio.frames
+        resampler = Resampler(audio.samplerate, sample_rate)
+        block_frames = max(1, int(block_s * audio.samplerate))
+        read = 0
+        try:
+            # read() rather than blocks(): blocks() pads a short file with zeros up to the
+            # length its header promises, hiding a truncated mp3.
+            while len(block := audio.read(block_frames, dtype="float32", always_2d=True)):
+                read += len(block)
+                mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
+                out = resampler.process(mono)
+                if len(out):
+                    yield out
+        except (soundfile.LibsndfileError, RuntimeError) as exc:
+            raise AudioError(f"{path}: decoding failed after {read} samples ({_reason(exc)})") from None
+        # libsndfile reports the length from the header; a file cut short reads fewer frames.
+        # MP3 and Ogg lengths come from an estimate in the header: allow 1 % slack there.
+        slack = expected // 100 if audio.format in ("MP3", "OGG", "MPEG") else 0
+        if read < expected - slack:
+            raise AudioError(
+                f"{path}: truncated, header promises {expected} samples, file holds {read}"
+            )
+        tail = resampler.flush()
+        if len(tail):
+            yield tail
+
+
+def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+    """The whole file as mono float32 at ``sample_rate`` Hz (see :func:`stream_audio`)."""
+    blocks = list(stream_audio(path, sample_rate))
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+
+
+def find_audio_files(paths: list[str | Path]) -> list[Path]:
+    """Files named directly, plus audio files found recursively in folders, sorted per folder."""
+    found: list[Path] = []
+    for entry in map(Path, paths):
+        if entry.is_dir():
+            found.extend(
+                sorted(p for p in entry.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+            )
+        else:
+            found.append(entry)
+    return found

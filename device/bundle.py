@@ -1,0 +1,281 @@
+"""The model bundle: ``model.json`` beside ``model.tflite``, the one contract between training and the field.
+
+``convert`` writes it with :func:`write_bundle`; the device reads it with :func:`load_bundle`,
+which refuses a bundle whose manifest is missing, whose sha256 does not match the model file,
+whose feature settings this code cannot reproduce, or whose shapes disagree with each other.
+
+model.json (format_version 1)::
+
+    {
+      "format": "callwatch-model", "format_version": 1,
+      "model_file": "model.tflite", "sha256": "<hex of model_file>",
+      "labels": ["capuchinbird"],                      # output order
+      "features": {FeatureParams fields},               # device.features.FeatureParams
+      "window_s": 3.0,                                  # model input span, seconds
+      "input_shape": [1, frames, n_mels, 1],
+      "input_dtype": "int8", "output_dtype": "int8",
+      "input_quantization": {"scale": s, "zero_point": z},   # null for float models
+      "output_quantization": {"scale": s, "zero_point": z},
+      "output_kind": "logits",                          # sigmoid applied after dequantizing
+      "thresholds": {"capuchinbird": 0.62},             # probability units, per label
+      "recommended_hop_s": 0.5,
+      "metrics": {...},                                 # test metrics of float and int8
+      "variants": {"edgetpu": {"file": "model_edgetpu.tflite", "sha256": "..."}},
+      "callwatch_version": "0.1.0", "created_utc": "2026-11-22T23:00:00Z"
+    }
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from device import __version__
+from device.features import FeatureParams, FeatureParamsError
+
+BUNDLE_FORMAT = "callwatch-model"
+BUNDLE_VERSION = 1
+MANIFEST_NAME = "model.json"
+MODEL_NAME = "model.tflite"
+OUTPUT_KINDS = ("logits", "probabilities")
+
+
+class BundleError(Exception):
+    """A model bundle that the device must not run; the message is one line naming the file."""
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """Affine quantization of a tensor: real = scale * (q - zero_point)."""
+
+    scale: float
+    zero_point: int
+
+    def to_dict(self) -> dict:
+        return {"scale": self.scale, "zero_point": self.zero_point}
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A validated model bundle, as the device uses it."""
+
+    model_path: Path
+    """Absolute path of the .tflite file (its sha256 matched the manifest)."""
+    labels: tuple[str, ...]
+    """Output labels, in the order of the model's output vector."""
+    features: FeatureParams
+    """Front-end settings the model was trained with."""
+    window_s: float
+    """Seconds of audio in one model input."""
+    input_shape: tuple[int, ...]
+    """Model input shape, (1, frames, n_mels, 1)."""
+    input_dtype: str
+    output_dtype: str
+    input_quantization: Quantization | None
+    output_quantization: Quantization | None
+    output_kind: str
+    """"logits" (apply a sigmoid after dequantizing) or "probabilities"."""
+    thresholds: dict[str, float]
+    """Calibrated decision threshold per label, probability units."""
+    recommended_hop_s: float
+    metrics: dict = field(default_factory=dict)
+    variants: dict = field(default_factory=dict)
+    """Other files of the same model, e.g. {"edgetpu": {"file": ..., "sha256": ...}}."""
+    manifest: dict = field(default_factory=dict)
+    """The raw model.json, for reporting."""
+
+    @property
+    def window_frames(self) -> int:
+        return self.input_shape[1]
+
+    def variant_path(self, name: str) -> Path | None:
+        """Path of a verified variant (e.g. "edgetpu"), or None when the bundle has none."""
+        entry = self.variants.get(name)
+        if not entry:
+            return None
+        path = self.model_path.parent / entry["file"]
+        _check_sha(path, entry.get("sha256", ""))
+        return path
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_sha(path: Path, expected: str) -> None:
+    if not path.is_file():
+        raise BundleError(f"{path}: model file named in {MANIFEST_NAME} is missing")
+    actual = sha256_of(path)
+    if actual != expected:
+        raise BundleError(
+            f"{path}: sha256 {actual[:12]}… does not match {MANIFEST_NAME} ({expected[:12]}…); "
+            "the model was replaced or damaged, re-run convert or copy the whole bundle again"
+        )
+
+
+def resolve_manifest(path: str | Path) -> Path:
+    """model.json for a run folder, a .tflite file or the manifest itself."""
+    path = Path(path)
+    if path.is_dir():
+        return path / MANIFEST_NAME
+    if path.suffix == ".tflite":
+        return path.with_name(MANIFEST_NAME)
+    return path
+
+
+def _quantization(value, where: str) -> Quantization | None:
+    if value is None:
+        return None
+    try:
+        return Quantization(float(value["scale"]), int(value["zero_point"]))
+    except (KeyError, TypeError, ValueError):
+        raise BundleError(f"{where}: expected {{scale, zero_point}}, got {value!r}") from None
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Load and validate a bundle from a run folder, a .tflite file or a model.json."""
+    manifest_path = resolve_manifest(path)
+    if not Path(path).exists():
+        raise BundleError(f"{path}: no such model file or folder; pass --model or set detection.model")
+    if not manifest_path.is_file():
+        raise BundleError(
+            f"{manifest_path}: model manifest missing; a model needs the model.json that "
+            "'python -m convert' writes beside it"
+        )
+    try:
+        m = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
+    where = str(manifest_path)
+    if not isinstance(m, dict) or m.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{where}: not a callwatch model manifest (format != {BUNDLE_FORMAT!r})")
+    if m.get("format_version") != BUNDLE_VERSION:
+        raise BundleError(
+            f"{where}: format_version {m.get('format_version')!r}, this device reads "
+            f"{BUNDLE_VERSION}; upgrade callwatch or re-run convert"
+        )
+    missing = [
+        k
+        for k in ("model_file", "sha256", "labels", "features", "window_s", "input_shape", "thresholds")
+        if k not in m
+    ]
+    if missing:
+        raise BundleError(f"{where}: missing key(s) {', '.join(missing)}")
+    try:
+        features = FeatureParams.from_dict(m["features"])
+    except FeatureParamsError as exc:
+        raise BundleError(f"{where}: features: {exc}") from None
+    labels = tuple(m["labels"])
+    if not labels or not all(isinstance(x, str) and x for x in labels) or len(set(labels)) != len(labels):
+        raise BundleError(f"{where}: labels must be distinct non-empty strings, got {m['labels']!r}")
+    window_s = float(m["window_s"])
+    frames = features.window_frames(window_s)
+    shape = tuple(int(x) for x in m["input_shape"])
+    if shape != (1, frames, features.n_mels, 1):
+        raise BundleError(
+            f"{where}: input_shape {list(shape)} does not match window_s={window_s} with these "
+            f"features, which give [1, {frames}, {features.n_mels}, 1]"
+        )
+    thresholds = {str(k): float(v) for k, v in m["thresholds"].items()}
+    if set(thresholds) != set(labels):
+        raise BundleError(f"{where}: thresholds must name exactly the labels {list(labels)}")
+    bad = {k: v for k, v in thresholds.items() if not (0.0 < v < 1.0) or math.isnan(v)}
+    if bad:
+        raise BundleError(f"{where}: thresholds must be in (0, 1), got {bad}")
+    output_kind = m.get("output_kind", "logits")
+    if output_kind not in OUTPUT_KINDS:
+        raise BundleError(f"{where}: output_kind must be one of {OUTPUT_KINDS}, got {output_kind!r}")
+    model_path = (manifest_path.parent / m["model_file"]).resolve()
+    if Path(path).suffix == ".tflite" and Path(path).resolve() != model_path:
+        # --model pointed at another .tflite in the folder (e.g. model_edgetpu.tflite): it
+        # must be a variant the manifest knows.
+        for name, entry in m.get("variants", {}).items():
+            if (manifest_path.parent / entry["file"]).resolve() == Path(path).resolve():
+                _check_sha(Path(path).resolve(), entry.get("sha256", ""))
+                model_path = Path(path).resolve()
+                break
+        else:
+            raise BundleError(f"{path}: not the model named in {where} ({m['model_file']})")
+    else:
+        _check_sha(model_path, m["sha256"])
+    return Bundle(
+        model_path=model_path,
+        labels=labels,
+        features=features,
+        window_s=window_s,
+        input_shape=shape,
+        input_dtype=str(m.get("input_dtype", "int8")),
+        output_dtype=str(m.get("output_dtype", "int8")),
+        input_quantization=_quantization(m.get("input_quantization"), f"{where}: input_quantization"),
+        output_quantization=_quantization(m.get("output_quantization"), f"{where}: output_quantization"),
+        output_kind=output_kind,
+        thresholds=thresholds,
+        recommended_hop_s=float(m.get("recommended_hop_s", 0.5)),
+        metrics=dict(m.get("metrics", {})),
+        variants=dict(m.get("variants", {})),
+        manifest=m,
+    )
+
+
+def write_bundle(
+    folder: str | Path,
+    *,
+    labels: list[str],
+    features: FeatureParams,
+    window_s: float,
+    input_dtype: str,
+    output_dtype: str,
+    input_quantization: Quantization | None,
+    output_quantization: Quantization | None,
+    thresholds: dict[str, float],
+    output_kind: str = "logits",
+    model_file: str = MODEL_NAME,
+    recommended_hop_s: float = 0.5,
+    metrics: dict | None = None,
+    variants: dict | None = None,
+) -> Path:
+    """Write model.json for ``folder/model_file`` (which must exist); returns the manifest path.
+
+    Re-reads what it wrote with :func:`load_bundle`, so a bundle that the device would refuse
+    is never left behind silently.
+    """
+    folder = Path(folder)
+    model_path = folder / model_file
+    if not model_path.is_file():
+        raise BundleError(f"{model_path}: model file missing, cannot write its manifest")
+    frames = features.window_frames(window_s)
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "model_file": model_file,
+        "sha256": sha256_of(model_path),
+        "labels": list(labels),
+        "features": features.to_dict(),
+        "window_s": float(window_s),
+        "input_shape": [1, frames, features.n_mels, 1],
+        "input_dtype": input_dtype,
+        "output_dtype": output_dtype,
+        "input_quantization": input_quantization.to_dict() if input_quantization else None,
+        "output_quantization": output_quantization.to_dict() if output_quantization else None,
+        "output_kind": output_kind,
+        "thresholds": {label: float(thresholds[label]) for label in labels},
+        "recommended_hop_s": float(recommended_hop_s),
+        "metrics": metrics or {},
+        "variants": variants or {},
+        "callwatch_version": __version__,
+        "created_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    manifest_path = folder / MANIFEST_NAME
+    tmp = manifest_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(manifest_path)
+    load_bundle(manifest_path)
+    return manifest_path

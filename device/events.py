@@ -1,0 +1,86 @@
+"""What leaves the pipeline: detection events, window scores, and the sink interface.
+
+The JSON keys of :class:`Event` are an API (JSONL files, MQTT payloads, dashboards):
+``tests/test_contract.py`` freezes them. Add keys only with a new ``schema`` number.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+EVENT_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class Event:
+    """One detection: a run of windows of one label above its threshold, merged."""
+
+    event_id: str
+    """Unique id (UUID4 hex); a subscriber drops repeats of an id that QoS 1 may deliver."""
+    seq: int
+    """Per-device sequence number, increasing by one per event (persisted across restarts)."""
+    device_id: str
+    """Recorder that made the detection (service.device_id or the host name)."""
+    label: str
+    """Model label detected."""
+    start_s: float
+    """Start, seconds from the start of the source (file or microphone session)."""
+    end_s: float
+    """End, seconds from the start of the source."""
+    peak_score: float
+    """Highest (smoothed) probability of the label within the event, 0..1."""
+    source: str
+    """File name for replay, or the microphone name for live audio."""
+    start_utc: str
+    """Wall-clock start, ISO 8601 UTC with milliseconds (e.g. 2026-11-22T23:00:00.500Z)."""
+    clock_synced: bool
+    """Whether the system clock was NTP-synchronised when the event was made; if false,
+    start_utc may be wrong (a Pi without a real-time clock before it reached a time server)."""
+    mono_s: float
+    """Monotonic clock at the event start, seconds (orders events even when start_utc is wrong)."""
+    schema: int = EVENT_SCHEMA
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        return {"schema": data.pop("schema"), **data}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Event:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class WindowScores:
+    """The model's probabilities for one window."""
+
+    source: str
+    start_s: float
+    """Window start, seconds from the start of the source."""
+    end_s: float
+    scores: dict[str, float]
+    """label -> probability, 0..1 (sigmoid of the dequantized logit)."""
+
+
+class Sink(Protocol):
+    """Where events and scores go. Called from the sink thread only, never the audio path.
+
+    A sink may be slow (disk, network); it must not raise for a transient failure (log and
+    keep the event, as the MQTT outbox does) and must not drop an event silently.
+    """
+
+    def on_event(self, event: Event) -> None:
+        """One finished event."""
+
+    def on_scores(self, scores: WindowScores) -> None:
+        """One evaluated window (sinks that do not need scores ignore it)."""
+
+    def on_source_end(self, source: str) -> None:
+        """A source (replayed file, microphone session) ended: write per-source outputs."""
+
+    def close(self) -> None:
+        """Flush and release everything; called once at shutdown."""

@@ -1,0 +1,1 @@
+"""callwatch training: labelled recordings -> Keras CNN -> a run folder with a report."""
