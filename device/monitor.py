@@ -1,0 +1,145 @@
+"""python -m device --monitor: a first look at a broker in the field.
+
+Subscribes to ``<mqtt.topic_prefix>/#`` with the connection settings of config.yaml (host,
+port, TLS, user and password) and prints one line per message, for every device on the
+broker: availability changes, events (each ``event_id`` once, however often QoS 1 delivers
+it) and health states. Ctrl-C (or SIGTERM) ends it with exit status 0.
+
+    23:00:01 pi-garden   online
+    23:00:01 pi-garden   state    rtf 0.0007  overflows 0  outbox 0  dropped 0  up 3600 s
+    23:00:06 pi-garden   event    #7 call 2.50-5.00 s  peak 0.97  a.mp3  2026-11-22T23:00:05.500Z
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from collections import OrderedDict
+from typing import Any, TextIO
+
+from device.config import ConfigError
+from device.mqtt import describe_connect_error, make_client, mqtt_section
+
+SEEN_IDS = 10000
+"""Event ids remembered for de-duplication."""
+
+
+def _number(value: Any, fmt: str) -> str:
+    return format(value, fmt) if isinstance(value, int | float) else "-"
+
+
+def format_state(state: dict) -> str:
+    """The health fields worth a glance, in one line."""
+    parts = [f"rtf {_number(state.get('realtime_factor'), '.4f')}",
+             f"overflows {_number(state.get('overflows'), 'd')}",
+             f"outbox {_number(state.get('outbox_depth'), 'd')}",
+             f"dropped {_number(state.get('dropped_events'), 'd')}"]
+    if isinstance(state.get("uptime_s"), int | float):
+        parts.append(f"up {state['uptime_s']:.0f} s")
+    if isinstance(state.get("cpu_temp_c"), int | float):
+        parts.append(f"cpu {state['cpu_temp_c']:.1f} C")
+    return "  ".join(parts)
+
+
+def format_event(event: dict) -> str:
+    return (f"#{event.get('seq')} {event.get('label')} "
+            f"{_number(event.get('start_s'), '.2f')}-{_number(event.get('end_s'), '.2f')} s  "
+            f"peak {_number(event.get('peak_score'), '.2f')}  {event.get('source')}  "
+            f"{event.get('start_utc')}")
+
+
+class Monitor:
+    """Turns messages into lines (separate from the connection, so tests can feed it)."""
+
+    def __init__(self, prefix: str, out: TextIO) -> None:
+        self.prefix = prefix.rstrip("/")
+        self.out = out
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    def line(self, device: str, kind: str, text: str = "") -> None:
+        print(f"{time.strftime('%H:%M:%S')} {device:<12} {kind:<8} {text}".rstrip(),
+              file=self.out, flush=True)
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        parts = topic.split("/")
+        if len(parts) != len(self.prefix.split("/")) + 2:
+            return
+        device, kind = parts[-2], parts[-1]
+        text = payload.decode("utf-8", errors="replace")
+        if kind == "availability":
+            self.line(device, text or "(cleared)")
+            return
+        if kind not in ("events", "state"):
+            return
+        try:
+            data = json.loads(text)
+        except ValueError:
+            self.line(device, kind, f"(not JSON: {text[:80]!r})")
+            return
+        if not isinstance(data, dict):
+            return
+        if kind == "state":
+            self.line(device, "state", format_state(data))
+            return
+        event_id = str(data.get("event_id"))
+        if event_id in self._seen:
+            return  # a QoS 1 repeat
+        self._seen[event_id] = None
+        while len(self._seen) > SEEN_IDS:
+            self._seen.popitem(last=False)
+        self.line(device, "event", format_event(data))
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM ends the monitor the way Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def run_monitor(cfg: Any, *, out: TextIO | None = None) -> int:
+    """Subscribe and print until interrupted. Returns the exit status (0; 2 for bad settings)."""
+    out = sys.stdout if out is None else out
+    mqtt_cfg = mqtt_section(cfg)
+    prefix = mqtt_cfg.topic_prefix.rstrip("/")
+    monitor = Monitor(prefix, out)
+    try:
+        client, _ = make_client(mqtt_cfg, client_id="")
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    where = f"{mqtt_cfg.host}:{mqtt_cfg.port}"
+    last_error: list[str] = []
+
+    def on_connect(client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            report(f"{where} refused the connection: {reason_code}")
+            return
+        last_error.clear()
+        print(f"connected to {where}, watching {prefix}/# (Ctrl-C ends)", file=sys.stderr,
+              flush=True)
+        client.subscribe(f"{prefix}/#", qos=1)
+
+    def on_connect_fail(client, userdata):
+        report(describe_connect_error(sys.exception(), host=mqtt_cfg.host))
+
+    def report(reason: str) -> None:
+        if last_error != [reason]:  # once per reason, not once per retry
+            print(f"monitor: {reason}; retrying", file=sys.stderr, flush=True)
+            last_error[:] = [reason]
+
+    client.on_connect = on_connect
+    client.on_connect_fail = on_connect_fail
+    client.on_message = lambda c, u, msg: monitor.on_message(msg.topic, msg.payload)
+    client.reconnect_delay_set(*mqtt_cfg.reconnect_s)
+    logging.getLogger("paho").setLevel(logging.WARNING)
+    signal.signal(signal.SIGTERM, _interrupt)
+    client.connect_async(mqtt_cfg.host, mqtt_cfg.port, keepalive=mqtt_cfg.keepalive_s)
+    try:
+        client.loop_forever(retry_first_connection=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.disconnect()
+    return 0
