@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import scipy.signal
 import soundfile
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3")
@@ -49,6 +48,9 @@ class Resampler:
         # filter's delay is a whole number of output samples.
         half_len = self.down * math.ceil(10 * max(self.up, self.down) / self.down)
         self._delay_out = half_len // self.down
+        import scipy.signal  # only when resampling: it costs ~50 MiB of RSS on the device
+
+        self._upfirdn = scipy.signal.upfirdn
         cutoff = 1.0 / max(self.up, self.down)
         self._taps = (
             scipy.signal.firwin(2 * half_len + 1, cutoff, window=("kaiser", 5.0)) * self.up
@@ -69,7 +71,7 @@ class Resampler:
         first = max(0, (j0 * self.down - len(self._taps) + 1) // self.up)
         first = max(self._history_start, first - first % self.down)
         segment = self._history[first - self._history_start :]
-        y = scipy.signal.upfirdn(self._taps, segment, self.up, self.down)
+        y = self._upfirdn(self._taps, segment, self.up, self.down)
         offset = j0 - first * self.up // self.down
         out = y[offset : offset + (stop - j0)]
         if len(out) < stop - j0:  # past the end of the segment: zeros

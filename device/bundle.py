@@ -140,6 +140,43 @@ def _quantization(value, where: str) -> Quantization | None:
         raise BundleError(f"{where}: expected {{scale, zero_point}}, got {value!r}") from None
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_types(m: dict, where: str) -> None:
+    """Refuse a hand-edited or damaged manifest with one line, before any value is used."""
+
+    def is_variant(entry) -> bool:
+        return isinstance(entry, dict) and all(
+            isinstance(entry.get(k), str) for k in ("file", "sha256")
+        )
+
+    checks = {
+        "model_file": (lambda v: isinstance(v, str) and v != "", "a file name"),
+        "sha256": (lambda v: isinstance(v, str), "a hex string"),
+        "labels": (lambda v: isinstance(v, list), "a list of names"),
+        "features": (lambda v: isinstance(v, dict), "a mapping of feature settings"),
+        "window_s": (lambda v: _is_number(v) and v > 0, "a number of seconds > 0"),
+        "input_shape": (
+            lambda v: isinstance(v, list) and all(type(x) is int for x in v),
+            "a list of integers",
+        ),
+        "thresholds": (
+            lambda v: isinstance(v, dict) and all(_is_number(x) for x in v.values()),
+            "a mapping label -> number",
+        ),
+        "recommended_hop_s": (lambda v: _is_number(v) and v > 0, "a number of seconds > 0"),
+        "variants": (
+            lambda v: isinstance(v, dict) and all(map(is_variant, v.values())),
+            "a mapping name -> {file, sha256}",
+        ),
+    }
+    for key, (ok, expected) in checks.items():
+        if key in m and not ok(m[key]):
+            raise BundleError(f"{where}: {key} must be {expected}, got {m[key]!r}")
+
+
 def load_bundle(path: str | Path) -> Bundle:
     """Load and validate a bundle from a run folder, a .tflite file or a model.json."""
     manifest_path = resolve_manifest(path)
@@ -169,6 +206,7 @@ def load_bundle(path: str | Path) -> Bundle:
     ]
     if missing:
         raise BundleError(f"{where}: missing key(s) {', '.join(missing)}")
+    _check_types(m, where)
     try:
         features = FeatureParams.from_dict(m["features"])
     except FeatureParamsError as exc:

@@ -9,6 +9,7 @@ of a file or systemd credential that holds them.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -74,6 +75,12 @@ DATASET = {
     "ignore": Key([], "Annotation labels left out of both positives and negatives", item=str),
     "group_pattern": Key(None, "Regex on the file path whose first group names the recording "
                          "group (site); default: one group per file", types=(str,), nullable=True),
+    "split": Key(None, "Put every file of this dataset in one split (train, validation or test) "
+                 "instead of splitting it by group; e.g. extra negatives used for training only",
+                 types=(str,), nullable=True, choices=("train", "validation", "test")),
+    "negatives_per_minute": Key(None, "Negative windows per minute of unannotated audio for this "
+                                "dataset; null = train.negatives_per_minute", types=(float, int),
+                                nullable=True, min=0, max=600),
 }
 
 SCHEMA: dict = {
@@ -89,6 +96,9 @@ SCHEMA: dict = {
     },
     "train": {
         "name": Key("run", "Run name: the run folder is runs/<name>/ unless --out is given", min=1),
+        "data_root": Key(".", "Folder the dataset paths are relative to (--data-root overrides)", min=1),
+        "cache_dir": Key("runs/.cache", "Folder for cached log-mel features of whole recordings, reused "
+                         "across runs (null = no cache)", types=(str,), nullable=True),
         "labels": Key(["call"], "Target labels, one sigmoid output each", item=str),
         "datasets": Key([], "Datasets read by python -m train (see examples/)", item=DATASET),
         "window_s": Key(3.0, "Model window, seconds of audio per input", min=0.25, max=30),
@@ -96,12 +106,19 @@ SCHEMA: dict = {
         "split": {
             "validation": Key(0.2, "Share of groups for validation", min=0.0, max=0.9),
             "test": Key(0.2, "Share of groups for the test split", min=0.0, max=0.9),
-            "test_groups": Key([], "Groups forced into the test split (e.g. a site)", item=str),
-            "validation_groups": Key([], "Groups forced into the validation split", item=str),
+            "test_groups": Key([], "Groups forced into the test split (e.g. a site); when set, "
+                               "they replace the test share", item=str),
+            "validation_groups": Key([], "Groups forced into the validation split; when set, they "
+                                     "replace the validation share", item=str),
+            "validation_by": Key("group", "'group': validation takes whole groups; 'file': it takes "
+                                 "files of the training groups (when there are too few groups, "
+                                 "e.g. two sites)", choices=("group", "file")),
             "leave_one_group_out": Key(False, "Cross-validate: each group held out once; reports each fold"),
         },
         "negatives_per_minute": Key(10.0, "Background windows sampled per minute of unannotated recording", min=0, max=600),
         "max_positive_ratio": Key(0.333, "Positives per negative after oversampling, at most", min=0.01, max=1.0),
+        "windows_per_epoch": Key(1000, "Training windows per epoch, at least: small data sets are "
+                                 "sampled again (fresh crops) until there are this many", min=1, max=1000000),
         "augment": {
             "background_p": Key(0.5, "Probability of mixing a background into a training window", min=0, max=1),
             "snr_db": Key([0.0, 20.0], "Range of the mixing signal-to-noise ratio, dB", item=float),
@@ -116,6 +133,11 @@ SCHEMA: dict = {
         "model": {
             "filters": Key([16, 24, 32, 48], "Channels of the convolution blocks", item=int),
             "dropout": Key(0.2, "Dropout before the output layer", min=0, max=0.9),
+            "normalisation": Key("band_mean", "Inside the model: 'band_mean' subtracts each mel "
+                                 "band's mean over the window (gain and steady background), "
+                                 "'none' feeds raw dB", choices=("band_mean", "none")),
+            "pooling": Key("max", "Global pooling over time and frequency: 'max' (a short call "
+                           "anywhere in the window) or 'avg'", choices=("max", "avg")),
         },
         "epochs": Key(40, "Most epochs (early stopping usually ends sooner)", min=1, max=1000),
         "patience": Key(8, "Epochs without validation improvement before stopping", min=1, max=200),
@@ -170,7 +192,7 @@ SCHEMA: dict = {
         "reconnect_s": Key([1.0, 120.0], "First and longest wait between reconnects, seconds (with jitter)", item=float),
         "outbox": {
             "max_rows": Key(100000, "Events kept while the broker is away; oldest dropped beyond", min=10),
-            "max_mb": Key(50.0, "Disk the outbox may use, MiB; oldest dropped beyond", min=0.1),
+            "max_mb": Key(50.0, "Event bytes the outbox may hold, MiB (the file is a little larger); oldest dropped beyond", min=0.1),
         },
         "discovery": {
             "enabled": Key(True, "Publish Home Assistant MQTT discovery messages"),
@@ -267,6 +289,9 @@ def _check_value(key: Key, value: Any, path: str) -> Any:
         value = float(value)
     if key.choices and value not in key.choices:
         raise ConfigError(f"{path}: must be one of {', '.join(map(str, key.choices))}, got {value!r}")
+    if isinstance(value, float) and math.isnan(value):
+        # NaN compares false with every bound, so it would pass any range check.
+        raise ConfigError(f"{path}: must be a number, got {value!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         low, high = key.min, key.max
         if (low is not None and value < low) or (high is not None and value > high):
@@ -395,9 +420,11 @@ def load_config(path: str | Path | None = None) -> Section:
     if path is None:
         return validate({})
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (expected UTF-8 YAML)") from None
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -406,7 +433,7 @@ def load_config(path: str | Path | None = None) -> Section:
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}:{where}: {problem}") from None
     try:
-        return validate(values, source=str(path))
+        return validate(values, source="top level")
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

@@ -14,14 +14,18 @@ Two entry points share one implementation:
 from __future__ import annotations
 
 import dataclasses
+import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 import scipy.fft
-import scipy.signal
 
 FEATURE_KIND = "logmel-v1"
+_BLOCK_FRAMES = 512
+"""Frames per block in :func:`logmel`: a block's intermediate arrays (~1 MB each) stay in the
+CPU cache, which makes a long signal ~1.4x faster than one pass over all of it at once."""
 _DB_PER_NEPER = np.float32(10.0 / np.log(10.0))  # 10 log10(x) == _DB_PER_NEPER * ln(x)
 
 
@@ -53,6 +57,19 @@ class FeatureParams:
     """Name and version of the feature recipe; a device refuses bundles made for another."""
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            # Types first, so the range checks below compare numbers; numpy scalars are
+            # accepted and stored as plain int/float (model.json must serialise them).
+            value, kind = getattr(self, f.name), type(f.default)
+            if kind is str:
+                ok = isinstance(value, str)
+            else:
+                number = numbers.Integral if kind is int else numbers.Real
+                ok = isinstance(value, number) and not isinstance(value, bool)
+            if not ok:
+                expected = {int: "an integer", float: "a number", str: "a string"}[kind]
+                raise FeatureParamsError(f"{f.name}: must be {expected}, got {value!r}")
+            object.__setattr__(self, f.name, kind(value))
         problems = []
         if self.kind != FEATURE_KIND:
             problems.append(f"kind: this device computes {FEATURE_KIND!r}, got {self.kind!r}")
@@ -77,22 +94,20 @@ class FeatureParams:
 
     @classmethod
     def from_dict(cls, values: dict) -> FeatureParams:
-        """Build from a mapping (config or model.json); unknown keys are refused, not ignored."""
+        """Build from a mapping (config or model.json); unknown keys are refused, not ignored.
+
+        Values are not converted: ``"16000"`` or ``16000.5`` for an integer setting is an error,
+        never silently turned into something else.
+        """
+        if not isinstance(values, Mapping):
+            raise FeatureParamsError(f"features must be a mapping, got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(str(k) for k in set(values) - known)
         if unknown:
             raise FeatureParamsError(
                 f"unknown feature setting(s) {', '.join(unknown)}: this device cannot reproduce them"
             )
-        try:
-            typed = {
-                f.name: type(getattr(cls, f.name))(values[f.name])
-                for f in dataclasses.fields(cls)
-                if f.name in values
-            }
-        except (TypeError, ValueError) as exc:
-            raise FeatureParamsError(f"bad feature setting: {exc}") from None
-        return cls(**typed)
+        return cls(**values)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -112,18 +127,17 @@ class FeatureParams:
 
     @cached_property
     def _window(self) -> np.ndarray:
-        window = scipy.signal.get_window("hann", self.win_length, fftbins=True)
+        # Periodic Hann, as scipy.signal.get_window("hann", n, fftbins=True) and librosa; written
+        # out because importing scipy.signal costs ~50 MiB of RSS on the device.
+        n = np.arange(self.win_length)
+        window = 0.5 - 0.5 * np.cos(2 * np.pi * n / self.win_length)
         pad = self.n_fft - self.win_length
         return np.pad(window, (pad // 2, pad - pad // 2)).astype(np.float32)
 
     @cached_property
-    def _mel_basis_interleaved(self) -> np.ndarray:
-        """Transposed mel filterbank with each row twice, shape (n_fft + 2, n_mels), float32.
-
-        Multiplying the squared (re, im, re, im, ...) view of the spectrum by it gives the mel
-        power without a separate |X|^2 pass, the most expensive step otherwise.
-        """
-        return np.repeat(mel_filterbank(self).T, 2, axis=0)
+    def _mel_basis_t(self) -> np.ndarray:
+        """Transposed mel filterbank, shape (n_fft // 2 + 1, n_mels), float32, C-contiguous."""
+        return np.ascontiguousarray(mel_filterbank(self).T)
 
 
 def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
@@ -160,9 +174,12 @@ def mel_filterbank(params: FeatureParams) -> np.ndarray:
 
 def _frames_to_logmel(frames: np.ndarray, params: FeatureParams) -> np.ndarray:
     """(n, n_fft) float32 sample frames -> (n, n_mels) float32 log-mel in dB."""
-    spectrum = scipy.fft.rfft(frames * params._window, axis=-1).view(np.float32)
-    np.square(spectrum, out=spectrum)
-    mel = spectrum @ params._mel_basis_interleaved
+    spectrum = scipy.fft.rfft(frames * params._window, axis=-1)
+    # |X|^2 before the filterbank: half the multiply-adds of filtering the interleaved
+    # (re, im) view, and ~20 % faster for a 0.5 s push (25 frames).
+    power = np.square(spectrum.real)
+    power += np.square(spectrum.imag)
+    mel = power @ params._mel_basis_t
     np.maximum(mel, params.log_floor, out=mel)
     np.log(mel, out=mel)  # natural log and a scale: several times faster than log10 here
     mel *= _DB_PER_NEPER
@@ -182,11 +199,19 @@ def logmel(samples: np.ndarray, params: FeatureParams) -> np.ndarray:
     n = params.n_frames(len(samples))
     if n == 0:
         return np.zeros((0, params.n_mels), np.float32)
-    step = samples.strides[0]
-    frames = np.lib.stride_tricks.as_strided(
-        samples, shape=(n, params.n_fft), strides=(params.hop_length * step, step), writeable=False
+    # Overlapping frames as a view, no copy. np.ndarray costs a few microseconds less per call
+    # than as_strided, which counts for a stream's many small pushes.
+    step = samples.itemsize
+    frames = np.ndarray(
+        (n, params.n_fft), np.float32, buffer=samples, strides=(params.hop_length * step, step)
     )
-    return _frames_to_logmel(frames, params)
+    if n <= _BLOCK_FRAMES:
+        return _frames_to_logmel(frames, params)
+    out = np.empty((n, params.n_mels), np.float32)
+    for start in range(0, n, _BLOCK_FRAMES):
+        stop = start + _BLOCK_FRAMES
+        out[start:stop] = _frames_to_logmel(frames[start:stop], params)
+    return out
 
 
 class StreamingLogMel:
@@ -206,6 +231,8 @@ class StreamingLogMel:
     def push(self, chunk: np.ndarray) -> np.ndarray:
         """chunk: mono float32 samples, any length. Returns (k, n_mels) float32, k >= 0."""
         chunk = np.asarray(chunk, dtype=np.float32)
+        if chunk.ndim != 1:
+            raise ValueError(f"push expects mono samples, got shape {chunk.shape}")
         buffer = np.concatenate((self._pending, chunk)) if len(self._pending) else chunk
         n = self.params.n_frames(len(buffer))
         if n == 0:

@@ -118,7 +118,10 @@ def read_password(mqtt_cfg: Any, *,
     if creds:
         path = Path(creds) / mqtt_cfg.password_credential
         if path.is_file():
-            return path.read_text().rstrip("\r\n"), f"credential {mqtt_cfg.password_credential}"
+            # install.sh lays down an empty credential file (LoadCredential= needs one):
+            # empty means "no password", not the empty password.
+            password = path.read_text().rstrip("\r\n") or None
+            return password, f"credential {mqtt_cfg.password_credential}"
     return None, "nowhere (no mqtt.password_file, no $CREDENTIALS_DIRECTORY credential)"
 
 
