@@ -167,7 +167,7 @@ SCHEMA: dict = {
         "confirm_k": Key(1, "An event needs k of the last n windows above the threshold", min=1, max=100),
         "confirm_n": Key(1, "n of k-of-n confirmation", min=1, max=100),
         "hysteresis": Key(0.1, "An event ends when the score falls below threshold minus this", min=0, max=1),
-        "merge_gap_s": Key(0.0, "Events closer than this are merged into one, seconds", min=0, max=600),
+        "merge_gap_s": Key(0.0, "Events separated by at most this many seconds of windows below the threshold are merged into one; 0 = off", min=0, max=600),
         "refractory_s": Key(0.0, "After an event, no new event for this long, seconds", min=0, max=3600),
         "max_event_s": Key(60.0, "An event longer than this is closed and a new one started", min=0.5, max=86400),
         "delegate": Key("cpu", "Inference on 'cpu' or 'edgetpu' (falls back to the CPU with a warning)", choices=("cpu", "edgetpu")),

@@ -1,0 +1,441 @@
+"""The device daemon: CPU per hour of audio, replay speed, peak memory, live per-hop latency.
+
+- Features + inference: the worker (ring buffer -> streaming log-mel -> int8 model every
+  0.5 s -> detector -> queue) in this process on 10 minutes of 16 kHz audio fed in 0.5 s
+  pieces, as the live worker consumes it; CPU seconds, best of 3, scaled to one hour.
+- Replay: ``python -m device --replay`` as a subprocess on one hour of 16 kHz wav and on
+  48 kHz stereo mp3 (the real Capuchinbird soundscapes when ../shared/data is there); the
+  speed is the summary line's (audio time / replay wall time, start-up excluded), the peak
+  RSS is /usr/bin/time's.
+- Live: the daemon on a PulseAudio null sink's monitor for 30 s while a recording plays into
+  it; peak RSS from /proc/<pid>/status (VmHWM) and the per-hop latency (from the arrival of a
+  window's last audio block to its scores and events being queued) from its health at exit.
+
+Model: the newest trained bundle under runs/ when there is one; otherwise an untrained model of
+train/model.py's default architecture converted to int8 here (the same operations and size as
+a trained one, so the same cost), and the tests' tone model as the lower bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from bench import best_cpu_seconds, preamble
+
+NAME = "daemon"
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+SECONDS = 600
+"""Audio for the in-process CPU figures, s (scaled to an hour)."""
+HOP_S = 0.5
+TARGETS = {"cpu_s_per_hour": 2.0, "wav_speed": 1500.0, "mp3_speed": 400.0, "rss_mib": 64.0}
+"""Issue #5's targets."""
+BIRDNET = (
+    "BirdNET v2.4 on this machine (figures quoted in issue #5): about 84 CPU-s of inference "
+    "per hour at a 1.5 s hop, about 177 MiB RSS."
+)
+
+
+def _signal(seconds: float, sample_rate: int, channels: int = 1):
+    """Seeded noise with a 2 kHz tone of 1.5 s every 10 s."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    x = 0.02 * rng.standard_normal(int(seconds * sample_rate)).astype(np.float32)
+    t = np.arange(int(1.5 * sample_rate)) / sample_rate
+    burst = (0.3 * np.sin(2 * np.pi * 2000 * t)).astype(np.float32)
+    for start in range(3, int(seconds) - 2, 10):
+        x[start * sample_rate : start * sample_rate + len(burst)] += burst
+    return x if channels == 1 else np.stack([x] * channels, axis=1)
+
+
+def trained_bundle() -> Path | None:
+    """The newest runs/**/model.tflite whose bundle loads."""
+    from device.bundle import BundleError, load_bundle
+
+    for path in sorted(
+        (REPO / "runs").glob("**/model.tflite"), key=lambda p: p.stat().st_mtime, reverse=True
+    ):
+        try:
+            load_bundle(path)
+            return path
+        except BundleError:
+            continue
+    return None
+
+
+def architecture_bundle(folder: Path) -> Path:
+    """An untrained int8 model of train/model.py's default architecture, as a bundle."""
+    import numpy as np
+
+    from convert.export import export_tflite
+    from device.bundle import Quantization, write_bundle
+    from device.config import SCHEMA
+    from device.features import FeatureParams, logmel
+    from device.runtime import _interpreter_api
+    from train.model import build_model
+
+    params = FeatureParams()
+    window_s = SCHEMA["train"]["window_s"].default
+    frames = params.window_frames(window_s)
+    model = build_model(
+        frames=frames,
+        n_mels=params.n_mels,
+        n_labels=1,
+        filters=SCHEMA["train"]["model"]["filters"].default,
+        dropout=0.2,
+    )
+    x = _signal(window_s * 20, params.sample_rate)
+    step = int(window_s * params.sample_rate)
+    representative = np.stack(
+        [logmel(x[i * step : (i + 1) * step], params)[:frames, :, None] for i in range(20)]
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.tflite").write_bytes(
+        export_tflite(model, kind="int8", representative=representative)
+    )
+    interpreter_class, _ = _interpreter_api()
+    interpreter = interpreter_class(model_path=str(folder / "model.tflite"))
+    (s_in, z_in), (s_out, z_out) = (
+        d[0]["quantization"]
+        for d in (interpreter.get_input_details(), interpreter.get_output_details())
+    )
+    write_bundle(
+        folder,
+        labels=["call"],
+        features=params,
+        window_s=window_s,
+        input_dtype="int8",
+        output_dtype="int8",
+        input_quantization=Quantization(float(s_in), int(z_in)),
+        output_quantization=Quantization(float(s_out), int(z_out)),
+        thresholds={"call": 0.5},
+        metrics={"note": "untrained, for benchmarks only"},
+    )
+    return folder / "model.tflite"
+
+
+def tone_bundle(folder: Path) -> Path:
+    sys.path.insert(0, str(REPO / "tests"))
+    from tinymodel import build_tone_bundle
+
+    return build_tone_bundle(folder, window_s=3.0)
+
+
+def pipeline_cpu(model: Path) -> dict:
+    """CPU seconds per hour: front end alone, inference alone, the whole worker."""
+    import numpy as np
+
+    from device.bundle import load_bundle
+    from device.config import validate
+    from device.features import StreamingLogMel
+    from device.health import Health
+    from device.paths import Sequence
+    from device.pipeline import EventFactory, build_pipeline
+    from device.ringbuffer import RingBuffer
+    from device.runtime import load_classifier
+    from device.sinks import SinkQueue
+
+    bundle = load_bundle(model)
+    classifier = load_classifier(bundle)
+    params = bundle.features
+    x = _signal(SECONDS, params.sample_rate)
+    hop = int(HOP_S * params.sample_rate)
+    n_windows = int((SECONDS - bundle.window_s) / HOP_S) + 1
+    window = classifier.quantize(np.zeros((bundle.window_frames, params.n_mels), np.float32) - 60)
+
+    def front_end():
+        stream = StreamingLogMel(params)
+        for i in range(0, len(x), hop):
+            classifier.quantize(stream.push(x[i : i + hop]))
+
+    def inference():
+        for _ in range(n_windows):
+            classifier.predict(window)
+
+    def worker():
+        health = Health()
+        queue = SinkQueue([], maxsize=1000, block=True, health=health).start()
+        pipeline = build_pipeline(
+            validate({"detection": {"hop_s": HOP_S}}),
+            classifier,
+            queue=queue,
+            health=health,
+            events=EventFactory(device_id="bench", sequence=Sequence()),
+        )
+        ring = RingBuffer(30 * params.sample_rate)
+        pipeline.begin_source("bench", t0_wall=0.0, t0_mono=0.0)
+        pipeline.begin_segment(ring, capture_rate=params.sample_rate)
+        for i in range(0, len(x), hop):
+            ring.write(x[i : i + hop])
+            pipeline.consume()
+        pipeline.end_source(pad_short=False)
+        queue.close()
+        worker.windows, worker.events = health.windows, health.events
+
+    scale = 3600 / SECONDS
+    result = {
+        name: best_cpu_seconds(f) * scale
+        for name, f in (("front end", front_end), ("inference", inference), ("worker", worker))
+    }
+    result["windows"], result["events"] = worker.windows, worker.events
+    result["invoke_ms"] = result["inference"] / (n_windows * scale) * 1000
+    return result
+
+
+def timed_replay(paths: list[Path], model: Path, folder: Path, *, jobs: int = 1) -> dict:
+    """``python -m device --replay`` under /usr/bin/time: speed from the summary, peak RSS."""
+    config = folder / "replay.yaml"
+    config.write_text(
+        f"detection: {{model: {json.dumps(str(model))}, hop_s: {HOP_S}}}\n"
+        "outputs: {log_events: false}\n"
+    )
+    rss_file = folder / "rss.txt"
+    command = [
+        sys.executable,
+        "-m",
+        "device",
+        "--config",
+        str(config),
+        "--replay",
+        *map(str, paths),
+        "--jobs",
+        str(jobs),
+    ]
+    timer = (
+        ["/usr/bin/time", "-f", "%M %U %S", "-o", str(rss_file)]
+        if Path("/usr/bin/time").exists()
+        else []
+    )
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        timer + command,
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    wall = time.perf_counter() - t0
+    summary = next((line for line in done.stderr.splitlines() if line.startswith("replay:")), "")
+    speed = re.search(r"([\d.]+)x real time", summary)
+    hours = re.search(r"([\d.]+) h of audio", summary)
+    out = {
+        "summary": summary,
+        "speed": float(speed[1]) if speed else 0.0,
+        "wall_s": wall,
+        "hours": float(hours[1]) if hours else 0.0,
+        "ok": done.returncode == 0,
+    }
+    if timer and rss_file.exists():
+        rss_kib, user, system = rss_file.read_text().split()[-3:]
+        out["rss_mib"], out["cpu_s"] = int(rss_kib) / 1024, float(user) + float(system)
+    return out
+
+
+def _pulse(*command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=30)
+
+
+def live_run(model: Path, recording: Path, folder: Path, seconds: float = 30.0) -> dict | str:
+    """The daemon on a PulseAudio null sink's monitor; its health at exit and peak RSS."""
+    if not (shutil.which("pulseaudio") and shutil.which("pactl") and shutil.which("paplay")):
+        return "PulseAudio is not installed"
+    started = False
+    if _pulse("pulseaudio", "--check").returncode != 0:
+        _pulse("pulseaudio", "--start", "--exit-idle-time=-1")
+        started = _pulse("pulseaudio", "--check").returncode == 0
+        if not started:
+            return "PulseAudio could not be started"
+    sink = f"callwatch_bench_{uuid.uuid4().hex[:8]}"
+    module = _pulse("pactl", "load-module", "module-null-sink", f"sink_name={sink}").stdout.strip()
+    config = folder / "live.yaml"
+    config.write_text(
+        f"detection: {{model: {json.dumps(str(model))}, hop_s: {HOP_S}}}\n"
+        f"audio: {{device: pulse}}\nservice: {{state_dir: {json.dumps(str(folder / 'state'))}}}\n"
+    )
+    log_path = folder / "live.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PULSE_SOURCE": f"{sink}.monitor"}
+    env.pop("NOTIFY_SOCKET", None)
+    try:
+        with log_path.open("w") as log:
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "device", "--config", str(config)],
+                cwd=folder,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+            deadline = time.monotonic() + 60
+            while (
+                "listening on" not in log_path.read_text()
+                and daemon.poll() is None
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.1)
+            player = subprocess.Popen(["paplay", f"--device={sink}", str(recording)])
+            time.sleep(seconds)
+            status = Path(f"/proc/{daemon.pid}/status").read_text() if daemon.poll() is None else ""
+            hwm = re.search(r"VmHWM:\s+(\d+) kB", status)
+            player.terminate()
+            player.wait(10)
+            daemon.send_signal(signal.SIGTERM)
+            code = daemon.wait(30)
+    finally:
+        _pulse("pactl", "unload-module", module)
+        if started:
+            _pulse("pulseaudio", "--kill")
+    text = log_path.read_text()
+    health = re.search(r"health at exit: (\{.*\})", text)
+    if not health or not hwm:
+        return f"the live daemon did not report (exit {code}): {text.strip().splitlines()[-1:]}"
+    return {"health": json.loads(health[1]), "rss_mib": int(hwm[1]) / 1024, "exit": code}
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def import_rss_mib(modules: str) -> float:
+    """Peak RSS of a fresh ``python -c 'import <modules>'``, MiB (/usr/bin/time)."""
+    out = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-c", f"import {modules}"],
+                         cwd=REPO, capture_output=True, text=True, check=True)
+    return int(out.stderr.split()[-1]) / 1024
+
+
+def run() -> str:
+    import soundfile
+
+    with tempfile.TemporaryDirectory(prefix="callwatch-bench-") as tmp:
+        tmp = Path(tmp)
+        trained = trained_bundle()
+        if trained is not None:
+            realistic, model_note = trained, f"trained bundle `{trained.relative_to(REPO)}`"
+        else:
+            realistic = architecture_bundle(tmp / "architecture")
+            model_note = (
+                "no trained bundle under runs/ yet: an untrained int8 model of train/model.py's "
+                "default architecture (filters [16, 24, 32, 48], 3 s window, 149 x 40 input), "
+                "same operations and cost as a trained one"
+            )
+        tiny = tone_bundle(tmp / "tone")
+        cpu = {"realistic": pipeline_cpu(realistic), "tone": pipeline_cpu(tiny)}
+
+        wav = tmp / "hour16k.wav"
+        soundfile.write(wav, _signal(3600, 16000), 16000, subtype="PCM_16")
+        mp3s = sorted((DATA / "capuchin" / "recordings").glob("recording_*.mp3"))[:10]
+        if mp3s:
+            mp3_note = (f"{len(mp3s)} real Capuchinbird soundscapes, 48 kHz stereo MP3 "
+                        "(../shared/data)")
+        else:
+            mp3s = [tmp / "stereo48k.mp3"]
+            soundfile.write(mp3s[0], _signal(1800, 48000, channels=2), 48000, format="MP3")
+            mp3_note = "30 min of synthetic 48 kHz stereo MP3 (../shared/data absent)"
+        # One second of each format: the CPU of start-up (imports, model, first resampling).
+        soundfile.write(tmp / "second.wav", _signal(1, 16000), 16000, subtype="PCM_16")
+        soundfile.write(tmp / "second.mp3", _signal(1, 48000, channels=2), 48000, format="MP3")
+        replays = []
+        for label, files, startup, target in (
+            ("1 h of 16 kHz mono wav", [wav], tmp / "second.wav", TARGETS["wav_speed"]),
+            (mp3_note, mp3s, tmp / "second.mp3", TARGETS["mp3_speed"]),
+        ):
+            for model_name, model in (("realistic", realistic), ("tone", tiny)):
+                run_ = timed_replay(files, model, tmp)
+                startup_cpu = timed_replay([startup], model, tmp).get("cpu_s", float("nan"))
+                busy = run_.get("cpu_s", float("nan")) - startup_cpu
+                run_["cpu_speed"] = run_["hours"] * 3600 / busy if busy > 0 else float("nan")
+                replays.append((label, model_name, target, run_))
+        jobs = timed_replay(mp3s, realistic, tmp, jobs=2)
+        live = live_run(realistic, mp3s[0], tmp)
+    libraries = {name: import_rss_mib(modules) for name, modules in (
+        ("python", "sys"), ("numpy", "numpy"), ("device", "device.daemon"),
+        ("device+sd", "device.daemon, sounddevice"))}
+    return _section(model_note, cpu, replays, jobs, live, libraries)
+
+
+def _section(model_note: str, cpu: dict, replays: list, jobs: dict, live, libraries: dict) -> str:
+    r, t = cpu["realistic"], cpu["tone"]
+    goal = TARGETS["cpu_s_per_hour"]
+    lines = [
+        "## Device daemon: CPU, replay speed, memory, latency",
+        "",
+        preamble(NAME),
+        f"Model: {model_note}. Lower bound: the tests' tone model (one Dense layer, 3 s window).",
+        "",
+        f"**Features + inference**: the worker in-process on {SECONDS // 60} min of 16 kHz audio "
+        "fed in 0.5 s pieces (as the live worker takes them), 0.5 s hop, one core; CPU seconds "
+        "per hour of audio, best of 3:",
+        "",
+        "| part | realistic model | tone model |",
+        "|---|---:|---:|",
+        f"| front end (streaming log-mel + int8 quantization) | {r['front end']:.2f} "
+        f"| {t['front end']:.2f} |",
+        f"| inference alone (7,195 windows; {r['invoke_ms']:.3f} / {t['invoke_ms']:.3f} ms each) "
+        f"| {r['inference']:.2f} | {t['inference']:.2f} |",
+        f"| whole worker (ring, features, inference, detector, queue) | {r['worker']:.2f} "
+        f"| {t['worker']:.2f} |",
+        "",
+        f"Target <= {goal:.0f} CPU-s per hour: {_verdict(r['worker'] <= goal)} with the realistic "
+        f"model ({r['worker']:.2f}), {_verdict(t['worker'] <= goal)} with the tone model "
+        f"({t['worker']:.2f}). {BIRDNET}",
+        "",
+        "**Replay** (`python -m device --replay FILE...` as a subprocess). Speed = audio time / "
+        "replay time on one core. *CPU*: /usr/bin/time's user + system time minus that of the "
+        "same command on a 1 s file of the same format (start-up: imports, model, first "
+        "resampling), so other work on the shared machine does not count. *Wall*: the summary "
+        "line's figure (start-up excluded, waiting for a core included). Peak RSS: /usr/bin/time.",
+        "",
+        "| input | model | audio | speed, CPU | target | speed, wall | peak RSS |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, model_name, target, run_ in replays:
+        lines.append(
+            f"| {label} | {model_name} | {run_['hours']:.2f} h | {run_['cpu_speed']:,.0f}x "
+            f"| >= {target:.0f}x: {_verdict(run_['cpu_speed'] >= target)} | {run_['speed']:,.0f}x "
+            f"| {run_.get('rss_mib', float('nan')):.0f} MiB |"
+        )
+    lines += [
+        "",
+        f"`--jobs 2` on the MP3s (realistic model): {jobs['speed']:,.0f}x real time (wall), "
+        f"{jobs['hours']:.2f} h in {jobs['wall_s']:.1f} s including the worker processes' "
+        "start-up, on 2 cores shared with other work.",
+        "",
+    ]
+    if isinstance(live, dict):
+        h = live["health"]
+        lines += [
+            "**Live**: `python -m device` capturing a PulseAudio null sink's monitor through "
+            "sounddevice for 30 s while a recording plays into it (realistic model):",
+            "",
+            "- per-hop latency, from the arrival of a window's last audio block to its scores and "
+            f"events in the queue: p50 {h['hop_latency_ms_p50']:.2f} ms, p99 "
+            f"{h['hop_latency_ms_p99']:.2f} ms (PulseAudio's own buffering comes before this);",
+            f"- inference p50 {h['inference_ms_p50']:.3f} ms, p99 {h['inference_ms_p99']:.3f} ms; "
+            f"real-time factor {h['realtime_factor']} (worker time per second of audio); "
+            f"{h['windows']} windows, {h['overflows']} overflows; exit status {live['exit']} "
+            "after SIGTERM;",
+            f"- peak RSS (VmHWM) {live['rss_mib']:.0f} MiB: target <= {TARGETS['rss_mib']:.0f} MiB "
+            f"{_verdict(live['rss_mib'] <= TARGETS['rss_mib'])}.",
+        ]
+    else:
+        lines.append(f"**Live**: not measured ({live}).")
+    lines += [
+        "",
+        "Memory is nearly all libraries (peak RSS of a bare `import`): Python "
+        f"{libraries['python']:.0f} MiB, with NumPy {libraries['numpy']:.0f} MiB, with every "
+        f"module the daemon imports except sounddevice {libraries['device']:.0f} MiB (scipy.fft "
+        "and scipy.signal are the largest part, see the front-end section), with sounddevice "
+        f"(PortAudio, ALSA, its PulseAudio plug-in) {libraries['device+sd']:.0f} MiB. The "
+        "pipeline's own buffers (a 30 s ring, two windows of int8 frames) are under 2 MiB; "
+        "resampling 48 kHz audio loads more of scipy.signal (the MP3 rows).",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,201 @@
+"""Wiring: config + model bundle -> sinks, pipeline and a source; live until a signal, or replay.
+
+Exit status: 0 done (also after SIGTERM/SIGINT, once the sinks are flushed and the stream
+closed), 2 bad input (model bundle, config value, microphone not there, missing replay
+path: one line on stderr), 1 failure at run time (a replayed file that could not be read,
+an unexpected error).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from device.bundle import BundleError, load_bundle
+from device.config import ConfigError
+from device.detector import detector_params
+from device.health import Health
+from device.logsetup import setup_logging
+from device.notify import Notifier
+from device.paths import Sequence, device_id, state_dir
+from device.pipeline import EventFactory, build_pipeline, run_live
+from device.runtime import load_classifier
+from device.sinks import Outputs, SinkQueue, build_sinks
+from device.sources import Backoff, Liveness, MicrophoneSource, SourceError
+
+log = logging.getLogger(__name__)
+
+
+class UsageError(Exception):
+    """Bad input found while wiring; one line, exit status 2."""
+
+
+def _outputs(args, cfg, *, clips_dir: Path | None) -> Outputs:
+    out = cfg.outputs
+    return Outputs(
+        events_jsonl=args.events_jsonl or out.events_jsonl,
+        scores_csv=args.scores_csv or out.scores_csv,
+        raven_dir=args.raven_dir or out.raven_dir,
+        counts_csv=getattr(args, "counts_csv", None) or out.counts_csv,
+        clips_dir=clips_dir if out.clips.enabled else None,
+        log_events=out.log_events,
+    )
+
+
+def _clips_dir(cfg, state: Path | None) -> Path | None:
+    if cfg.outputs.clips.dir:
+        return Path(cfg.outputs.clips.dir).expanduser()
+    return state / "clips" if state is not None else None
+
+
+def _optional_sinks(cfg, *, device: str, labels: list[str], state: Path, health: Health) -> list:
+    """The MQTT sink when mqtt.enabled (device/mqtt.py)."""
+    if not cfg.mqtt.enabled:
+        return []
+    from device.mqtt import MqttSink
+
+    return [MqttSink(cfg, device_id=device, labels=labels, state_dir=state, health=health.snapshot)]
+
+
+def run(args, cfg) -> int:
+    """Run the daemon (live) or a replay as the command line asks; returns the exit status."""
+    setup_logging(cfg.service.log_level, cfg.service.warning_interval_s)
+    try:
+        model = args.model or cfg.detection.model
+        bundle = load_bundle(model)
+        classifier = load_classifier(
+            bundle, delegate=cfg.detection.delegate, num_threads=cfg.detection.num_threads
+        )
+        try:
+            detector_params(
+                labels=bundle.labels, bundle_thresholds=bundle.thresholds, detection=cfg.detection
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if args.replay:
+            return _replay(args, cfg, classifier)
+        return _live(args, cfg, classifier)
+    except (BundleError, ConfigError, UsageError, SourceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception:
+        log.exception("failed")
+        return 1
+
+
+def _replay(args, cfg, classifier) -> int:
+    from device.replay import ReplayUsageError, collect_files, run_replay
+
+    try:
+        files = collect_files(args.replay)
+    except ReplayUsageError as exc:
+        raise UsageError(str(exc)) from None
+    device = device_id(cfg)
+    health = Health()
+    needs_state = cfg.mqtt.enabled or (cfg.outputs.clips.enabled and not cfg.outputs.clips.dir)
+    state = _make_state_dir(cfg) if needs_state else None
+    outputs = _outputs(args, cfg, clips_dir=_clips_dir(cfg, state))
+    try:
+        extra = _optional_sinks(
+            cfg, device=device, labels=list(classifier.bundle.labels), state=state, health=health
+        )
+        return run_replay(
+            files=files,
+            cfg=cfg,
+            classifier=classifier,
+            device_id=device,
+            outputs=outputs,
+            jobs=args.jobs,
+            realtime=args.realtime,
+            extra_sinks=extra,
+            health=health,
+        )
+    except OSError as exc:
+        raise UsageError(
+            f"{exc.filename or ''}: cannot write output ({exc.strerror or exc})"
+        ) from None
+
+
+def _make_state_dir(cfg) -> Path:
+    state = state_dir(cfg)
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"service.state_dir: cannot create {state} ({exc.strerror})") from None
+    return state
+
+
+def _live(args, cfg, classifier) -> int:
+    bundle = classifier.bundle
+    state = _make_state_dir(cfg)
+    device = device_id(cfg)
+    health = Health()
+    features = bundle.features
+    outputs = _outputs(args, cfg, clips_dir=_clips_dir(cfg, state))
+    try:
+        sinks = build_sinks(
+            outputs,
+            cfg,
+            labels=list(bundle.labels),
+            low_hz=features.fmin,
+            high_hz=features.fmax,
+            append=True,
+        )
+        sequence = Sequence(state)
+    except OSError as exc:
+        raise UsageError(f"{exc.filename or state}: cannot write ({exc.strerror or exc})") from None
+    sinks += _optional_sinks(
+        cfg, device=device, labels=list(bundle.labels), state=state, health=health
+    )
+    queue = SinkQueue(sinks, maxsize=cfg.outputs.queue_size, block=False, health=health)
+    health.add_gauge("queue_depth", lambda: queue.depth)
+    audio = cfg.audio
+    source = MicrophoneSource(
+        device=audio.device,
+        sample_rate=audio.sample_rate,
+        model_rate=features.sample_rate,
+        channels=audio.channels,
+        block_s=audio.block_s,
+        ring_s=audio.ring_s,
+    )
+    pipeline = build_pipeline(
+        cfg,
+        classifier,
+        queue=queue,
+        health=health,
+        events=EventFactory(device_id=device, sequence=sequence),
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        source.open()
+    except SourceError:
+        queue.close()
+        raise
+    notifier = Notifier.from_env()
+    queue.start()
+    try:
+        run_live(
+            source=source,
+            pipeline=pipeline,
+            liveness=Liveness(
+                liveness_timeout_s=audio.liveness_timeout_s,
+                silence_timeout_s=audio.silence_timeout_s,
+            ),
+            backoff=Backoff(*audio.reopen_backoff_s),
+            stop=stop,
+            notifier=notifier,
+            health=health,
+        )
+    finally:
+        notifier.stopping(status="stopping")
+        source.close()
+        queue.close()
+    log.info("stopped: %s", health.status_line())
+    log.info("health at exit: %s", json.dumps(health.snapshot(), separators=(",", ":")))
+    return 0

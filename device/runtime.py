@@ -1,0 +1,179 @@
+"""The classifier: a LiteRT interpreter running the bundle's model on one window at a time.
+
+Uses ``ai_edge_litert`` (the LiteRT wheel), or ``tflite_runtime`` where that is what is
+installed (older Raspberry Pi OS images). With ``detection.delegate: edgetpu`` it loads the
+Edge TPU delegate (``libedgetpu.so.1``) and the bundle's ``edgetpu`` variant when it has one;
+when the delegate cannot be loaded it warns and runs the plain int8 model on the CPU.
+
+Quantization comes from the model itself (the tensors' scale and zero point), which
+:func:`load_classifier` checks against model.json: a disagreement is a :class:`BundleError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from device.bundle import Bundle, BundleError, Quantization
+
+log = logging.getLogger(__name__)
+
+EDGETPU_LIBRARY = "libedgetpu.so.1"
+
+
+def _interpreter_api():
+    """(Interpreter class, load_delegate function) of whichever LiteRT runtime is installed."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter, load_delegate
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter, load_delegate
+        except ImportError:
+            raise BundleError(
+                "no LiteRT runtime: install ai-edge-litert (pip install ai-edge-litert) "
+                "or tflite-runtime"
+            ) from None
+    return Interpreter, load_delegate
+
+
+class Classifier:
+    """One model, one window per call. Not thread-safe: one owner (the worker).
+
+    Input: a window of log-mel frames, shape (frames, n_mels), either float32 dB or already
+    quantized with :meth:`quantize` (the worker quantizes each frame once, as it arrives).
+    Output: probabilities, shape (n_labels,), float32 in 0..1.
+    """
+
+    def __init__(self, interpreter, bundle: Bundle, *, delegate: str) -> None:
+        self.bundle = bundle
+        self.delegate = delegate
+        """'edgetpu' or 'cpu': what actually runs the model."""
+        self._interpreter = interpreter
+        inp = interpreter.get_input_details()[0]
+        out = interpreter.get_output_details()[0]
+        self._input_index = inp["index"]
+        self._output_index = out["index"]
+        self.input_dtype = np.dtype(inp["dtype"])
+        self._input_shape = tuple(int(x) for x in inp["shape"])
+        scale, zero = inp["quantization"]
+        self.input_quantization = Quantization(float(scale), int(zero)) if scale else None
+        scale, zero = out["quantization"]
+        self.output_quantization = Quantization(float(scale), int(zero)) if scale else None
+        self._sigmoid = bundle.output_kind == "logits"
+        if self.input_quantization is not None:
+            info = np.iinfo(self.input_dtype)
+            self._q_low, self._q_high = info.min, info.max
+            self._inv_scale = np.float32(1.0 / self.input_quantization.scale)
+            self._zero = np.float32(self.input_quantization.zero_point)
+
+    def quantize(self, frames: np.ndarray) -> np.ndarray:
+        """float32 dB frames (any leading shape, n_mels last) -> the model's input dtype."""
+        if self.input_quantization is None:
+            return frames.astype(self.input_dtype, copy=False)
+        q = frames * self._inv_scale
+        q += self._zero
+        np.rint(q, out=q)
+        np.clip(q, self._q_low, self._q_high, out=q)
+        return q.astype(self.input_dtype)
+
+    def predict(self, window: np.ndarray) -> np.ndarray:
+        """window: (frames, n_mels) float32 dB or input-dtype values. Returns (n_labels,) 0..1."""
+        if window.dtype != self.input_dtype:
+            window = self.quantize(window)
+        self._interpreter.set_tensor(self._input_index, window.reshape(self._input_shape))
+        self._interpreter.invoke()
+        raw = self._interpreter.get_tensor(self._output_index).reshape(-1)
+        values = raw.astype(np.float32)
+        if self.output_quantization is not None:
+            values -= self.output_quantization.zero_point
+            values *= self.output_quantization.scale
+        if self._sigmoid:
+            values = 1.0 / (1.0 + np.exp(-values))
+        return values
+
+    def timed_predict(self, window: np.ndarray) -> tuple[np.ndarray, float]:
+        """:meth:`predict` and its wall time in seconds."""
+        t0 = time.perf_counter()
+        scores = self.predict(window)
+        return scores, time.perf_counter() - t0
+
+
+def _check(interpreter, bundle: Bundle, path: Path) -> None:
+    """Refuse a model file whose tensors disagree with model.json."""
+    inp = interpreter.get_input_details()
+    out = interpreter.get_output_details()
+    if len(inp) != 1 or len(out) != 1:
+        raise BundleError(
+            f"{path}: expected one input and one output tensor, got {len(inp)} and {len(out)}"
+        )
+    inp, out = inp[0], out[0]
+    shape = tuple(int(x) for x in inp["shape"])
+    if shape != bundle.input_shape:
+        raise BundleError(
+            f"{path}: input shape {list(shape)} but model.json says {list(bundle.input_shape)}"
+        )
+    if np.dtype(inp["dtype"]).name != bundle.input_dtype:
+        raise BundleError(
+            f"{path}: input dtype {np.dtype(inp['dtype']).name} but model.json says "
+            f"{bundle.input_dtype}"
+        )
+    if np.dtype(out["dtype"]).name != bundle.output_dtype:
+        raise BundleError(
+            f"{path}: output dtype {np.dtype(out['dtype']).name} but model.json says "
+            f"{bundle.output_dtype}"
+        )
+    n_out = int(np.prod(out["shape"]))
+    if n_out != len(bundle.labels):
+        raise BundleError(
+            f"{path}: {n_out} outputs but model.json names {len(bundle.labels)} labels"
+        )
+    for name, tensor, declared in (
+        ("input", inp, bundle.input_quantization),
+        ("output", out, bundle.output_quantization),
+    ):
+        scale, zero = tensor["quantization"]
+        actual = Quantization(float(scale), int(zero)) if scale else None
+        if (actual is None) != (declared is None) or (
+            actual is not None
+            and (
+                not np.isclose(actual.scale, declared.scale, rtol=1e-5)
+                or actual.zero_point != declared.zero_point
+            )
+        ):
+            raise BundleError(
+                f"{path}: {name} quantization {actual} but model.json says {declared}"
+            )
+
+
+def load_classifier(bundle: Bundle, *, delegate: str = "cpu", num_threads: int = 1) -> Classifier:
+    """Load the bundle's model into an interpreter, on the Edge TPU when asked and possible."""
+    Interpreter, load_delegate = _interpreter_api()
+    if delegate == "edgetpu":
+        path = bundle.variant_path("edgetpu") or bundle.model_path
+        try:
+            tpu = load_delegate(EDGETPU_LIBRARY)
+            interpreter = Interpreter(
+                model_path=str(path), experimental_delegates=[tpu], num_threads=num_threads
+            )
+            interpreter.allocate_tensors()
+            _check(interpreter, bundle, path)
+            return Classifier(interpreter, bundle, delegate="edgetpu")
+        except (OSError, ValueError, RuntimeError) as exc:
+            log.warning(
+                "Edge TPU unavailable (%s); running the int8 model on the CPU",
+                " ".join(str(exc).split()),
+            )
+    # The CPU runs the plain int8 model even when --model named the Edge TPU variant.
+    path = bundle.model_path.parent / bundle.manifest.get("model_file", bundle.model_path.name)
+    try:
+        interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise BundleError(
+            f"{path}: LiteRT cannot load the model ({' '.join(str(exc).split())})"
+        ) from None
+    _check(interpreter, bundle, path)
+    return Classifier(interpreter, bundle, delegate="cpu")

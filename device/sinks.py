@@ -1,0 +1,418 @@
+"""Where events go: a bounded queue and one thread in front of every sink.
+
+The worker only puts messages into :class:`SinkQueue`; a single sink thread calls the sinks,
+so a slow disk or broker never stalls the audio. Live, a full queue drops (and counts) rather
+than blocks: window scores first (they only use the half of the queue that events leave
+free), events only when the whole queue is full. Replay blocks instead, since there is no
+audio to lose.
+
+Sinks here: events as JSON lines, window scores as CSV, Raven selection tables (one per
+source), event counts per file (CSV), WAV clips of events with a disk budget, a log line
+per event. The MQTT sink lives in device/mqtt.py and implements the same protocol.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import queue
+import re
+import shutil
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+from device.events import Event, Sink, WindowScores
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+RAVEN_LABEL_COLUMN = "Species"
+"""Label column of the selection tables (the column train reads by default)."""
+RAVEN_SUFFIX = ".callwatch.selections.txt"
+SCORES_HEADER = "source,start_s,end_s,label,score\n"
+
+
+class SinkQueue:
+    """Bounded queue plus the thread that feeds the sinks. Put from one thread (the worker).
+
+    ``block=False`` (live): never waits; ``block=True`` (replay): waits for room.
+    """
+
+    def __init__(self, sinks: list[Sink], *, maxsize: int, block: bool, health=None) -> None:
+        self.sinks = list(sinks)
+        self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
+        self._block = block
+        self._health = health
+        self._thread = threading.Thread(target=self._run, name="sinks", daemon=True)
+        self.wants_scores = any(getattr(s, "wants_scores", False) for s in self.sinks)
+        """False when no sink writes scores: the worker then skips making them."""
+        self.sink_errors = 0
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> SinkQueue:
+        self._thread.start()
+        return self
+
+    def put_event(self, event: Event) -> bool:
+        return self._put(("event", event), reserve=0)
+
+    def put_scores(self, scores: WindowScores) -> bool:
+        return self._put(("scores", scores), reserve=self._queue.maxsize // 2)
+
+    def put_source_end(self, source: str) -> bool:
+        return self._put(("source_end", source), reserve=0)
+
+    def put_clip(self, event: Event, samples: np.ndarray, sample_rate: int) -> bool:
+        return self._put(("clip", (event, samples, sample_rate)), reserve=0)
+
+    def _put(self, item: tuple, *, reserve: int) -> bool:
+        if self._block:
+            self._queue.put(item)
+            return True
+        if reserve and self._queue.qsize() >= self._queue.maxsize - reserve:
+            self._count_drop(item[0])
+            return False
+        try:
+            self._queue.put_nowait(item)
+            return True
+        except queue.Full:
+            self._count_drop(item[0])
+            return False
+
+    def _count_drop(self, kind: str) -> None:
+        if self._health is None:
+            return
+        if kind == "scores":
+            self._health.dropped_scores += 1
+        else:
+            self._health.dropped_events += 1
+            log.warning("sink queue full: %s dropped (sinks are too slow)", kind)
+
+    def drain(self) -> None:
+        """Wait until the sink thread has handled everything queued so far."""
+        self._queue.join()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                self._queue.task_done()
+                return
+            try:
+                self._dispatch(*item)
+            finally:
+                self._queue.task_done()
+
+    def _dispatch(self, kind: str, payload) -> None:
+        for sink in self.sinks:
+            try:
+                if kind == "event":
+                    sink.on_event(payload)
+                elif kind == "scores":
+                    sink.on_scores(payload)
+                elif kind == "source_end":
+                    sink.on_source_end(payload)
+                elif kind == "clip" and hasattr(sink, "on_clip"):
+                    sink.on_clip(*payload)
+            except Exception as exc:  # one broken sink must not silence the others
+                self.sink_errors += 1
+                log.warning("%s failed on %s: %s", type(sink).__name__, kind, exc)
+
+    def close(self) -> None:
+        """Deliver everything queued, then close every sink (flushes files)."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:
+                log.warning("%s failed to close: %s", type(sink).__name__, exc)
+
+
+class _BaseSink:
+    """Default no-op methods of the Sink protocol."""
+
+    wants_scores = False
+
+    def on_event(self, event: Event) -> None:
+        pass
+
+    def on_scores(self, scores: WindowScores) -> None:
+        pass
+
+    def on_source_end(self, source: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _open_text(path: str, *, append: bool) -> tuple[io.TextIOBase, bool]:
+    """(file, is_empty): '-' is stdout; parent folders are created."""
+    if path == "-":
+        return sys.stdout, False
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    f = open(target, "a" if append else "w", encoding="utf-8", newline="")
+    return f, f.tell() == 0
+
+
+class JsonlSink(_BaseSink):
+    """Events as JSON lines (device.events.Event.to_json), flushed per event."""
+
+    def __init__(self, path: str, *, append: bool = True) -> None:
+        self._file, _ = _open_text(path, append=append)
+
+    def on_event(self, event: Event) -> None:
+        self._file.write(event.to_json() + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.flush()
+        if self._file is not sys.stdout:
+            self._file.close()
+
+
+class ScoresCsvSink(_BaseSink):
+    """``source,start_s,end_s,label,score``: a row per evaluated window and label."""
+
+    wants_scores = True
+
+    def __init__(self, path: str | Path, *, append: bool = False, header: bool = True) -> None:
+        self._file, empty = _open_text(str(path), append=append)
+        if header and (empty or path == "-"):
+            self._file.write(SCORES_HEADER)
+
+    def on_scores(self, scores: WindowScores) -> None:
+        for label, score in scores.scores.items():
+            self._file.write(
+                f"{scores.source},{scores.start_s:.3f},{scores.end_s:.3f},{label},{score:.4f}\n"
+            )
+
+    def append_rows(self, path: Path) -> None:
+        """Copy rows written by a replay worker process (a file without the header)."""
+        with open(path, encoding="utf-8") as part:
+            shutil.copyfileobj(part, self._file)
+
+    def on_source_end(self, source: str) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.flush()
+        if self._file is not sys.stdout:
+            self._file.close()
+
+
+class RavenSink(_BaseSink):
+    """One Raven Pro selection table per source: ``<stem>.callwatch.selections.txt``.
+
+    Tab-separated, events as selections on channel 1 of "Spectrogram 1", the label in the
+    Species column, spanning the front end's frequency range. A source without events gets a
+    table with the header only, so every analysed file has one.
+    """
+
+    def __init__(self, folder: str | Path, *, low_hz: float, high_hz: float) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._low, self._high = low_hz, high_hz
+        self._events: dict[str, list[Event]] = {}
+        self._written: set[str] = set()
+
+    def on_event(self, event: Event) -> None:
+        self._events.setdefault(event.source, []).append(event)
+
+    def on_source_end(self, source: str) -> None:
+        events = sorted(self._events.pop(source, []), key=lambda e: (e.start_s, e.label))
+        stem = _safe_name(Path(source).stem) or "source"
+        name, n = stem + RAVEN_SUFFIX, 1
+        while name in self._written:  # two files with one stem in different folders
+            n += 1
+            name = f"{stem}-{n}{RAVEN_SUFFIX}"
+        self._written.add(name)
+        rows = [
+            "\t".join(
+                (
+                    "Selection",
+                    "View",
+                    "Channel",
+                    "Begin Time (s)",
+                    "End Time (s)",
+                    "Low Freq (Hz)",
+                    "High Freq (Hz)",
+                    RAVEN_LABEL_COLUMN,
+                    "Score",
+                )
+            )
+        ]
+        for i, e in enumerate(events, 1):
+            rows.append(
+                f"{i}\tSpectrogram 1\t1\t{e.start_s:.3f}\t{e.end_s:.3f}\t{self._low:.1f}\t"
+                f"{self._high:.1f}\t{e.label}\t{e.peak_score:.4f}"
+            )
+        (self.folder / name).write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+class CountsCsvSink(_BaseSink):
+    """Events per label per source (the call-counting task): ``source,<label>,...``."""
+
+    def __init__(self, path: str, *, labels: list[str]) -> None:
+        self._path = path
+        self._labels = list(labels)
+        self._counts: dict[str, dict[str, int]] = {}
+
+    def on_event(self, event: Event) -> None:
+        counts = self._counts.setdefault(event.source, dict.fromkeys(self._labels, 0))
+        counts[event.label] = counts.get(event.label, 0) + 1
+
+    def on_source_end(self, source: str) -> None:
+        self._counts.setdefault(source, dict.fromkeys(self._labels, 0))
+
+    def close(self) -> None:
+        f, _ = _open_text(self._path, append=False)
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["source", *self._labels])
+        for source, counts in self._counts.items():
+            writer.writerow([source, *(counts[label] for label in self._labels)])
+        if f is not sys.stdout:
+            f.close()
+
+
+class LogSink(_BaseSink):
+    """One INFO log line per event."""
+
+    def on_event(self, event: Event) -> None:
+        log.info(
+            "event %s %.2f-%.2f s peak %.3f in %s (seq %d)",
+            event.label,
+            event.start_s,
+            event.end_s,
+            event.peak_score,
+            event.source,
+            event.seq,
+        )
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+
+
+class ClipSink(_BaseSink):
+    """Writes a 16-bit WAV per event and keeps the clip folder within its budget.
+
+    Budget: clips older than ``max_age_days`` are deleted, then the oldest ones until the
+    folder holds at most ``max_mb``. Below ``min_free_mb`` of free disk no clip is written
+    (counted in ``skipped``); events still flow to the other sinks.
+    """
+
+    def __init__(
+        self, folder: str | Path, *, max_mb: float, max_age_days: float, min_free_mb: float
+    ) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._max_bytes = max_mb * 2**20
+        self._max_age_s = max_age_days * 86400.0
+        self._min_free_bytes = min_free_mb * 2**20
+        self.written = 0
+        self.skipped = 0
+        self.deleted = 0
+        self.enforce_budget()
+
+    def on_clip(self, event: Event, samples: np.ndarray, sample_rate: int) -> None:
+        if shutil.disk_usage(self.folder).free < self._min_free_bytes:
+            self.skipped += 1
+            log.warning(
+                "free disk below service.min_free_mb in %s: event clips paused", self.folder
+            )
+            return
+        stamp = re.sub(r"[-:]", "", event.start_utc).replace(".", "_")
+        name = f"{stamp}_{_safe_name(event.label)}_{event.event_id[:8]}.wav"
+        tmp = self.folder / (name + ".part")
+        soundfile.write(
+            tmp, np.clip(samples, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV"
+        )
+        tmp.replace(self.folder / name)
+        self.written += 1
+        self.enforce_budget()
+
+    def enforce_budget(self, *, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        clips = []
+        for path in self.folder.glob("*.wav"):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            clips.append((st.st_mtime, st.st_size, path))
+        clips.sort()
+        total = sum(size for _, size, _ in clips)
+        for mtime, size, path in clips:
+            if now - mtime <= self._max_age_s and total <= self._max_bytes:
+                break
+            try:
+                os.unlink(path)
+                self.deleted += 1
+            except FileNotFoundError:
+                pass
+            total -= size
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where the file sinks write: the config's outputs section with command-line overrides."""
+
+    events_jsonl: str | None = None
+    scores_csv: str | None = None
+    raven_dir: str | None = None
+    counts_csv: str | None = None
+    clips_dir: Path | None = None
+    """None: no clips."""
+    log_events: bool = True
+
+
+def build_sinks(
+    outputs: Outputs,
+    cfg,
+    *,
+    labels: list[str],
+    low_hz: float,
+    high_hz: float,
+    append: bool,
+    scores: bool = True,
+    clips: bool = True,
+) -> list[Sink]:
+    """The file and log sinks ``outputs`` asks for. ``append``: live appends to the JSONL and
+    CSV files, replay writes them afresh. ``scores`` / ``clips``: False where another process
+    writes those (replay with --jobs). Raises OSError for a file or folder it cannot create."""
+    sinks: list[Sink] = []
+    if outputs.events_jsonl:
+        sinks.append(JsonlSink(outputs.events_jsonl, append=append))
+    if scores and outputs.scores_csv:
+        sinks.append(ScoresCsvSink(outputs.scores_csv, append=append))
+    if outputs.raven_dir:
+        sinks.append(RavenSink(outputs.raven_dir, low_hz=low_hz, high_hz=high_hz))
+    if outputs.counts_csv:
+        sinks.append(CountsCsvSink(outputs.counts_csv, labels=labels))
+    if clips and outputs.clips_dir is not None:
+        sinks.append(clip_sink(outputs.clips_dir, cfg))
+    if outputs.log_events:
+        sinks.append(LogSink())
+    return sinks
+
+
+def clip_sink(folder: Path, cfg) -> ClipSink:
+    c = cfg.outputs.clips
+    return ClipSink(
+        folder, max_mb=c.max_mb, max_age_days=c.max_age_days, min_free_mb=cfg.service.min_free_mb
+    )
