@@ -455,6 +455,8 @@ def schema_reference() -> str:
             else:
                 default = yaml.safe_dump(spec.default, default_flow_style=True).strip().removesuffix("...").strip()
                 rows.append(f"| `{key_path}` | `{default}` | {spec.doc} |")
+                if isinstance(spec.item, dict):
+                    walk(spec.item, key_path + "[]")
 
     walk(SCHEMA, "")
     return "\n".join(rows)
