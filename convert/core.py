@@ -21,12 +21,20 @@ from pathlib import Path
 
 import numpy as np
 
-from convert import ConvertFailure, ConvertInputError
+from convert import ConvertFailure, ConvertInputError, export, report, verify
 from convert import edgetpu as tpu
-from convert import export, report, verify
 from convert.run_folder import RESOLVED_CONFIG, RunFolder, load_run_folder
-from device.bundle import MANIFEST_NAME, MODEL_NAME, BundleError, Quantization, load_bundle, sha256_of, write_bundle
+from device.bundle import (
+    MANIFEST_NAME,
+    MODEL_NAME,
+    BundleError,
+    Quantization,
+    load_bundle,
+    sha256_of,
+    write_bundle,
+)
 from device.config import ConfigError, default_config_path, load_config
+
 
 def _stdout(line: str) -> None:
     print(line, flush=True)

@@ -235,7 +235,7 @@ def load_bundle(path: str | Path) -> Bundle:
     if Path(path).suffix == ".tflite" and Path(path).resolve() != model_path:
         # --model pointed at another .tflite in the folder (e.g. model_edgetpu.tflite): it
         # must be a variant the manifest knows.
-        for name, entry in m.get("variants", {}).items():
+        for entry in m.get("variants", {}).values():
             if (manifest_path.parent / entry["file"]).resolve() == Path(path).resolve():
                 _check_sha(Path(path).resolve(), entry.get("sha256", ""))
                 model_path = Path(path).resolve()

@@ -142,5 +142,5 @@ def utc_iso(epoch_s: float) -> str:
     e.g. ``2026-11-22T23:00:00.500Z``. Milliseconds are truncated, not rounded, so a stamp
     never reads later than the instant it names."""
     millis = int(epoch_s * 1000 // 1)
-    stamp = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(milliseconds=millis)
+    stamp = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=millis)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"

@@ -128,6 +128,8 @@ SCHEMA: dict = {
             "time_mask_frames": Key(10, "Longest time mask, frames", min=0, max=200),
             "freq_masks": Key(2, "SpecAugment frequency masks per window", min=0, max=10),
             "freq_mask_bands": Key(4, "Widest frequency mask, mel bands", min=0, max=64),
+            "freq_shift_bands": Key(0, "Largest random shift along the mel axis, bands (pitch "
+                                    "differences between individuals); 0 = off", min=0, max=16),
             "mixup_alpha": Key(0.0, "Mixup Beta(alpha, alpha); 0 = off", min=0, max=2),
         },
         "model": {

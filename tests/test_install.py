@@ -18,10 +18,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from test_systemd import exposure, needs_analyze, verify
 
 from device.bundle import load_bundle
 from device.config import load_config, validate
-from test_systemd import exposure, needs_analyze, verify
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "systemd" / "install.sh"

@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 import soundfile
 import yaml
-
 from tinymodel import noise, tone
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tinymodel import noise, tone
 
 from device.audio import Resampler
 from device.bundle import load_bundle
@@ -20,7 +21,6 @@ from device.ringbuffer import RingBuffer
 from device.runtime import load_classifier
 from device.sinks import SinkQueue
 from device.sources import Backoff, Liveness, MicrophoneSource
-from tinymodel import noise, tone
 
 SR = 16000
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-
 from tinymodel import noise, tone
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tinymodel import noise, tone
 
 from device.bundle import BundleError, load_bundle
 from device.features import logmel
 from device.runtime import load_classifier
-from tinymodel import noise, tone
 
 
 @pytest.fixture
