@@ -225,6 +225,10 @@ class MicrophoneSource:
             log.debug("closing %s: %s", self.name, exc)
 
 
+STARTUP_GRACE_S = 5.0
+"""Seconds a freshly opened stream may take to deliver its first block before it counts as dead."""
+
+
 class Liveness:
     """Decides when a microphone needs reopening: no audio, digital silence, a stopped stream.
 
@@ -260,7 +264,12 @@ class Liveness:
         """
         if not running:
             return "stopped"
-        if now - max(last_audio, self._reset_at) > self.liveness_timeout_s:
+        timeout = self.liveness_timeout_s
+        if last_audio < self._reset_at:
+            # No block yet since the (re)open: PulseAudio and USB devices can take a second or
+            # two to deliver the first one; a short liveness timeout would reopen forever.
+            timeout = max(timeout, STARTUP_GRACE_S)
+        if now - max(last_audio, self._reset_at) > timeout:
             return "no audio"
         if self.silence_timeout_s and now - self._last_varying > self.silence_timeout_s:
             return "silence"
