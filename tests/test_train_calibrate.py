@@ -1,0 +1,78 @@
+"""train.calibrate: thresholds at a target precision and at a false-alarm rate per hour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from train.calibrate import alarm_rate, threshold_at_false_alarms, threshold_at_precision
+
+
+def test_separable_scores_get_a_threshold_between_the_classes():
+    y = np.array([0, 0, 0, 1, 1, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+    t = threshold_at_precision(y, s, target=0.9)
+    assert 0.3 < t.value < 0.7 and t.achieved == {"precision": 1.0, "recall": 1.0} and not t.note
+
+
+def test_target_precision_is_reached_with_most_recall():
+    rng = np.random.default_rng(0)
+    y = rng.random(2000) < 0.3
+    s = np.clip(0.5 + 0.25 * (y - 0.5) + 0.2 * rng.standard_normal(2000), 0, 1)
+    for target in (0.8, 0.9, 0.95):
+        t = threshold_at_precision(y, s, target=target)
+        predicted = s >= t.value
+        precision = (predicted & y).sum() / predicted.sum()
+        assert precision >= target
+        # every lower threshold that finds more calls breaks the target
+        recall = (predicted & y).sum() / y.sum()
+        for lower in np.unique(s[s < t.value]):
+            predicted = s >= lower
+            if (predicted & y).sum() / y.sum() > recall:
+                assert (predicted & y).sum() / predicted.sum() < target
+
+
+def test_unreachable_precision_falls_back_with_a_note():
+    y = np.array([0, 1, 0, 1])
+    s = np.array([0.5, 0.5, 0.5, 0.5])
+    t = threshold_at_precision(y, s, target=0.99)
+    assert "not reached" in t.note and 0 < t.value < 1
+
+
+def test_alarms_are_runs_of_overlapping_windows():
+    starts = np.arange(0, 3600, 0.5)  # one hour, windows of 3 s every 0.5 s
+    scores = np.zeros(len(starts))
+    scores[100:110] = 0.9   # one run: one alarm
+    scores[500] = 0.8       # one more
+    scores[900:903] = 0.6   # and another, weaker
+    src = np.array(["a.wav"] * len(starts))
+    rates, hours = alarm_rate(sources=src, starts=starts, scores=scores, window_s=3.0,
+                              thresholds=np.array([0.5, 0.7, 0.85, 0.95]))
+    assert hours == pytest.approx(1.0, abs=0.01)
+    assert rates.tolist() == pytest.approx([3, 2, 1, 0], abs=0.01)
+
+
+@pytest.mark.parametrize("per_hour, allowed", [(0.0, 0), (1.0, 1), (2.5, 2), (10.0, 3)])
+def test_threshold_at_false_alarms_allows_the_rate(per_hour, allowed):
+    starts = np.arange(0, 3600, 0.5)
+    scores = np.full(len(starts), 0.05)
+    scores[[100, 500, 900]] = [0.9, 0.8, 0.6]
+    src = np.array(["a.wav"] * len(starts))
+    t = threshold_at_false_alarms(sources=src, starts=starts, scores=scores, window_s=3.0, per_hour=per_hour)
+    assert (scores >= t.value).sum() == allowed
+    assert t.achieved["false_alarms_per_hour"] <= per_hour + 1e-9
+    assert 0 < t.value < 1
+
+
+def test_windows_of_different_files_never_merge():
+    starts = np.array([0.0, 0.5, 0.0, 0.5])
+    src = np.array(["a", "a", "b", "b"])
+    rates, hours = alarm_rate(sources=src, starts=starts, scores=np.ones(4), window_s=3.0, thresholds=np.array([0.5]))
+    assert rates[0] * hours == pytest.approx(2)
+
+
+def test_a_detector_stuck_on_counts_once_per_max_event():
+    starts = np.arange(0, 3600, 0.5)
+    rates, _ = alarm_rate(sources=np.array(["a"] * len(starts)), starts=starts, scores=np.ones(len(starts)),
+                          window_s=3.0, thresholds=np.array([0.5]), max_event_s=60.0)
+    assert rates[0] == pytest.approx(60, abs=1)

@@ -1,0 +1,78 @@
+"""train.model: a small CNN of int8-friendly layers, logits out, gain-invariant, under 100 KB."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from train.model import build_model, int8_size_estimate  # noqa: E402
+
+FRAMES, MELS = 149, 40
+ALLOWED = {"InputLayer", "AveragePooling2D", "Subtract", "Conv2D", "DepthwiseConv2D", "BatchNormalization",
+           "ReLU", "MaxPooling2D", "GlobalMaxPooling2D", "GlobalAveragePooling2D", "Dropout", "Dense"}
+
+
+def model(**kw):
+    args = dict(frames=FRAMES, n_mels=MELS, n_labels=2, filters=[16, 24, 32, 48], dropout=0.2)
+    return build_model(**(args | kw))
+
+
+def test_shapes_logits_and_layer_types():
+    m = model()
+    assert m.input_shape == (None, FRAMES, MELS, 1)
+    assert m.output_shape == (None, 2)
+    assert {type(layer).__name__ for layer in m.layers} <= ALLOWED
+    assert m.layers[-1].get_config()["activation"] == "linear"  # logits: the device applies the sigmoid
+    x = np.random.default_rng(0).normal(-50, 10, (3, FRAMES, MELS, 1)).astype(np.float32)
+    out = m.predict(x, verbose=0)
+    assert out.shape == (3, 2) and np.isfinite(out).all()
+
+
+def test_under_100_kb_as_int8():
+    m = model()
+    assert m.count_params() < 100_000
+    assert int8_size_estimate(m) < 100 * 1024
+    big = model(filters=[32, 64, 96, 128])
+    assert int8_size_estimate(big) < 100 * 1024
+
+
+def test_band_normalisation_makes_the_model_gain_invariant():
+    m = model()
+    x = np.random.default_rng(1).normal(-50, 10, (2, FRAMES, MELS, 1)).astype(np.float32)
+    np.testing.assert_allclose(m.predict(x, verbose=0), m.predict(x + 12.0, verbose=0), atol=1e-3)
+
+
+def test_saves_and_loads_without_custom_objects(tmp_path):
+    m = model(pooling="avg", normalisation="none")
+    m.save(tmp_path / "model.keras")
+    again = keras.models.load_model(tmp_path / "model.keras")
+    x = np.random.default_rng(2).normal(-50, 10, (2, FRAMES, MELS, 1)).astype(np.float32)
+    np.testing.assert_allclose(m.predict(x, verbose=0), again.predict(x, verbose=0), atol=1e-5)
+
+
+def test_converts_to_full_integer_int8_with_builtin_ops():
+    tf = pytest.importorskip("tensorflow")
+    from ai_edge_litert.interpreter import Interpreter
+
+    m = model(n_labels=1)
+    rng = np.random.default_rng(3)
+
+    def representative():
+        for _ in range(8):
+            yield [rng.normal(-50, 10, (1, FRAMES, MELS, 1)).astype(np.float32)]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(m)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    blob = converter.convert()
+    assert len(blob) < 100 * 1024
+    interpreter = Interpreter(model_content=blob)
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert ops <= {"AVERAGE_POOL_2D", "SUB", "CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "REDUCE_MAX",
+                   "MEAN", "FULLY_CONNECTED", "RESHAPE"}, ops
+    assert interpreter.get_input_details()[0]["dtype"] == np.int8

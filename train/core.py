@@ -1,0 +1,295 @@
+"""python -m train, as functions: datasets -> split -> windows -> CNN -> calibrated run folder.
+
+:func:`train_run` is what the command line calls; tests call it (and the stage functions)
+directly. A run folder holds (the contract ``python -m convert`` reads)::
+
+    model.keras        Keras 3 model, input (None, frames, n_mels, 1) log-mel dB, output logits
+    run.json           labels, features, window_s, thresholds, recommended_hop_s, calibration, metrics
+    calibration.npy    float32 (N, frames, n_mels, 1) training windows for int8 quantization
+    test_windows.npz   x, y, source, start_s of the test split
+    split.csv  metrics.json  config.resolved.yaml  report.md  plots/*.png  errors.csv
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from device.audio import AudioError
+from device.config import Section
+from device.features import FeatureParams
+from train import report
+from train.augment import AugmentParams
+from train.cache import recording_features
+from train.calibrate import threshold_at_false_alarms, threshold_at_precision
+from train.datasets import DatasetError, Inventory, Recording, load_datasets
+from train.evaluate import (
+    clip_level,
+    count_correlation,
+    event_metrics,
+    metrics_by_label,
+    timeline_scores,
+)
+from train.fit import fit, predict_probabilities
+from train.hard_negatives import apply_hard_negatives
+from train.split import check_disjoint, fold_groups, split_recordings, write_split_csv
+from train.windows import WindowSampler, evaluation_windows, window_labels
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Prepared:
+    """Datasets read and their features computed, shared by the main run and every fold."""
+
+    inventory: Inventory
+    features: dict[str, np.ndarray]
+    """Recording name -> (frames, n_mels) float32 log-mel dB of the whole file."""
+    params: FeatureParams
+    data_root: Path
+
+
+def prepare_data(*, train_cfg: Section, data_root: Path, cache_dir: Path | None, log: Log = print) -> Prepared:
+    """Read every dataset and compute (or load cached) features; unreadable files are skipped."""
+    params = FeatureParams.from_dict(train_cfg.features.to_dict())
+    inventory = load_datasets(train_cfg.datasets, data_root=data_root, labels=list(train_cfg.labels))
+    features: dict[str, np.ndarray] = {}
+    kept: list[Recording] = []
+    began = time.monotonic()
+    for i, r in enumerate(inventory.recordings, 1):
+        try:
+            features[r.name] = recording_features(r.path, params, cache_dir)
+            kept.append(r)
+        except AudioError as exc:
+            inventory.warn(f"skipped: {exc}", skipped_file=True)
+        if i % 50 == 0 or i == len(inventory.recordings):
+            log(f"features: {i}/{len(inventory.recordings)} recordings ({time.monotonic() - began:.0f} s)")
+    inventory.recordings = kept
+    for label in inventory.labels:
+        if not any(r.positives(label) for r in kept):
+            raise DatasetError(f"train.labels: every recording with {label!r} was unreadable (see warnings)")
+    for warning in inventory.warnings:
+        log(f"warning: {warning}")
+    return Prepared(inventory, features, params, Path(data_root))
+
+
+def split_for(cfg: Section, recordings: list[Recording], *, test_groups: list[str] | None = None) -> dict[str, str]:
+    """The configured split (or a fold's, when ``test_groups`` is given)."""
+    s = cfg.split
+    validation_groups = [g for g in s.validation_groups if g not in (test_groups or [])]
+    return split_recordings(recordings, labels=list(cfg.labels), validation=s.validation, test=s.test,
+                            test_groups=list(s.test_groups if test_groups is None else test_groups),
+                            validation_groups=validation_groups, validation_by=s.validation_by, seed=cfg.seed)
+
+
+def _timelines(model, recordings: list[Recording], prepared: Prepared, window_s: float,
+               hop_s: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {r.name: timeline_scores(lambda x: predict_probabilities(model, x), prepared.features[r.name],
+                                    params=prepared.params, window_s=window_s, hop_s=hop_s,
+                                    duration_s=r.duration_s)
+            for r in recordings}
+
+
+def calibrate_thresholds(*, cfg: Section, labels: list[str], y: np.ndarray, scores: np.ndarray,
+                         timelines: dict, recordings: list[Recording], window_s: float,
+                         max_event_s: float = 60.0) -> dict:
+    """{label: Threshold} on validation data, by ``cfg.calibration.method``."""
+    out = {}
+    for i, label in enumerate(labels):
+        if cfg.calibration.method == "precision":
+            out[label] = threshold_at_precision(y[:, i], scores[:, i], target=cfg.calibration.target_precision)
+            continue
+        sources, starts, negatives = [], [], []
+        for r in recordings:
+            starts_r, probs_r = timelines[r.name]
+            for start, score in zip(starts_r, probs_r[:, i]):
+                if r.kind == "clips":
+                    negative = r.annotations[0].label != label
+                else:
+                    truth, ambiguous = window_labels(r, start, window_s, labels)
+                    negative = not truth[i] and not ambiguous
+                if negative:
+                    sources.append(r.name)
+                    starts.append(start)
+                    negatives.append(score)
+        out[label] = threshold_at_false_alarms(sources=np.array(sources), starts=np.array(starts),
+                                               scores=np.array(negatives), window_s=window_s,
+                                               per_hour=cfg.calibration.false_alarms_per_hour,
+                                               max_event_s=max_event_s)
+    return out
+
+
+def train_split(*, config: Section, prepared: Prepared, split: dict[str, str], out: Path,
+                hard_negatives: list[str], title: str, command: str = "", log: Log = print) -> dict:
+    """Train, calibrate, evaluate and write one complete run folder for ``split``; returns metrics."""
+    from train.model import build_model, describe
+
+    cfg = config.train
+    labels, params, window_s = list(cfg.labels), prepared.params, cfg.window_s
+    hop_s = config.detection.hop_s
+    out.mkdir(parents=True, exist_ok=True)
+    inventory = dataclasses.replace(prepared.inventory, recordings=list(prepared.inventory.recordings),
+                                    warnings=list(prepared.inventory.warnings))
+    split = dict(split)
+    n_hard = apply_hard_negatives(hard_negatives, inventory=inventory, split=split, data_root=prepared.data_root)
+    for r in inventory.recordings:
+        if r.name not in prepared.features:
+            prepared.features[r.name] = recording_features(r.path, params, None)
+    recordings = inventory.recordings
+    write_split_csv(out / "split.csv", recordings, split)
+    check_disjoint(recordings, split)
+    parts = {name: [r for r in recordings if split[r.name] == name] for name in ("train", "validation", "test")}
+    for name, members in parts.items():
+        log(f"split {name}: {len(members)} recordings, {len({r.group for r in members})} groups, "
+            f"{sum(len(r.positives()) for r in members)} positive annotations")
+    if not parts["test"]:
+        raise DatasetError("train.split: the test split is empty; set split.test or split.test_groups")
+    dataset_rate = {i: ds.negatives_per_minute for i, ds in enumerate(cfg.datasets)}
+    rates = [cfg.negatives_per_minute if dataset_rate.get(r.dataset) is None else dataset_rate[r.dataset]
+             for r in parts["train"]]
+    sampler = WindowSampler(recordings=parts["train"], features=prepared.features, labels=labels, params=params,
+                            window_s=window_s, shift_s=cfg.augment.time_shift_s, negatives_per_minute=rates,
+                            max_positive_ratio=cfg.max_positive_ratio, min_windows=cfg.windows_per_epoch)
+    windows = {name: evaluation_windows(recordings=parts[name], features=prepared.features, labels=labels,
+                                        params=params, window_s=window_s, clip_hop_s=hop_s)
+               for name in ("validation", "test")}
+    log(f"windows per epoch: {sampler.positives_per_epoch} positive, {sampler.negatives_per_epoch} negative; "
+        f"validation {len(windows['validation'])}, test {len(windows['test'])}")
+    model = build_model(frames=params.window_frames(window_s), n_mels=params.n_mels, n_labels=len(labels),
+                        filters=list(cfg.model.filters), dropout=cfg.model.dropout,
+                        normalisation=cfg.model.normalisation, pooling=cfg.model.pooling)
+    log(describe(model))
+    began = time.monotonic()
+    history = fit(model, sampler=sampler, validation=windows["validation"],
+                  augment_params=AugmentParams.from_config(cfg.augment), epochs=cfg.epochs,
+                  patience=cfg.patience, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+                  seed=cfg.seed, log=log)
+    train_seconds = time.monotonic() - began
+    model.save(out / "model.keras")
+
+    calibration_x, calibration_y = sampler.epoch(np.random.default_rng([cfg.seed, 0]))
+    validation = windows["validation"]
+    if len(validation) == 0:  # nothing held out: calibrate on unaugmented training windows
+        inventory.warn("validation split empty: thresholds calibrated on training windows (optimistic)")
+        val_x, val_y, val_recordings = calibration_x[..., None], calibration_y, parts["train"]
+    else:
+        val_x, val_y, val_recordings = validation.x, validation.y, parts["validation"]
+    val_timelines = (_timelines(model, val_recordings, prepared, window_s, hop_s)
+                     if cfg.calibration.method == "false_alarms" else {})
+    thresholds = calibrate_thresholds(cfg=cfg, labels=labels, y=val_y, scores=predict_probabilities(model, val_x),
+                                      timelines=val_timelines, recordings=val_recordings, window_s=window_s,
+                                      max_event_s=config.detection.max_event_s)
+    threshold_values = {label: t.value for label, t in thresholds.items()}
+    for label, t in thresholds.items():
+        log(f"threshold {label}: {t.value:.4f} ({t.method}, {t.achieved}){' - ' + t.note if t.note else ''}")
+
+    test = windows["test"]
+    test_scores = predict_probabilities(model, test.x)
+    metrics = {"float": metrics_by_label(test.y, test_scores, labels, threshold_values)}
+    names, clip_y, clip_scores = clip_level(test, test_scores)
+    if names:
+        metrics["clip"] = metrics_by_label(clip_y, clip_scores, labels, threshold_values)
+    long_mask = test.kind == "selections"
+    if long_mask.any():
+        metrics["chunk"] = metrics_by_label(test.y[long_mask], test_scores[long_mask], labels, threshold_values)
+        metrics["count"] = count_correlation(test, test_scores, labels, threshold_values)
+    timeline_recordings = [r for r in parts["test"] if r.kind != "clips"]
+    if timeline_recordings:
+        metrics["events"] = event_metrics(_timelines(model, timeline_recordings, prepared, window_s, hop_s),
+                                          timeline_recordings, labels, threshold_values, window_s,
+                                          max_event_s=config.detection.max_event_s)
+
+    keep = np.random.default_rng([cfg.seed, 1]).permutation(len(calibration_x))[:cfg.calibration_windows]
+    np.save(out / "calibration.npy", calibration_x[keep][..., None].astype(np.float32))
+    np.savez(out / "test_windows.npz", x=test.x.astype(np.float32), y=test.y.astype(np.float32),
+             source=test.source.astype(str), start_s=test.start_s.astype(float))
+    run_info = {
+        "labels": labels, "features": params.to_dict(), "window_s": float(window_s),
+        "thresholds": threshold_values, "recommended_hop_s": float(hop_s),
+        "calibration": {"method": cfg.calibration.method,
+                        "target": (cfg.calibration.target_precision if cfg.calibration.method == "precision"
+                                   else cfg.calibration.false_alarms_per_hour),
+                        "labels": {label: t.to_dict() for label, t in thresholds.items()}},
+        "metrics": {"float": metrics["float"]},
+        "evaluation": {"clip_hop_s": hop_s, "clip_score": "max over the clip's windows",
+                       "chunks": "back-to-back window_s chunks of long recordings"},
+        "model": {"parameters": int(model.count_params()), "input_shape": list(model.input_shape[1:]),
+                  "output": "logits"},
+        "title": title,
+    }
+    (out / "run.json").write_text(json.dumps(run_info, indent=2) + "\n")
+    summary = {
+        "title": title, "command": command, "labels": labels, "window_s": window_s, "hop_s": hop_s,
+        "split_counts": {name: {"recordings": len(m), "groups": sorted({r.group for r in m})[:20],
+                                "n_groups": len({r.group for r in m}),
+                                "positives": sum(len(r.positives()) for r in m)} for name, m in parts.items()},
+        "windows": {"train_per_epoch": len(calibration_y), "validation": len(validation), "test": len(test)},
+        "model": describe(model), "parameters": int(model.count_params()),
+        "training": {**history.to_dict(), "seconds": train_seconds},
+        "thresholds": {label: t.to_dict() for label, t in thresholds.items()},
+        "metrics": metrics, "hard_negatives_used": n_hard,
+        "warnings": inventory.warnings, "skipped_files": inventory.skipped_files,
+    }
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    report.write_report(out, summary=summary, test=test, scores=test_scores, clip=(names, clip_y, clip_scores))
+    log(report.headline(summary))
+    return summary
+
+
+def resolved_config_text(config: Section, *, data_root: Path, hard_negatives: list[str], folds: bool) -> str:
+    """The full config as this run used it (command-line overrides folded in)."""
+    values = config.to_dict()
+    values["train"]["data_root"] = str(data_root)
+    values["train"]["hard_negatives"] = [str(h) for h in hard_negatives]
+    values["train"]["split"]["leave_one_group_out"] = folds
+    return yaml.safe_dump(values, sort_keys=False)
+
+
+def train_run(*, config: Section, data_root: Path | None = None, out: Path | None = None,
+              cache_dir: Path | None | str = "config", folds: bool | None = None,
+              hard_negatives: list[str] | None = None, command: str = "", log: Log = print) -> dict:
+    """Everything ``python -m train`` does; returns the main run's summary (metrics.json)."""
+    began = time.monotonic()
+    cfg = config.train
+    data_root = Path(data_root or cfg.data_root)
+    out = Path(out or Path("runs") / cfg.name)
+    if cache_dir == "config":
+        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
+    folds = cfg.split.leave_one_group_out if folds is None else folds
+    hard_negatives = list(cfg.hard_negatives) + list(hard_negatives or [])
+    prepared = prepare_data(train_cfg=cfg, data_root=data_root, cache_dir=cache_dir, log=log)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.resolved.yaml").write_text(
+        resolved_config_text(config, data_root=data_root, hard_negatives=hard_negatives, folds=folds))
+    split = split_for(cfg, prepared.inventory.recordings)
+    summary = train_split(config=config, prepared=prepared, split=split, out=out, hard_negatives=hard_negatives,
+                          title=f"{cfg.name}", command=command, log=log)
+    if folds:
+        results = []
+        for group in fold_groups(prepared.inventory.recordings):
+            log(f"== fold: test group {group}")
+            fold_split = split_for(cfg, prepared.inventory.recordings, test_groups=[group])
+            if fold_split == split:
+                log("same split as the main run: its results are this fold's")
+                results.append((group, summary))
+                continue
+            results.append((group, train_split(config=config, prepared=prepared, split=fold_split,
+                                               out=out / "folds" / _safe(group), hard_negatives=hard_negatives,
+                                               title=f"{cfg.name}, fold {group}", command=command, log=log)))
+        summary["folds"] = report.fold_table(results, labels=list(cfg.labels))
+        report.append_folds(out / "report.md", summary["folds"])
+        log(report.folds_headline(summary["folds"]))
+    summary["wall_seconds"] = time.monotonic() - began  # folds included
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    return summary
+
+
+def _safe(group: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in group) or "group"

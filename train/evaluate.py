@@ -1,0 +1,157 @@
+"""Test metrics: per window, per clip, per 3 s chunk, per recording count and per event.
+
+- window: ROC-AUC, PR-AUC (average precision), precision / recall / F1 and the confusion
+  counts at the calibrated threshold, per label;
+- clip (clip datasets): a clip's score is the highest of its windows, its truth the folder;
+- chunk (long recordings): back-to-back ``window_s`` chunks from the start of each recording,
+  labelled by the tables (ambiguous chunks left out), and per recording the number of positive
+  chunks predicted against the number in the table (Pearson correlation over recordings);
+- event (long recordings): windows every ``hop_s`` along the whole recording, runs above the
+  threshold merged into events; an event that touches an annotation is a hit, one that touches
+  only unannotated background is a false alarm; an annotation no event touches is a miss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from train.calibrate import alarm_rate
+from train.datasets import Recording
+from train.windows import WindowSet, crop, floor_db, merged_regions, tile_starts, window_labels
+
+Predict = Callable[[np.ndarray], np.ndarray]
+"""x (N, frames, n_mels, 1) float32 dB -> (N, n_labels) probabilities."""
+
+
+def label_metrics(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """Metrics of one label: y (N,) 0/1, scores (N,) probabilities."""
+    y = np.asarray(y) > 0.5
+    predicted = np.asarray(scores) >= threshold
+    tp, fp = int((predicted & y).sum()), int((predicted & ~y).sum())
+    fn, tn = int((~predicted & y).sum()), int((~predicted & ~y).sum())
+    both = 0 < y.sum() < len(y)
+    precision = tp / (tp + fp) if tp + fp else None
+    recall = tp / (tp + fn) if tp + fn else None
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
+    return {
+        "roc_auc": float(roc_auc_score(y, scores)) if both else None,
+        "pr_auc": float(average_precision_score(y, scores)) if both else None,
+        "precision": precision, "recall": recall, "f1": f1,
+        "threshold": float(threshold), "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+        "positives": int(y.sum()), "negatives": int((~y).sum()),
+    }
+
+
+def metrics_by_label(y: np.ndarray, scores: np.ndarray, labels: list[str], thresholds: dict[str, float]) -> dict:
+    """{label: label_metrics} for y, scores (N, n_labels)."""
+    return {label: label_metrics(y[:, i], scores[:, i], thresholds[label]) for i, label in enumerate(labels)}
+
+
+def clip_level(windows: WindowSet, scores: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(clip names, y (C, L), score (C, L)): each clip's highest window score, for clip datasets."""
+    names = sorted(set(windows.source[windows.kind == "clips"]))
+    index = {n: i for i, n in enumerate(names)}
+    y = np.zeros((len(names), windows.y.shape[1]), np.float32)
+    best = np.full((len(names), windows.y.shape[1]), -np.inf)
+    for row in np.flatnonzero(windows.kind == "clips"):
+        k = index[windows.source[row]]
+        y[k] = windows.y[row]
+        best[k] = np.maximum(best[k], scores[row])
+    return names, y, best
+
+
+def count_correlation(windows: WindowSet, scores: np.ndarray, labels: list[str],
+                      thresholds: dict[str, float]) -> dict:
+    """Per label: positive chunks per long recording, table vs model, and their Pearson r."""
+    chosen = windows.kind == "selections"
+    out = {}
+    for i, label in enumerate(labels):
+        rows = []
+        for name in sorted(set(windows.source[chosen])):
+            mask = chosen & (windows.source == name)
+            rows.append({"recording": name, "table": int(windows.y[mask, i].sum()),
+                         "predicted": int((scores[mask, i] >= thresholds[label]).sum())})
+        true = np.array([r["table"] for r in rows], float)
+        pred = np.array([r["predicted"] for r in rows], float)
+        r = float(np.corrcoef(true, pred)[0, 1]) if len(rows) > 1 and true.std() > 0 and pred.std() > 0 else None
+        out[label] = {"pearson_r": r, "recordings": rows,
+                      "mean_abs_error": float(np.abs(true - pred).mean()) if rows else None}
+    return out
+
+
+def timeline_scores(predict: Predict, features: np.ndarray, *, params, window_s: float, hop_s: float,
+                    duration_s: float, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(starts (K,), probabilities (K, n_labels)) of windows every ``hop_s`` along a recording."""
+    starts = tile_starts(duration_s, window_s, hop_s)
+    frames, floor = params.window_frames(window_s), floor_db(params)
+    out = []
+    for i in range(0, len(starts), batch):
+        x = np.stack([crop(features, round(s * params.frame_rate), frames, floor) for s in starts[i:i + batch]])
+        out.append(predict(x[..., None]))
+    return starts, np.concatenate(out)
+
+
+def events_from_scores(starts: np.ndarray, scores: np.ndarray, threshold: float,
+                       window_s: float) -> list[tuple[float, float, float]]:
+    """(start_s, end_s, peak) of runs of overlapping windows scoring >= threshold."""
+    events: list[list[float]] = []
+    for start, score in zip(starts, scores):
+        if score < threshold:
+            continue
+        if events and start <= events[-1][1] + 1e-6:
+            events[-1][1] = start + window_s
+            events[-1][2] = max(events[-1][2], float(score))
+        else:
+            events.append([float(start), float(start) + window_s, float(score)])
+    return [tuple(e) for e in events]
+
+
+def _touches(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return min(a[1], b[1]) - max(a[0], b[0]) > 1e-6
+
+
+def event_metrics(timelines: dict[str, tuple[np.ndarray, np.ndarray]], recordings: list[Recording],
+                  labels: list[str], thresholds: dict[str, float], window_s: float,
+                  max_event_s: float = 60.0) -> dict:
+    """Event-level precision / recall / F1 and false alarms per hour of background, per label."""
+    out = {}
+    for i, label in enumerate(labels):
+        hits = false_alarms = found = regions_total = 0
+        negative_sources, negative_starts, negative_scores = [], [], []
+        for r in recordings:
+            if r.name not in timelines:
+                continue
+            starts, scores = timelines[r.name]
+            regions = merged_regions(r, label)
+            others = [(s, e) for other in labels if other != label for s, e in merged_regions(r, other)]
+            excused = regions + others + list(r.ignored)
+            events = events_from_scores(starts, scores[:, i], thresholds[label], window_s)
+            for event in events:
+                if any(_touches(event[:2], region) for region in regions):
+                    hits += 1
+                elif not any(_touches(event[:2], region) for region in excused):
+                    false_alarms += 1
+            regions_total += len(regions)
+            found += sum(any(_touches(region, event[:2]) for event in events) for region in regions)
+            for start, score in zip(starts, scores[:, i]):
+                y, ambiguous = window_labels(r, start, window_s, labels)
+                if not y.any() and not ambiguous:
+                    negative_sources.append(r.name)
+                    negative_starts.append(start)
+                    negative_scores.append(score)
+        rate, hours = (alarm_rate(sources=np.array(negative_sources), starts=np.array(negative_starts),
+                                  scores=np.array(negative_scores), window_s=window_s,
+                                  thresholds=np.array([thresholds[label]]), max_event_s=max_event_s)
+                       if negative_scores else (np.array([np.nan]), 0.0))
+        precision = hits / (hits + false_alarms) if hits + false_alarms else None
+        recall = found / regions_total if regions_total else None
+        f1 = (2 * precision * recall / (precision + recall)
+              if precision is not None and recall is not None and precision + recall > 0 else None)
+        out[label] = {"events_hit": hits, "false_alarm_events": false_alarms, "annotations": regions_total,
+                      "annotations_found": found, "precision": precision, "recall": recall, "f1": f1,
+                      "false_alarms_per_hour": None if np.isnan(rate[0]) else float(rate[0]),
+                      "background_hours": hours}
+    return out

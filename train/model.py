@@ -1,0 +1,94 @@
+"""The detector: a small CNN over one window of log-mel dB, built for full-integer int8.
+
+Input (None, frames, n_mels, 1) float32 log-mel dB as ``device.features.logmel`` gives it;
+output (None, n_labels) LOGITS, one per label (the device applies the sigmoid after
+dequantizing; training uses from-logits losses). Only layers that TFLite's int8 converter and
+the Edge TPU map directly: AveragePooling2D + Subtract (per-band normalisation), Conv2D,
+DepthwiseConv2D, BatchNormalization (folded into the convolutions), ReLU, MaxPooling2D,
+global pooling, Dropout (gone at inference) and Dense. No custom layers, so ``model.keras``
+loads anywhere without this package.
+
+Per-band normalisation: each mel band's mean over the window is subtracted inside the model.
+It removes the recorder's gain and the site's steady background spectrum (hum, a distant
+road), a causal stand-in for PCEN that the stream reproduces exactly, since the device feeds
+the same window of frames.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+NORMALISATIONS = ("band_mean", "none")
+_BN_MOMENTUM = 0.9
+"""Keras' 0.99 needs thousands of steps before the moving statistics that inference uses catch
+up with the batches; runs here take a few hundred."""
+POOLINGS = ("max", "avg")
+
+
+def build_model(
+    *,
+    frames: int,
+    n_mels: int,
+    n_labels: int,
+    filters: list[int],
+    dropout: float,
+    normalisation: str = "band_mean",
+    pooling: str = "max",
+    name: str = "callwatch_cnn",
+) -> keras.Model:
+    """A conv block (3x3, ``filters[0]`` channels) then depthwise-separable blocks, each halving
+    time and frequency while more than one step remains, global pooling and a Dense of logits."""
+    if normalisation not in NORMALISATIONS:
+        raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    inputs = keras.Input((frames, n_mels, 1), name="logmel_db")
+    x = inputs
+    if normalisation == "band_mean":
+        band_mean = layers.AveragePooling2D((frames, 1), name="band_mean")(inputs)
+        x = layers.Subtract(name="band_normalised")([inputs, band_mean])
+    x = layers.Conv2D(filters[0], 3, padding="same", use_bias=False, name="conv0")(x)
+    x = layers.BatchNormalization(momentum=_BN_MOMENTUM, name="bn0")(x)
+    x = layers.ReLU(name="relu0")(x)
+    height, width = frames, n_mels
+    if min(height, width) >= 2:
+        x = layers.MaxPooling2D(2, name="pool0")(x)
+        height, width = height // 2, width // 2
+    for i, channels in enumerate(filters[1:], 1):
+        x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"dw{i}")(x)
+        x = layers.BatchNormalization(momentum=_BN_MOMENTUM, name=f"dw{i}_bn")(x)
+        x = layers.ReLU(name=f"dw{i}_relu")(x)
+        x = layers.Conv2D(channels, 1, use_bias=False, name=f"pw{i}")(x)
+        x = layers.BatchNormalization(momentum=_BN_MOMENTUM, name=f"pw{i}_bn")(x)
+        x = layers.ReLU(name=f"pw{i}_relu")(x)
+        if i < len(filters) - 1 and min(height, width) >= 2:
+            x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
+            height, width = height // 2, width // 2
+    pool = layers.GlobalMaxPooling2D if pooling == "max" else layers.GlobalAveragePooling2D
+    x = pool(name="global_pool")(x)
+    if dropout > 0:
+        x = layers.Dropout(dropout, name="dropout")(x)
+    logits = layers.Dense(n_labels, name="logits")(x)
+    return keras.Model(inputs, logits, name=name)
+
+
+def int8_size_estimate(model: keras.Model) -> int:
+    """Bytes the weights take once int8 (one byte per weight; BatchNorm folds away; biases are
+    int32). An estimate for the size budget printed at build time; convert measures the file."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            continue
+        for weight in layer.weights:
+            size = 1
+            for dim in weight.shape:
+                size *= int(dim)
+            total += size * (4 if "bias" in weight.name else 1)
+    return total
+
+
+def describe(model: keras.Model) -> str:
+    """One line: input shape, parameters, estimated int8 size."""
+    return (f"model: input {tuple(model.input_shape[1:])}, output {tuple(model.output_shape[1:])} logits, "
+            f"{model.count_params():,} parameters, about {int8_size_estimate(model) / 1024:.1f} KiB as int8")

@@ -1,0 +1,134 @@
+"""Recalibrate a converted model bundle for a new site, from background recordings alone.
+
+    python -m train.recalibrate MODEL --background PATH... --out DIR
+                                [--false-alarms-per-hour N] [--hop-s S] [--config FILE]
+
+Thresholds chosen on one site's validation data often fail at the next site: the background
+differs. Record an hour or so at the new site when the target species is not calling (no calls
+need to be labelled), and this command runs the bundle's int8 model over it exactly as the
+device would (the device's own front end and LiteRT classifier, windows every ``hop_s``), then
+sets each label's threshold to the lowest value giving at most N false alarms per hour there
+(an alarm = a run of overlapping windows above the threshold, as the detector merges them).
+
+It writes a COPY of the bundle (model files unchanged, model.json with the new thresholds and
+a ``recalibration`` record) into ``--out``; the original is never modified.
+Exit codes: 0 done, 2 bad input (one line naming the file), 1 failure at run time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from device.audio import AudioError, find_audio_files, stream_audio
+from device.bundle import MANIFEST_NAME, BundleError, load_bundle, resolve_manifest
+from device.config import ConfigError, load_config
+from device.features import StreamingLogMel
+from device.runtime import load_classifier
+from train.calibrate import alarm_rate, threshold_at_false_alarms
+from train.windows import crop, floor_db, tile_starts
+
+
+def score_background(classifier, path: Path, *, hop_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """(window starts s, probabilities (K, n_labels)) of one file, windows every ``hop_s``."""
+    bundle = classifier.bundle
+    params = bundle.features
+    front_end = StreamingLogMel(params)
+    frames = np.concatenate([front_end.push(block) for block in stream_audio(path, params.sample_rate)]
+                            or [np.zeros((0, params.n_mels), np.float32)])
+    duration = len(frames) / params.frame_rate
+    starts = tile_starts(duration, bundle.window_s, hop_s)
+    floor = floor_db(params)
+    scores = np.stack([classifier.predict(crop(frames, round(s * params.frame_rate), bundle.window_frames, floor))
+                       for s in starts])
+    return starts, scores
+
+
+def recalibrate_bundle(*, model: Path, background: list[Path], out: Path, false_alarms_per_hour: float,
+                       hop_s: float | None = None, max_event_s: float = 60.0, log=print) -> dict:
+    """Write a copy of the bundle at ``model`` into ``out`` with thresholds recalibrated on
+    ``background`` (files or folders of audio without target calls). Returns the record."""
+    bundle = load_bundle(model)
+    source = resolve_manifest(model).parent
+    out = Path(out)
+    if out.resolve() == source.resolve():
+        raise BundleError(f"{out}: is the bundle's own folder; give a new --out folder (a copy is written)")
+    files = find_audio_files(background)
+    if not files:
+        raise AudioError(f"{', '.join(map(str, background))}: no audio files to recalibrate on")
+    hop_s = hop_s or bundle.recommended_hop_s
+    classifier = load_classifier(bundle)
+    sources, starts, scores = [], [], []
+    for path in files:
+        file_starts, file_scores = score_background(classifier, path, hop_s=hop_s)
+        sources += [str(path)] * len(file_starts)
+        starts.append(file_starts)
+        scores.append(file_scores)
+        log(f"scored {path} ({len(file_starts)} windows)")
+    sources, starts, scores = np.array(sources), np.concatenate(starts), np.concatenate(scores)
+    record = {"background": [str(f) for f in files], "hop_s": hop_s, "false_alarms_per_hour": false_alarms_per_hour,
+              "created_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "labels": {}}
+    thresholds = {}
+    for i, label in enumerate(bundle.labels):
+        old = bundle.thresholds[label]
+        old_rate, hours = alarm_rate(sources=sources, starts=starts, scores=scores[:, i],
+                                     window_s=bundle.window_s, thresholds=np.array([old]), max_event_s=max_event_s)
+        new = threshold_at_false_alarms(sources=sources, starts=starts, scores=scores[:, i],
+                                        window_s=bundle.window_s, per_hour=false_alarms_per_hour,
+                                        max_event_s=max_event_s)
+        thresholds[label] = new.value
+        record["labels"][label] = {"old_threshold": old, "old_false_alarms_per_hour": float(old_rate[0]),
+                                   **new.to_dict()}
+        log(f"{label}: threshold {old:.4f} -> {new.value:.4f}; false alarms per hour on this background "
+            f"{old_rate[0]:.1f} -> {new.achieved.get('false_alarms_per_hour', float('nan')):.1f} "
+            f"({hours:.2f} h){' - ' + new.note if new.note else ''}")
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = json.loads(resolve_manifest(model).read_text())
+    names = [manifest["model_file"]] + [v["file"] for v in manifest.get("variants", {}).values()]
+    for name in names:
+        shutil.copy2(source / name, out / name)
+    manifest["thresholds"] = {label: thresholds[label] for label in bundle.labels}
+    manifest["recalibration"] = record
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    load_bundle(out)  # the copy must be a bundle the device accepts
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.recalibrate",
+                                     description=__doc__.split("\n\n")[2].replace("\n", " "))
+    parser.add_argument("model", metavar="MODEL", help="bundle: a .tflite with model.json beside it, or its folder")
+    parser.add_argument("--background", nargs="+", required=True, metavar="PATH",
+                        help="audio files or folders recorded at the new site without target calls")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the recalibrated copy of the bundle")
+    parser.add_argument("--false-alarms-per-hour", type=float, metavar="N",
+                        help="allowed false alarms per hour (default: train.calibration.false_alarms_per_hour)")
+    parser.add_argument("--hop-s", type=float, metavar="S", help="seconds between windows (default: the bundle's "
+                        "recommended_hop_s; use the detection.hop_s the device will run with)")
+    parser.add_argument("--config", metavar="FILE", help="config.yaml for the default rate")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        rate = args.false_alarms_per_hour
+        if rate is None:
+            rate = config.train.calibration.false_alarms_per_hour
+        if rate < 0 or (args.hop_s is not None and args.hop_s <= 0):
+            raise ConfigError("--false-alarms-per-hour must be >= 0 and --hop-s > 0")
+        recalibrate_bundle(model=Path(args.model), background=[Path(p) for p in args.background],
+                           out=Path(args.out), false_alarms_per_hour=rate, hop_s=args.hop_s,
+                           max_event_s=config.detection.max_event_s)
+    except (BundleError, AudioError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"recalibrated bundle: {args.out}/{MANIFEST_NAME}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
