@@ -64,7 +64,7 @@ def split_recordings(
     n_val = 0 if validation_groups or validation_by == "file" else _share(len(rest) - n_test, validation)
     rng = np.random.default_rng(seed)
     assignment: dict[str, str] = {}
-    for attempt in range(_TRIES):
+    for _attempt in range(_TRIES):
         order = list(rng.permutation(rest)) if rest else []
         assignment = {g: "test" for g in test_groups} | {g: "validation" for g in validation_groups}
         assignment |= {g: "test" for g in order[:n_test]}
