@@ -432,10 +432,10 @@ def _section(model_note: str, cpu: dict, replays: list, jobs: dict, live, librar
         "",
         "Memory is nearly all libraries (peak RSS of a bare `import`): Python "
         f"{libraries['python']:.0f} MiB, with NumPy {libraries['numpy']:.0f} MiB, with every "
-        f"module the daemon imports except sounddevice {libraries['device']:.0f} MiB (scipy.fft "
-        "and scipy.signal are the largest part, see the front-end section), with sounddevice "
+        f"module the daemon imports except sounddevice {libraries['device']:.0f} MiB (LiteRT, "
+        "soundfile, PyYAML; no SciPy unless resampling), with sounddevice "
         f"(PortAudio, ALSA, its PulseAudio plug-in) {libraries['device+sd']:.0f} MiB. The "
         "pipeline's own buffers (a 30 s ring, two windows of int8 frames) are under 2 MiB; "
-        "resampling 48 kHz audio loads more of scipy.signal (the MP3 rows).",
+        "resampling 48 kHz audio imports scipy.signal (the MP3 rows).",
     ]
     return "\n".join(lines) + "\n"
