@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 import yaml
 
 from device.audio import load_audio
@@ -55,8 +56,14 @@ def test_train_writes_the_run_folder_contract(tmp_path):
 
     data = tiny_data(tmp_path / "data")
     out = tmp_path / "run"
-    config = validate(demo_config())
+    # A replay's false positive on a recording outside the datasets: the hard-negative loop.
+    (data / "replayed").mkdir()
+    soundfile.write(data / "replayed/night.wav", np.zeros(16000 * 10, np.float32), 16000)
+    events = tmp_path / "false_positives.jsonl"
+    events.write_text(json.dumps({"source": "replayed/night.wav", "start_s": 2.0, "end_s": 5.0, "label": "call"}) + "\n")
+    config = validate(demo_config(hard_negatives=[str(events)]))
     summary = train_run(config=config, data_root=data, out=out, cache_dir=None, log=lambda m: None)
+    assert summary["hard_negatives_used"] == 1
     for name in ("model.keras", "run.json", "calibration.npy", "test_windows.npz", "split.csv", "metrics.json",
                  "config.resolved.yaml", "report.md", "errors.csv", "plots/pr_curve.png", "plots/roc.png",
                  "plots/confusion_matrix.png", "plots/training_curves.png", "plots/score_histogram.png"):
