@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from device.audio import (
     audio_info,
     find_audio_files,
     load_audio,
+    lowpass_taps,
     stream_audio,
 )
 
@@ -236,3 +238,29 @@ def test_find_audio_files_recurses_folders_and_keeps_named_files(tmp_path):
     found = find_audio_files([tmp_path / "b", named, tmp_path / "a.mp3"])
     assert found == [tmp_path / "b/1.flac", tmp_path / "b/2.WAV", tmp_path / "b/c.ogg", named,
                      tmp_path / "a.mp3"]
+
+
+@pytest.mark.parametrize(("n_taps", "cutoff"), [(61, 1 / 3), (41, 1 / 2), (8821, 1 / 441), (121, 1 / 6)])
+def test_lowpass_taps_are_scipys_firwin(n_taps, cutoff):
+    ours = lowpass_taps(n_taps, cutoff)
+    reference = scipy.signal.firwin(n_taps, cutoff, window=("kaiser", 5.0))
+    assert ours.dtype == np.float32
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-7)
+
+
+def test_resampling_never_imports_scipy(tmp_path):
+    """The device resamples with NumPy alone (scipy.signal would cost tens of MiB of RSS)."""
+    path = tmp_path / "stereo48k.wav"
+    t = np.arange(48000) / 48000
+    soundfile.write(path, np.stack([np.sin(2 * np.pi * 440 * t)] * 2, axis=1) * 0.1, 48000)
+    code = (
+        "import sys\n"
+        "from device.audio import load_audio\n"
+        f"x = load_audio({str(path)!r}, 16000)\n"
+        "assert len(x) == 16000, len(x)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
