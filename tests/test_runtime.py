@@ -72,6 +72,11 @@ def test_quantization_uses_the_models_own_scale_and_zero_point(tone_bundle):
     expected = 1 / (1 + np.exp(-logit.reshape(-1)))
     np.testing.assert_allclose(classifier.predict(frames), expected, rtol=1e-6)
     assert 0.01 < expected[0] < 0.99  # a score in the middle: dequantization matters
+    # Every int8 output value, negative ones included, maps as the formula says (the
+    # classifier looks scores up in a 256-entry table).
+    raw = np.arange(-128, 128).astype(np.int8)
+    direct = 1 / (1 + np.exp(-(s_out * (raw.astype(np.float32) - z_out))))
+    np.testing.assert_allclose(classifier._table[raw.view(np.uint8)], direct, rtol=1e-6)
 
 
 def test_probability_models_get_no_sigmoid(tone_bundle, bundle_copy):
