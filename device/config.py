@@ -116,6 +116,11 @@ SCHEMA: dict = {
             "leave_one_group_out": Key(False, "Cross-validate: each group held out once; reports each fold"),
         },
         "negatives_per_minute": Key(10.0, "Background windows sampled per minute of unannotated recording", min=0, max=600),
+        "negatives_beside_calls": Key(True, "Also train on the windows just before and just after each "
+                                      "annotated call of a long recording as negatives (when nothing else is "
+                                      "annotated there; jittered by the time shift, taking in at most a "
+                                      "quarter of the call): the model learns where a call ends, as tables "
+                                      "on a fixed chunk grid draw it"),
         "max_positive_ratio": Key(0.333, "Positives per negative after oversampling, at most", min=0.01, max=1.0),
         "windows_per_epoch": Key(1000, "Training windows per epoch, at least: small data sets are "
                                  "sampled again (fresh crops) until there are this many", min=1, max=1000000),
@@ -139,7 +144,12 @@ SCHEMA: dict = {
                                  "band's mean over the window (gain and steady background), "
                                  "'none' feeds raw dB", choices=("band_mean", "none")),
             "pooling": Key("max", "Global pooling over time and frequency: 'max' (a short call "
-                           "anywhere in the window) or 'avg'", choices=("max", "avg")),
+                           "anywhere in the window) or 'avg'; 'time': max over frequency only, "
+                           "the output layer weighs each time step (it knows whether a call fills "
+                           "the window or only clips its edge)", choices=("max", "avg", "time")),
+            "stem_stride": Key(2, "Stride of the first convolution in time and frequency: 2 "
+                               "costs about a third of 1 on the device (measured in "
+                               "BENCHMARKS.md) for the same accuracy on the example data", min=1, max=2),
         },
         "epochs": Key(40, "Most epochs (early stopping usually ends sooner)", min=1, max=1000),
         "patience": Key(8, "Epochs without validation improvement before stopping", min=1, max=200),
@@ -148,8 +158,10 @@ SCHEMA: dict = {
         "seed": Key(1234, "Seed for splits, crops, augmentation and weights", min=0),
         "calibration": {
             "method": Key("precision", "Threshold rule: 'precision' (reach target_precision on "
-                          "validation) or 'false_alarms' (at most false_alarms_per_hour of background)",
-                          choices=("precision", "false_alarms")),
+                          "validation), 'f1' (the best F1 on validation: about as many false alarms "
+                          "as misses, so counts of calls stay unbiased) or 'false_alarms' (at most "
+                          "false_alarms_per_hour of background)",
+                          choices=("precision", "f1", "false_alarms")),
             "target_precision": Key(0.9, "Precision the threshold must reach on validation", min=0.01, max=1.0),
             "false_alarms_per_hour": Key(2.0, "False alarms per hour of background audio allowed", min=0, max=3600),
         },

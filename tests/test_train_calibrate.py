@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from train.calibrate import alarm_rate, threshold_at_false_alarms, threshold_at_precision
+from train.calibrate import (
+    alarm_rate,
+    threshold_at_best_f1,
+    threshold_at_false_alarms,
+    threshold_at_precision,
+)
 
 
 def test_separable_scores_get_a_threshold_between_the_classes():
@@ -13,6 +18,20 @@ def test_separable_scores_get_a_threshold_between_the_classes():
     s = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
     t = threshold_at_precision(y, s, target=0.9)
     assert 0.3 < t.value < 0.7 and t.achieved == {"precision": 1.0, "recall": 1.0} and not t.note
+
+
+def test_best_f1_threshold_balances_misses_and_false_alarms():
+    # positives 0.6..0.95, negatives 0.05..0.4 plus two negatives at 0.9 and 0.97
+    y = np.array([1] * 8 + [0] * 8 + [0, 0])
+    s = np.r_[np.linspace(0.6, 0.95, 8), np.linspace(0.05, 0.4, 8), 0.9, 0.97]
+    t = threshold_at_best_f1(y, s)
+    assert 0.4 < t.value < 0.6 and t.method == "f1"  # all 8 calls for 2 false alarms: F1 8/9
+    assert t.achieved["f1"] == pytest.approx(16 / 18) and t.achieved["recall"] == 1.0
+    # brute force agrees: no threshold beats it
+    cuts = np.r_[np.sort(s), 1.0]
+    best = max(2 * ((s >= c) & (y == 1)).sum() / ((s >= c).sum() + y.sum()) for c in cuts)
+    assert t.achieved["f1"] == pytest.approx(best)
+    assert threshold_at_best_f1(np.zeros(4), np.ones(4) * 0.3).method == "default"
 
 
 def test_target_precision_is_reached_with_most_recall():

@@ -52,11 +52,12 @@ def test_saves_and_loads_without_custom_objects(tmp_path):
     np.testing.assert_allclose(m.predict(x, verbose=0), again.predict(x, verbose=0), atol=1e-5)
 
 
-def test_converts_to_full_integer_int8_with_builtin_ops():
+@pytest.mark.parametrize("pooling", ["max", "time"])
+def test_converts_to_full_integer_int8_with_builtin_ops(pooling):
     tf = pytest.importorskip("tensorflow")
     from ai_edge_litert.interpreter import Interpreter
 
-    m = model(n_labels=1)
+    m = model(n_labels=1, pooling=pooling, stem_stride=2)
     rng = np.random.default_rng(3)
 
     def representative():
@@ -76,3 +77,26 @@ def test_converts_to_full_integer_int8_with_builtin_ops():
     assert ops <= {"AVERAGE_POOL_2D", "SUB", "CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "REDUCE_MAX",
                    "MEAN", "FULLY_CONNECTED", "RESHAPE"}, ops
     assert interpreter.get_input_details()[0]["dtype"] == np.int8
+
+
+@pytest.mark.parametrize("stem_stride", [1, 2])
+def test_time_pooling_weighs_each_time_step(stem_stride):
+    m = model(pooling="time", stem_stride=stem_stride)
+    assert {type(layer).__name__ for layer in m.layers} <= ALLOWED
+    steps, freq, channels = m.get_layer("freq_pool").output.shape[1:]
+    assert freq == 1 and steps > 1  # frequency pooled, time kept
+    assert m.get_layer("time_weights").kernel.shape[:2] == (steps, 1)
+    assert m.get_layer("time_weights").output.shape[1:3] == (1, 1)
+    # a weight per time step: the same blip early or late in the window scores differently
+    kernel = np.zeros(m.get_layer("time_weights").kernel.shape, np.float32)
+    kernel[: steps // 2] = 1.0
+    m.get_layer("time_weights").kernel.assign(kernel)
+    x = np.full((2, FRAMES, MELS, 1), -60.0, np.float32)
+    x[0, 10:30, 15:20] = 0.0
+    x[1, FRAMES - 30:FRAMES - 10, 15:20] = 0.0
+    out = m.predict(x, verbose=0)
+    assert abs(out[0, 0] - out[1, 0]) > 1e-3
+    kernel[:] = 1.0 / steps  # ...and the same weight everywhere treats them (nearly) alike
+    m.get_layer("time_weights").kernel.assign(kernel)
+    out_flat = m.predict(x, verbose=0)
+    assert abs(out_flat[0, 0] - out_flat[1, 0]) < abs(out[0, 0] - out[1, 0])

@@ -141,3 +141,24 @@ def test_evaluation_clips_are_tiled_and_labelled_by_the_clip():
     ws = evaluation_windows(recordings=[clip], features=features_for(clip), labels=["call"], params=PARAMS,
                             window_s=W, clip_hop_s=0.5)
     assert ws.start_s.tolist() == [0.0, 0.5, 1.0] and ws.y.sum() == 3
+
+
+def test_windows_beside_calls_are_drawn_as_negatives():
+    r = recording("r.wav", 60.0, [Annotation(21.0, 27.0, "call"), Annotation(40.0, 41.0, "call")],
+                  ignored=[(27.0, 30.0)])
+    plain = _sampler([r])
+    beside = WindowSampler(recordings=[r], features=features_for(r), labels=["call"], params=PARAMS, window_s=W,
+                           shift_s=0.5, negatives_per_minute=[10.0], max_positive_ratio=0.333,
+                           negatives_beside_calls=True)
+    extra = beside.negatives[len(plain.negatives):]
+    # the window one over, +-0.5 s (the time shift) but taking in at most a quarter of the call:
+    # before 21-27 (17.5-18.5), before and after 40-41 (36.5-37.25, 40.75-41.5); after 27 is
+    # ignored ('uncertain'), so nothing there
+    assert sorted((round(lo, 2), round(hi, 2)) for _, lo, hi in extra) == [(17.5, 18.5), (36.5, 37.25), (40.75, 41.5)]
+    for _, lo, hi in extra:
+        for start in (lo, hi):
+            y, _ = window_labels(r, start, W, ["call"])
+            assert y[0] == 0
+            assert not any(min(e, start + W) - max(s, start) > 1e-6 for s, e in r.ignored)
+    x, y = beside.epoch(np.random.default_rng(0))
+    assert len(y) - y.sum() == plain.negatives_per_epoch + 3

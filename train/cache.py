@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ def recording_features(path: Path, params: FeatureParams, cache_dir: Path | None
         raise AudioError(f"{path}: shorter than one spectrogram frame ({params.n_fft} samples)")
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp.npy")
+        tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npy")  # concurrent runs
         np.save(tmp, features)
         tmp.replace(cached)
     return features

@@ -1,4 +1,4 @@
-"""Per-label decision thresholds: at a target precision, or at a false-alarm rate per hour.
+"""Per-label decision thresholds: at a target precision, at the best F1, or at a false-alarm rate per hour.
 
 Thresholds are probabilities (sigmoid of the logit), chosen on validation data, never test.
 A threshold sits halfway between the last score it accepts and the next lower one, so a score
@@ -27,7 +27,7 @@ class Threshold:
     value: float
     """Probability, 0..1 exclusive."""
     method: str
-    """'precision' or 'false_alarms' (or 'default' when the data could not decide)."""
+    """'precision', 'f1' or 'false_alarms' (or 'default' when the data could not decide)."""
     achieved: dict
     """precision/recall or false_alarms_per_hour reached on the calibration data."""
     note: str = ""
@@ -74,6 +74,32 @@ def threshold_at_precision(y: np.ndarray, scores: np.ndarray, *, target: float) 
         note = f"target precision {target} not reached on validation (best {precision.max():.3f}); best-F1 threshold used"
     value = _between(cut_scores[k], None if np.isnan(below[k]) else below[k])
     return Threshold(value, "precision", {"precision": float(precision[k]), "recall": float(recall[k])}, note)
+
+
+def threshold_at_best_f1(y: np.ndarray, scores: np.ndarray) -> Threshold:
+    """Threshold with the highest F1 on (y, scores): as many false alarms as misses, about, so
+    counts of detections stay unbiased. Of cuts with an equal F1, the middle one.
+
+    y: (N,) 0/1; scores: (N,) probabilities. 0.5 when there are no positives.
+    """
+    y = np.asarray(y) > 0.5
+    scores = np.asarray(scores, np.float64)
+    if not y.any():
+        return Threshold(0.5, "default", {}, "no positive windows to calibrate on; 0.5 used")
+    order = np.argsort(-scores, kind="stable")
+    s, hits = scores[order], y[order]
+    last = np.r_[s[1:] != s[:-1], True]
+    tp = np.cumsum(hits)[last]
+    accepted = np.flatnonzero(last) + 1
+    precision, recall = tp / accepted, tp / y.sum()
+    f1 = 2 * tp / (accepted + y.sum())
+    cut_scores = s[last]
+    below = np.r_[cut_scores[1:], np.nan]
+    best = np.flatnonzero(f1 >= f1.max() - 1e-12)
+    k = int(best[len(best) // 2])
+    value = _between(cut_scores[k], None if np.isnan(below[k]) else below[k])
+    return Threshold(value, "f1", {"f1": float(f1[k]), "precision": float(precision[k]),
+                                   "recall": float(recall[k])})
 
 
 def alarm_rate(*, sources: np.ndarray, starts: np.ndarray, scores: np.ndarray, window_s: float,

@@ -28,7 +28,7 @@ from device.features import FeatureParams
 from train import report
 from train.augment import AugmentParams
 from train.cache import recording_features
-from train.calibrate import threshold_at_false_alarms, threshold_at_precision
+from train.calibrate import threshold_at_best_f1, threshold_at_false_alarms, threshold_at_precision
 from train.datasets import DatasetError, Inventory, Recording, load_datasets
 from train.evaluate import (
     clip_level,
@@ -106,6 +106,9 @@ def calibrate_thresholds(*, cfg: Section, labels: list[str], y: np.ndarray, scor
         if cfg.calibration.method == "precision":
             out[label] = threshold_at_precision(y[:, i], scores[:, i], target=cfg.calibration.target_precision)
             continue
+        if cfg.calibration.method == "f1":
+            out[label] = threshold_at_best_f1(y[:, i], scores[:, i])
+            continue
         sources, starts, negatives = [], [], []
         for r in recordings:
             starts_r, probs_r = timelines[r.name]
@@ -129,6 +132,8 @@ def calibrate_thresholds(*, cfg: Section, labels: list[str], y: np.ndarray, scor
 def train_split(*, config: Section, prepared: Prepared, split: dict[str, str], out: Path,
                 hard_negatives: list[str], title: str, command: str = "", log: Log = print) -> dict:
     """Train, calibrate, evaluate and write one complete run folder for ``split``; returns metrics."""
+    import keras
+
     from train.model import build_model, describe
 
     cfg = config.train
@@ -156,15 +161,18 @@ def train_split(*, config: Section, prepared: Prepared, split: dict[str, str], o
              for r in parts["train"]]
     sampler = WindowSampler(recordings=parts["train"], features=prepared.features, labels=labels, params=params,
                             window_s=window_s, shift_s=cfg.augment.time_shift_s, negatives_per_minute=rates,
-                            max_positive_ratio=cfg.max_positive_ratio, min_windows=cfg.windows_per_epoch)
+                            max_positive_ratio=cfg.max_positive_ratio, min_windows=cfg.windows_per_epoch,
+                            negatives_beside_calls=cfg.negatives_beside_calls)
     windows = {name: evaluation_windows(recordings=parts[name], features=prepared.features, labels=labels,
                                         params=params, window_s=window_s, clip_hop_s=hop_s)
                for name in ("validation", "test")}
     log(f"windows per epoch: {sampler.positives_per_epoch} positive, {sampler.negatives_per_epoch} negative; "
         f"validation {len(windows['validation'])}, test {len(windows['test'])}")
+    keras.utils.set_random_seed(cfg.seed)  # initial weights too: the same config gives the same run
     model = build_model(frames=params.window_frames(window_s), n_mels=params.n_mels, n_labels=len(labels),
                         filters=list(cfg.model.filters), dropout=cfg.model.dropout,
-                        normalisation=cfg.model.normalisation, pooling=cfg.model.pooling)
+                        normalisation=cfg.model.normalisation, pooling=cfg.model.pooling,
+                        stem_stride=cfg.model.stem_stride)
     log(describe(model))
     began = time.monotonic()
     history = fit(model, sampler=sampler, validation=windows["validation"],
@@ -215,6 +223,7 @@ def train_split(*, config: Section, prepared: Prepared, split: dict[str, str], o
         "thresholds": threshold_values, "recommended_hop_s": float(hop_s),
         "calibration": {"method": cfg.calibration.method,
                         "target": (cfg.calibration.target_precision if cfg.calibration.method == "precision"
+                                   else "best F1" if cfg.calibration.method == "f1"
                                    else cfg.calibration.false_alarms_per_hour),
                         "labels": {label: t.to_dict() for label, t in thresholds.items()}},
         "metrics": {"float": metrics["float"]},

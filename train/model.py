@@ -5,7 +5,10 @@ output (None, n_labels) LOGITS, one per label (the device applies the sigmoid af
 dequantizing; training uses from-logits losses). Only layers that TFLite's int8 converter and
 the Edge TPU map directly: AveragePooling2D + Subtract (per-band normalisation), Conv2D,
 DepthwiseConv2D, BatchNormalization (folded into the convolutions), ReLU, MaxPooling2D,
-global pooling, Dropout (gone at inference) and Dense. No custom layers, so ``model.keras``
+global pooling, Dropout (gone at inference) and Dense. ``pooling="time"`` pools frequency only
+and weighs each remaining time step with a DepthwiseConv2D as long as the time axis (then the
+1x1 global pooling), so the output can tell a call that fills the window from one that only
+clips its edge; it converts without RESHAPE/PACK ops. No custom layers, so ``model.keras``
 loads anywhere without this package.
 
 Per-band normalisation: each mel band's mean over the window is subtracted inside the model.
@@ -23,7 +26,7 @@ NORMALISATIONS = ("band_mean", "none")
 _BN_MOMENTUM = 0.9
 """Keras' 0.99 needs thousands of steps before the moving statistics that inference uses catch
 up with the batches; runs here take a few hundred."""
-POOLINGS = ("max", "avg")
+POOLINGS = ("max", "avg", "time")
 
 
 def build_model(
@@ -35,10 +38,16 @@ def build_model(
     dropout: float,
     normalisation: str = "band_mean",
     pooling: str = "max",
+    stem_stride: int = 1,
     name: str = "callwatch_cnn",
 ) -> keras.Model:
-    """A conv block (3x3, ``filters[0]`` channels) then depthwise-separable blocks, each halving
-    time and frequency while more than one step remains, global pooling and a Dense of logits."""
+    """A conv block (3x3, ``filters[0]`` channels, ``stem_stride`` in time and frequency) then
+    depthwise-separable blocks, each halving time and frequency while more than one step
+    remains, global pooling and a Dense of logits.
+
+    Most of the inference cost is in the first layers, at full resolution: a stride of 2 there
+    computes a quarter of the stem's outputs and every later layer sees a quarter of the steps.
+    """
     if normalisation not in NORMALISATIONS:
         raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
     if pooling not in POOLINGS:
@@ -48,10 +57,10 @@ def build_model(
     if normalisation == "band_mean":
         band_mean = layers.AveragePooling2D((frames, 1), name="band_mean")(inputs)
         x = layers.Subtract(name="band_normalised")([inputs, band_mean])
-    x = layers.Conv2D(filters[0], 3, padding="same", use_bias=False, name="conv0")(x)
+    x = layers.Conv2D(filters[0], 3, strides=stem_stride, padding="same", use_bias=False, name="conv0")(x)
     x = layers.BatchNormalization(momentum=_BN_MOMENTUM, name="bn0")(x)
     x = layers.ReLU(name="relu0")(x)
-    height, width = frames, n_mels
+    height, width = -(-frames // stem_stride), -(-n_mels // stem_stride)
     if min(height, width) >= 2:
         x = layers.MaxPooling2D(2, name="pool0")(x)
         height, width = height // 2, width // 2
@@ -65,7 +74,15 @@ def build_model(
         if i < len(filters) - 1 and min(height, width) >= 2:
             x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
             height, width = height // 2, width // 2
-    pool = layers.GlobalMaxPooling2D if pooling == "max" else layers.GlobalAveragePooling2D
+    if pooling == "time":
+        # Max over frequency, then one learned weight per time step and channel (a depthwise
+        # convolution as long as the time axis): the output knows where in the window a call is.
+        # (A Reshape/Flatten would do too, but converts with PACK/SHAPE ops around the RESHAPE.)
+        x = layers.MaxPooling2D((1, width), name="freq_pool")(x)
+        x = layers.DepthwiseConv2D((height, 1), padding="valid", use_bias=False, name="time_weights")(x)
+        x = layers.BatchNormalization(momentum=_BN_MOMENTUM, name="time_bn")(x)
+        x = layers.ReLU(name="time_relu")(x)
+    pool = layers.GlobalMaxPooling2D if pooling in ("max", "time") else layers.GlobalAveragePooling2D
     x = pool(name="global_pool")(x)
     if dropout > 0:
         x = layers.Dropout(dropout, name="dropout")(x)

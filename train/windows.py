@@ -10,7 +10,10 @@ one is cropped inside the annotation; each epoch draws fresh positions, shifted 
 ``time_shift_s`` (never so far that less than half of a short call, or half of the window,
 stays covered). A window is positive for a label when it covers half of an annotation of that
 label or half of the window. Negatives come from negative clips and annotations, hard
-negatives, and background stretches that touch no positive or ignored annotation.
+negatives, and background stretches that touch no positive or ignored annotation. With
+``negatives_beside_calls``, also the window just before and just after each call (jittered by
+the time shift, overlapping at most a quarter of the call): tables on a fixed chunk grid call the
+chunk beside a call background even when the call spills a little into it.
 """
 
 from __future__ import annotations
@@ -76,12 +79,16 @@ def crop_range(start_s: float, end_s: float, *, window_s: float, shift_s: float,
     return lo, max(lo, hi)
 
 
-def free_intervals(recording: Recording, window_s: float) -> list[tuple[float, float]]:
-    """Ranges of window starts whose window touches no positive or ignored stretch."""
+def free_intervals(recording: Recording, window_s: float,
+                   besides: tuple[float, float] | None = None) -> list[tuple[float, float]]:
+    """Ranges of window starts whose window touches no positive or ignored stretch (except the
+    region ``besides``, when given: annotations inside it do not block)."""
     if not recording.unannotated_negative or recording.duration_s < window_s:
         return []
     blocked = sorted([(a.start_s, a.end_s) for a in recording.annotations if a.label != NEGATIVE]
                      + list(recording.ignored))
+    if besides is not None:
+        blocked = [(s, e) for s, e in blocked if not (s >= besides[0] - 1e-6 and e <= besides[1] + 1e-6)]
     intervals, cursor = [], 0.0
     for s, e in blocked + [(recording.duration_s + window_s, recording.duration_s + window_s)]:
         # starts t with [t, t + W) inside [cursor, s)
@@ -124,9 +131,12 @@ class WindowSampler:
 
     def __init__(self, *, recordings: list[Recording], features: dict[str, np.ndarray], labels: list[str],
                  params: FeatureParams, window_s: float, shift_s: float, negatives_per_minute: list[float],
-                 max_positive_ratio: float, min_windows: int = 0) -> None:
+                 max_positive_ratio: float, min_windows: int = 0, negatives_beside_calls: bool = False) -> None:
         """recordings: the training split. negatives_per_minute[i]: rate for recordings[i].
-        min_windows: draw rounds of fresh crops until an epoch has at least this many windows."""
+        min_windows: draw rounds of fresh crops until an epoch has at least this many windows.
+        negatives_beside_calls: every epoch, also the windows just before and just after each
+        annotated call in a long recording (when nothing else is annotated there; up to
+        ``shift_s`` either way, taking in at most a quarter of the call) as negatives."""
         self.recordings, self.features, self.labels = recordings, features, labels
         self.params, self.window_s = params, window_s
         self.frames = params.window_frames(window_s)
@@ -147,6 +157,16 @@ class WindowSampler:
                     self.negatives.append((index, *crop_range(a.start_s, a.end_s, window_s=window_s,
                                                               shift_s=shift_s, duration_s=r.duration_s)))
             intervals = free_intervals(r, window_s)
+            if negatives_beside_calls:
+                for s, e in (region for label in labels for region in merged_regions(r, label)):
+                    # The window one over, jittered by the crops' time shift: it may take in up to
+                    # a quarter of the call (a call's edge, as it often spills out of its chunk).
+                    edge = min(shift_s, (e - s) / 4)
+                    allowed = free_intervals(r, window_s, besides=(s, e))
+                    for lo, hi in ((e - edge, e + shift_s), (s - window_s - shift_s, s - window_s + edge)):
+                        beside = _clip_to(allowed, lo, hi)
+                        if beside:
+                            self.negatives.append((index, *beside))
             free_s = sum(hi - lo + window_s for lo, hi in intervals)
             count = round(negatives_per_minute[index] * free_s / 60)
             if intervals and count == 0 and negatives_per_minute[index] > 0:
@@ -229,6 +249,14 @@ class WindowSampler:
             index, intervals = self.mix_sources[k]
             out[row] = self.window(index, _uniform_in(intervals, 1, rng)[0])
         return out
+
+
+def _clip_to(intervals: list[tuple[float, float]], lo: float, hi: float) -> tuple[float, float] | None:
+    """The part of [lo, hi] inside one of ``intervals`` (the first that overlaps), or None."""
+    for a, b in intervals:
+        if max(a, lo) <= min(b, hi) + 1e-9:
+            return max(a, lo), max(a, min(b, hi))
+    return None
 
 
 def _uniform_in(intervals: list[tuple[float, float]], count: int, rng: np.random.Generator) -> np.ndarray:
