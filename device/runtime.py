@@ -75,7 +75,6 @@ class Classifier:
             # each window's scores are one table lookup instead of six array operations.
             raw = np.arange(256, dtype=np.uint8).view(output_dtype)
             self._table = self._scores(raw)
-            self._table_view = np.dtype(np.uint8)
 
     def _scores(self, raw: np.ndarray) -> np.ndarray:
         """Raw output values -> probabilities, float32."""
@@ -107,7 +106,7 @@ class Classifier:
         self._interpreter.invoke()
         raw = self._interpreter.get_tensor(self._output_index).reshape(-1)
         if self._table is not None:
-            return self._table[raw.view(self._table_view)]
+            return self._table[raw.view(np.uint8)]
         return self._scores(raw)
 
     def timed_predict(self, window: np.ndarray) -> tuple[np.ndarray, float]:

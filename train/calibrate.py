@@ -43,6 +43,20 @@ def _between(accepted: float, rejected: float | None) -> float:
     return float(np.clip(value, LOWEST, HIGHEST))
 
 
+def _cuts(y: np.ndarray, scores: np.ndarray):
+    """Candidate cuts after each distinct score (accept scores >= the cut), highest first:
+    (cut scores, the next lower distinct score or NaN, true positives, windows accepted)."""
+    order = np.argsort(-scores, kind="stable")
+    s, hits = scores[order], y[order]
+    last = np.r_[s[1:] != s[:-1], True]
+    cut_scores = s[last]
+    return cut_scores, np.r_[cut_scores[1:], np.nan], np.cumsum(hits)[last], np.flatnonzero(last) + 1
+
+
+def _at(cut_scores: np.ndarray, below: np.ndarray, k: int) -> float:
+    return _between(cut_scores[k], None if np.isnan(below[k]) else below[k])
+
+
 def threshold_at_precision(y: np.ndarray, scores: np.ndarray, *, target: float) -> Threshold:
     """Threshold with the most recall at a precision of at least ``target`` on (y, scores);
     of the thresholds giving that recall, the highest.
@@ -54,15 +68,8 @@ def threshold_at_precision(y: np.ndarray, scores: np.ndarray, *, target: float) 
     scores = np.asarray(scores, np.float64)
     if not y.any():
         return Threshold(0.5, "default", {}, "no positive windows to calibrate on; 0.5 used")
-    order = np.argsort(-scores, kind="stable")
-    s, hits = scores[order], y[order]
-    # Candidate cut after each distinct score: accept s >= s[k].
-    last = np.r_[s[1:] != s[:-1], True]
-    tp = np.cumsum(hits)[last]
-    accepted = np.flatnonzero(last) + 1
+    cut_scores, below, tp, accepted = _cuts(y, scores)
     precision, recall = tp / accepted, tp / y.sum()
-    cut_scores = s[last]
-    below = np.r_[cut_scores[1:], np.nan]
     ok = np.flatnonzero(precision >= target - 1e-12)
     note = ""
     if len(ok):
@@ -72,8 +79,7 @@ def threshold_at_precision(y: np.ndarray, scores: np.ndarray, *, target: float) 
         f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
         k = int(np.argmax(f1))
         note = f"target precision {target} not reached on validation (best {precision.max():.3f}); best-F1 threshold used"
-    value = _between(cut_scores[k], None if np.isnan(below[k]) else below[k])
-    return Threshold(value, "precision", {"precision": float(precision[k]), "recall": float(recall[k])}, note)
+    return Threshold(_at(cut_scores, below, k), "precision", {"precision": float(precision[k]), "recall": float(recall[k])}, note)
 
 
 def threshold_at_best_f1(y: np.ndarray, scores: np.ndarray) -> Threshold:
@@ -86,19 +92,12 @@ def threshold_at_best_f1(y: np.ndarray, scores: np.ndarray) -> Threshold:
     scores = np.asarray(scores, np.float64)
     if not y.any():
         return Threshold(0.5, "default", {}, "no positive windows to calibrate on; 0.5 used")
-    order = np.argsort(-scores, kind="stable")
-    s, hits = scores[order], y[order]
-    last = np.r_[s[1:] != s[:-1], True]
-    tp = np.cumsum(hits)[last]
-    accepted = np.flatnonzero(last) + 1
+    cut_scores, below, tp, accepted = _cuts(y, scores)
     precision, recall = tp / accepted, tp / y.sum()
     f1 = 2 * tp / (accepted + y.sum())
-    cut_scores = s[last]
-    below = np.r_[cut_scores[1:], np.nan]
     best = np.flatnonzero(f1 >= f1.max() - 1e-12)
     k = int(best[len(best) // 2])
-    value = _between(cut_scores[k], None if np.isnan(below[k]) else below[k])
-    return Threshold(value, "f1", {"f1": float(f1[k]), "precision": float(precision[k]),
+    return Threshold(_at(cut_scores, below, k), "f1", {"f1": float(f1[k]), "precision": float(precision[k]),
                                    "recall": float(recall[k])})
 
 
