@@ -114,6 +114,10 @@ SCHEMA: dict = {
                                  "files of the training groups (when there are too few groups, "
                                  "e.g. two sites)", choices=("group", "file")),
             "leave_one_group_out": Key(False, "Cross-validate: each group held out once; reports each fold"),
+            "folds": Key(0, "Group k-fold cross-validation for data with many groups (e.g. 50 recordings): "
+                         "k >= 2 holds out a k-th of the groups in turn, the main run's test split being "
+                         "the first fold; reports each fold, the spread and the pooled out-of-fold figures. "
+                         "0: off", min=0, max=20, types=(int,)),
         },
         "negatives_per_minute": Key(10.0, "Background windows sampled per minute of unannotated recording", min=0, max=600),
         "negatives_beside_calls": Key(True, "Also train on the windows just before and just after each "
@@ -393,6 +397,10 @@ def _cross_checks(cfg: Section) -> None:
     split = cfg.train.split
     if split.validation + split.test >= 1:
         raise ConfigError(f"train.split: validation + test must be < 1, got {split.validation + split.test}")
+    if split.folds == 1:
+        raise ConfigError("train.split.folds: must be 0 (off) or at least 2, got 1")
+    if split.folds and split.leave_one_group_out:
+        raise ConfigError("train.split.folds: set either folds or leave_one_group_out, not both")
     if not cfg.train.labels or len(set(cfg.train.labels)) != len(cfg.train.labels):
         raise ConfigError(f"train.labels: must be distinct names, got {cfg.train.labels}")
     for i, ds in enumerate(cfg.train.datasets):

@@ -163,6 +163,8 @@ BAD_CONFIGS = [
     ("mqtt:\n  password_file: /run/pw\n", "mqtt.username: required when mqtt.password_file is set"),
     ("mqtt:\n  tls: {cert_file: c.pem}\n", "mqtt.tls.key_file: required when mqtt.tls.cert_file"),
     ("train:\n  split: {validation: 0.5, test: 0.5}\n", "train.split: validation + test must be"),
+    ("train:\n  split: {folds: 1}\n", "train.split.folds: must be 0 (off) or at least 2"),
+    ("train:\n  split: {folds: 5, leave_one_group_out: true}\n", "train.split.folds: set either folds or"),
     ("train:\n  features:\n    fmax: 9000.0\n", "train.features: fmin/fmax: need 0 <= fmin < fmax"),
     ("train:\n  features:\n    n_fft: 500\n", "train.features: n_fft: must be a power of two"),
     ("audio:\n  reopen_backoff_s: [60, 1]\n", "audio.reopen_backoff_s: must be [first, longest]"),

@@ -123,6 +123,45 @@ def test_leave_one_group_out_reports_each_fold(tmp_path):
     assert "Leave-one-group-out" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
+def test_kfold_cross_validation_pools_every_held_out_recording(tmp_path):
+    from train.core import train_run
+
+    data = tiny_data(tmp_path / "data", sites=3)
+    out = tmp_path / "run"
+    values = demo_config(epochs=1, split={"test": 0.34, "validation": 0.0, "folds": 3},
+                         datasets=[{"path": "soundscapes", "kind": "selections", "tables": "soundscapes",
+                                    "classes": {"call": "call"}, "group_pattern": r"(site\d+)_"},
+                                   {"path": "background", "kind": "background", "split": "train"}])
+    summary = train_run(config=validate(values), data_root=data, out=out, cache_dir=None, log=lambda m: None)
+    folds = summary["folds"]
+    assert folds["kind"] == "3-fold" and [row["test_group"] for row in folds["folds"]] == ["fold1", "fold2", "fold3"]
+    assert not (out / "folds/fold1").exists() and (out / "folds/fold3/model.keras").is_file()  # fold1 is the main run
+    tested = [json.loads((out / d / "metrics.json").read_text())["split_counts"]["test"]["groups"]
+              for d in (".", "folds/fold2", "folds/fold3")]
+    assert sorted(g for groups in tested for g in groups) == ["site1", "site2", "site3"]
+    chunks = sum(r["table"] for fold in [summary] + [json.loads((out / d / "metrics.json").read_text())
+                                                     for d in ("folds/fold2", "folds/fold3")]
+                 for r in fold["metrics"]["count"]["call"]["recordings"])
+    pooled = folds["pooled"]
+    assert pooled["call chunk"]["tp"] + pooled["call chunk"]["fn"] == chunks > 0
+    assert pooled["call count"]["recordings"] == 3
+    report = (out / "report.md").read_text()
+    assert "Cross-validation, 3-fold" in report and "Pooled over the folds" in report
+
+
+def test_folds_option_takes_leave_one_group_out_or_a_number_of_folds():
+    from train.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["--folds"]).folds == "groups"
+    assert parser.parse_args(["--folds", "5"]).folds == 5
+    assert parser.parse_args([]).folds is None
+    for bad, message in (("1", "K must be at least 2"), ("five", "K must be a whole number")):
+        result = subprocess.run([sys.executable, "-m", "train", "--folds", bad], capture_output=True, text=True, cwd=ROOT)
+        assert result.returncode == 2 and message in result.stderr
+
+
 def test_command_line_bad_input_exits_2_with_one_line(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(demo_config()))

@@ -7,7 +7,13 @@ import csv
 import pytest
 
 from train.datasets import NEGATIVE, Annotation, DatasetError, Recording
-from train.split import check_disjoint, fold_groups, split_recordings, write_split_csv
+from train.split import (
+    check_disjoint,
+    fold_groups,
+    kfold_test_groups,
+    split_recordings,
+    write_split_csv,
+)
 
 
 def recordings(n_groups=12, per_group=4, forced=None):
@@ -70,6 +76,32 @@ def test_validation_by_file_takes_training_files_stratified():
     assert len(val) == 2 and {r.annotations[0].label for r in val} == {"call", NEGATIVE}
     assert {parts[r.name] for r in recs if r.group == "site01"} == {"test"}
     check_disjoint(recs, parts)
+
+
+def test_kfold_holds_out_every_group_once_with_positives_in_each_fold():
+    recs = recordings(n_groups=11, forced="train")
+    silent = [Recording(path=None, name=f"quiet{g}/a.wav", dataset=0, kind="clips", group=f"quiet{g}",
+                        duration_s=4.0, annotations=(Annotation(0, 4.0, NEGATIVE),)) for g in range(4)]
+    recs += silent
+    first = ["site00", "site07"]
+    folds = kfold_test_groups(recs, labels=["call"], first=first, k=4, seed=5)
+    assert folds[0] == first and len(folds) == 4
+    held = [g for fold in folds for g in fold]
+    assert sorted(held) == fold_groups(recs) and len(held) == len(set(held))  # each group once, noise never
+    for fold in folds:
+        assert any(r.group in fold and r.positives("call") for r in recs)
+        parts = split(recs, test_groups=fold)
+        check_disjoint(recs, parts)
+        assert {r.group for r in recs if parts[r.name] == "test"} == set(fold)
+    # positives dealt evenly: 9 groups with calls over 3 folds, the 4 quiet ones spread after them
+    assert sorted(sum(g.startswith("site") for g in fold) for fold in folds[1:]) == [3, 3, 3]
+    assert kfold_test_groups(recs, labels=["call"], first=first, k=4, seed=5) == folds
+    assert kfold_test_groups(recs, labels=["call"], first=first, k=4, seed=6) != folds
+
+
+def test_kfold_with_more_folds_than_groups_is_an_error():
+    with pytest.raises(DatasetError, match=r"folds: 5 folds need at least 5 groups"):
+        kfold_test_groups(recordings(n_groups=3), labels=["call"], first=["site00"], k=5, seed=1)
 
 
 def test_split_csv_lists_every_recording(tmp_path):

@@ -1,6 +1,6 @@
 """python -m train: argument parsing and exit codes (0 done, 1 failure at run time, 2 bad input).
 
-    python -m train [--config FILE] [--data-root DIR] [--out DIR] [--folds]
+    python -m train [--config FILE] [--data-root DIR] [--out DIR] [--folds [K]]
                     [--hard-negatives FILE ...] [--no-cache]
 
 Recalibrating a converted bundle for a new site is ``python -m train.recalibrate`` (see there).
@@ -32,8 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", metavar="DIR", help="folder the dataset paths are relative "
                         "to (default: train.data_root)")
     parser.add_argument("--out", metavar="DIR", help="run folder to write (default: runs/<train.name>)")
-    parser.add_argument("--folds", action="store_true", help="also run leave-one-group-out "
-                        "cross-validation (folds/<group>/), as train.split.leave_one_group_out")
+    parser.add_argument("--folds", nargs="?", const="groups", metavar="K", type=_folds,
+                        help="also cross-validate (folds/<fold>/): without K, leave-one-group-out, "
+                        "as train.split.leave_one_group_out; with K >= 2, group K-fold, as "
+                        "train.split.folds")
     parser.add_argument("--hard-negatives", nargs="+", metavar="FILE", default=[],
                         help="events JSONL files or Raven tables of false positives to add as "
                         "negatives (added to train.hard_negatives)")
@@ -41,6 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "cache (train.cache_dir)")
     parser.add_argument("--version", action="version", version=f"callwatch {__version__}")
     return parser
+
+
+def _folds(text: str) -> str | int:
+    if text == "groups":
+        return text
+    try:
+        k = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"K must be a whole number of folds, got {text!r}") from None
+    if k < 2:
+        raise argparse.ArgumentTypeError(f"K must be at least 2, got {k}")
+    return k
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         summary = train_run(config=config, data_root=Path(args.data_root) if args.data_root else None,
                             out=Path(args.out) if args.out else None,
                             cache_dir=None if args.no_cache else "config",
-                            folds=True if args.folds else None, hard_negatives=args.hard_negatives, command=command, log=log)
+                            folds=True if args.folds == "groups" else None,
+                            k_folds=args.folds if isinstance(args.folds, int) else None,
+                            hard_negatives=args.hard_negatives, command=command, log=log)
     except (DatasetError, AudioError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -39,7 +39,13 @@ from train.evaluate import (
 )
 from train.fit import fit, predict_probabilities
 from train.hard_negatives import apply_hard_negatives
-from train.split import check_disjoint, fold_groups, split_recordings, write_split_csv
+from train.split import (
+    check_disjoint,
+    fold_groups,
+    kfold_test_groups,
+    split_recordings,
+    write_split_csv,
+)
 from train.windows import WindowSampler, evaluation_windows, window_labels
 
 Log = Callable[[str], None]
@@ -252,19 +258,22 @@ def train_split(*, config: Section, prepared: Prepared, split: dict[str, str], o
     return summary
 
 
-def resolved_config_text(config: Section, *, data_root: Path, hard_negatives: list[str], folds: bool) -> str:
+def resolved_config_text(config: Section, *, data_root: Path, hard_negatives: list[str], folds: bool,
+                         k_folds: int) -> str:
     """The full config as this run used it (command-line overrides folded in)."""
     values = config.to_dict()
     values["train"]["data_root"] = str(data_root)
     values["train"]["hard_negatives"] = [str(h) for h in hard_negatives]
     values["train"]["split"]["leave_one_group_out"] = folds
+    values["train"]["split"]["folds"] = k_folds
     return yaml.safe_dump(values, sort_keys=False)
 
 
 def train_run(*, config: Section, data_root: Path | None = None, out: Path | None = None,
-              cache_dir: Path | None | str = "config", folds: bool | None = None,
+              cache_dir: Path | None | str = "config", folds: bool | None = None, k_folds: int | None = None,
               hard_negatives: list[str] | None = None, command: str = "", log: Log = print) -> dict:
-    """Everything ``python -m train`` does; returns the main run's summary (metrics.json)."""
+    """Everything ``python -m train`` does; returns the main run's summary (metrics.json).
+    ``folds`` / ``k_folds`` override the config's leave-one-group-out / k-fold cross-validation."""
     began = time.monotonic()
     cfg = config.train
     data_root = Path(data_root or cfg.data_root)
@@ -272,32 +281,50 @@ def train_run(*, config: Section, data_root: Path | None = None, out: Path | Non
     if cache_dir == "config":
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
     folds = cfg.split.leave_one_group_out if folds is None else folds
+    k_folds = (0 if folds else cfg.split.folds) if k_folds is None else k_folds
+    folds = folds and not k_folds
     hard_negatives = list(cfg.hard_negatives) + list(hard_negatives or [])
     prepared = prepare_data(train_cfg=cfg, data_root=data_root, cache_dir=cache_dir, log=log)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.resolved.yaml").write_text(
-        resolved_config_text(config, data_root=data_root, hard_negatives=hard_negatives, folds=folds))
+        resolved_config_text(config, data_root=data_root, hard_negatives=hard_negatives, folds=folds,
+                             k_folds=k_folds))
     split = split_for(cfg, prepared.inventory.recordings)
     summary = train_split(config=config, prepared=prepared, split=split, out=out, hard_negatives=hard_negatives,
                           title=f"{cfg.name}", command=command, log=log)
-    if folds:
+    plan = _fold_plan(cfg, prepared.inventory.recordings, split, logo=folds, k=k_folds)
+    if plan:
         results = []
-        for group in fold_groups(prepared.inventory.recordings):
-            log(f"== fold: test group {group}")
-            fold_split = split_for(cfg, prepared.inventory.recordings, test_groups=[group])
+        for name, test_groups in plan:
+            log(f"== fold {name}: test {', '.join(test_groups[:6])}{' ...' if len(test_groups) > 6 else ''}")
+            fold_split = split_for(cfg, prepared.inventory.recordings, test_groups=test_groups)
             if fold_split == split:
                 log("same split as the main run: its results are this fold's")
-                results.append((group, summary))
+                results.append((name, summary))
                 continue
-            results.append((group, train_split(config=config, prepared=prepared, split=fold_split,
-                                               out=out / "folds" / _safe(group), hard_negatives=hard_negatives,
-                                               title=f"{cfg.name}, fold {group}", command=command, log=log)))
+            results.append((name, train_split(config=config, prepared=prepared, split=fold_split,
+                                              out=out / "folds" / _safe(name), hard_negatives=hard_negatives,
+                                              title=f"{cfg.name}, fold {name}", command=command, log=log)))
         summary["folds"] = report.fold_table(results, labels=list(cfg.labels))
+        summary["folds"]["kind"] = "leave-one-group-out" if folds else f"{k_folds}-fold"
         report.append_folds(out / "report.md", summary["folds"])
         log(report.folds_headline(summary["folds"]))
     summary["wall_seconds"] = time.monotonic() - began  # folds included
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return summary
+
+
+def _fold_plan(cfg: Section, recordings: list[Recording], split: dict[str, str],
+               *, logo: bool, k: int) -> list[tuple[str, list[str]]]:
+    """(fold name, its test groups) for leave-one-group-out or k-fold cross-validation; [] when off."""
+    if logo:
+        return [(group, [group]) for group in fold_groups(recordings)]
+    if not k:
+        return []
+    main_test = sorted({r.group for r in recordings if split[r.name] == "test" and not r.forced_split})
+    groups = kfold_test_groups(recordings, labels=list(cfg.labels), first=main_test, k=k,
+                               seed=cfg.seed)
+    return [(f"fold{i}", fold) for i, fold in enumerate(groups, 1)]
 
 
 def _safe(group: str) -> str:

@@ -212,7 +212,9 @@ def write_report(out: Path, *, summary: dict, test: WindowSet, scores: np.ndarra
 
 
 def fold_table(results: list[tuple[str, dict]], *, labels: list[str]) -> dict:
-    """Per-fold headline metrics and their mean and standard deviation."""
+    """Per-fold headline metrics, their mean and standard deviation, and the pooled out-of-fold
+    figures: every fold's test decisions (at that fold's own threshold) counted together, and the
+    count correlation over all recordings of all folds."""
     rows = []
     for group, summary in results:
         row = {"test_group": group}
@@ -220,8 +222,12 @@ def fold_table(results: list[tuple[str, dict]], *, labels: list[str]) -> dict:
             for label in labels:
                 m = summary["metrics"].get(level, {}).get(label)
                 if m:
-                    row[f"{label} {'window' if level == 'float' else level} ROC-AUC"] = m["roc_auc"]
-                    row[f"{label} {'window' if level == 'float' else level} F1"] = m["f1"]
+                    row[f"{label} {_level_name(level)} ROC-AUC"] = m["roc_auc"]
+                    row[f"{label} {_level_name(level)} F1"] = m["f1"]
+        for label in labels:
+            count = summary["metrics"].get("count", {}).get(label)
+            if count:
+                row[f"{label} count r"] = count["pearson_r"]
         rows.append(row)
     columns = [k for k in rows[0] if k != "test_group"] if rows else []
     spread = {}
@@ -229,21 +235,69 @@ def fold_table(results: list[tuple[str, dict]], *, labels: list[str]) -> dict:
         values = np.array([r[column] for r in rows if r.get(column) is not None], float)
         spread[column] = {"mean": float(values.mean()) if len(values) else None,
                           "std": float(values.std()) if len(values) else None}
-    return {"folds": rows, "spread": spread}
+    return {"folds": rows, "spread": spread, "pooled": _pooled(results, labels)}
+
+
+def _level_name(level: str) -> str:
+    return "window" if level == "float" else level
+
+
+def _pooled(results: list[tuple[str, dict]], labels: list[str]) -> dict:
+    """{"<label> <level>": {tp, fp, fn, tn, precision, recall, f1}, "<label> count": {pearson_r, ...}}."""
+    pooled = {}
+    for level in ("float", "clip", "chunk"):
+        for label in labels:
+            found = [s["metrics"][level][label] for _, s in results if label in s["metrics"].get(level, {})]
+            if not found:
+                continue
+            tp, fp, fn, tn = (sum(m[k] for m in found) for k in ("tp", "fp", "fn", "tn"))
+            pooled[f"{label} {_level_name(level)}"] = {
+                "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+                "precision": tp / (tp + fp) if tp + fp else None,
+                "recall": tp / (tp + fn) if tp + fn else None,
+                "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None}
+    for label in labels:
+        rows = [row for _, s in results for row in s["metrics"].get("count", {}).get(label, {}).get("recordings", [])]
+        if len(rows) > 1:
+            true = np.array([r["table"] for r in rows], float)
+            pred = np.array([r["predicted"] for r in rows], float)
+            r = float(np.corrcoef(true, pred)[0, 1]) if true.std() > 0 and pred.std() > 0 else None
+            pooled[f"{label} count"] = {"pearson_r": r, "recordings": len(rows),
+                                        "mean_abs_error": float(np.abs(true - pred).mean())}
+    return pooled
 
 
 def append_folds(report_path: Path, folds: dict) -> None:
     columns = list(folds["spread"])
-    lines = ["", "## Leave-one-group-out cross-validation", "",
-             "Each group held out in turn as the test split (`folds/<group>/` holds each fold's run folder).", "",
-             "| test group | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    kind = folds.get("kind", "leave-one-group-out")
+    title = ("Leave-one-group-out cross-validation" if kind == "leave-one-group-out"
+             else f"Cross-validation, {kind}")
+    what = ("Each group held out in turn as the test split" if kind == "leave-one-group-out"
+            else "A share of the groups held out in turn as the test split; fold1 is the main run")
+    lines = ["", f"## {title}", "",
+             f"{what} (`folds/<fold>/` holds each fold's run folder; each fold calibrates its own "
+             "threshold on its own validation split).", "",
+             "| test fold | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for row in folds["folds"]:
         lines.append(f"| {row['test_group']} | " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
     lines.append("| **mean ± sd** | " + " | ".join(
         f"{_fmt(folds['spread'][c]['mean'])} ± {_fmt(folds['spread'][c]['std'])}" for c in columns) + " |")
+    pooled = folds.get("pooled", {})
+    if pooled:
+        lines += ["", "Pooled over the folds (every test decision at its fold's threshold, counted together):", ""]
+        for name, p in pooled.items():
+            if "pearson_r" in p:
+                lines.append(f"- {name}: Pearson r {_fmt(p['pearson_r'])} over {p['recordings']} recordings, "
+                             f"mean absolute error {_fmt(p['mean_abs_error'], 2)} chunks")
+            else:
+                lines.append(f"- {name}: precision {_fmt(p['precision'])}, recall {_fmt(p['recall'])}, "
+                             f"F1 {_fmt(p['f1'])} (tp {p['tp']}, fp {p['fp']}, fn {p['fn']}, tn {p['tn']})")
     with open(report_path, "a") as f:
         f.write("\n".join(lines) + "\n")
 
 
 def folds_headline(folds: dict) -> str:
-    return "folds: " + "; ".join(f"{c} {_fmt(s['mean'])} ± {_fmt(s['std'])}" for c, s in folds["spread"].items())
+    pooled = [f"{name} {'r' if 'pearson_r' in p else 'F1'} {_fmt(p.get('pearson_r', p.get('f1')))}"
+              for name, p in folds.get("pooled", {}).items()]
+    return ("folds: " + "; ".join(f"{c} {_fmt(s['mean'])} ± {_fmt(s['std'])}" for c, s in folds["spread"].items())
+            + ("; pooled: " + "; ".join(pooled) if pooled else ""))

@@ -98,6 +98,25 @@ def fold_groups(recordings: list[Recording]) -> list[str]:
     return sorted({r.group for r in recordings if not r.forced_split})
 
 
+def kfold_test_groups(recordings: list[Recording], *, labels: list[str], first: list[str], k: int,
+                      seed: int) -> list[list[str]]:
+    """Test groups of ``k`` folds: ``first`` (the main run's), then the other groups shuffled
+    (seeded) and dealt out in turn, groups with positives first so every fold gets its share."""
+    rest = [g for g in fold_groups(recordings) if g not in first]
+    with_positives = {r.group for r in recordings if any(r.positives(label) for label in labels)}
+    rng = np.random.default_rng([seed, k])
+    order = [g for part in (sorted(g for g in rest if g in with_positives),
+                            sorted(g for g in rest if g not in with_positives))
+             for g in rng.permutation(part)] if rest else []
+    folds: list[list[str]] = [sorted(first)] + [[] for _ in range(k - 1)]
+    for i, group in enumerate(order):
+        folds[1 + i % (k - 1)].append(str(group))
+    if any(not fold for fold in folds):
+        raise DatasetError(f"train.split.folds: {k} folds need at least {k} groups besides forced splits; "
+                           f"there are {len(rest) + bool(first)} (lower folds)")
+    return [sorted(fold) for fold in folds]
+
+
 def check_disjoint(recordings: list[Recording], split: dict[str, str]) -> None:
     """Raise when a group has recordings in two splits (validation-by-file excepted)."""
     seen: dict[str, set[str]] = {}
