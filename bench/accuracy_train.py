@@ -53,6 +53,25 @@ def _train_seconds(summary: dict) -> float:
     return summary.get("wall_seconds") or summary["training"]["seconds"]
 
 
+def _pooled_rows(summary: dict, label: str) -> list[str]:
+    """Rows of a k-fold cross-validation (every recording held out once), when the run made one."""
+    folds = summary.get("folds", {})
+    pooled, spread = folds.get("pooled", {}), folds.get("spread", {})
+    chunk, count = pooled.get(f"{label} chunk"), pooled.get(f"{label} count")
+    if not chunk or not count:
+        return []
+    what = f"{folds.get('kind', 'k-fold')} cross-validation, {count['recordings']} recordings each held out once"
+    f1, r = spread.get(f"{label} chunk F1", {}), spread.get(f"{label} count r", {})
+    return [f"| capuchin | {label} | 3 s chunk F1, pooled over a {what} | {_f(chunk['f1'])} "
+            f"| >= 0.95: {_met(chunk['f1'], 0.95)} |",
+            f"| capuchin | {label} | per-recording count Pearson r, pooled over the same folds | "
+            f"{_f(count['pearson_r'])} | >= 0.99: {_met(count['pearson_r'], 0.99)} |",
+            f"| capuchin | {label} | pooled precision / recall (tp, fp, fn) | {_f(chunk['precision'])} / "
+            f"{_f(chunk['recall'])} ({chunk['tp']}, {chunk['fp']}, {chunk['fn']}) | |",
+            f"| capuchin | {label} | per fold: chunk F1 / count r, mean ± sd | {_f(f1.get('mean'))} ± "
+            f"{_f(f1.get('std'))} / {_f(r.get('mean'))} ± {_f(r.get('std'))} | |"]
+
+
 def run() -> str:
     lines = ["## Training: accuracy on held-out groups (float model)", "", preamble(NAME),
              "Each run: `python -m train --config examples/<name>.yaml --data-root ../shared/data` "
@@ -93,6 +112,7 @@ def run() -> str:
                             f"| >= 0.99: {_met(count.get('pearson_r'), 0.99)} |")
                 rows.append(f"| capuchin | {label} | 3 s chunk ROC-AUC / precision / recall | "
                             f"{_f(chunk.get('roc_auc'))} / {_f(chunk.get('precision'))} / {_f(chunk.get('recall'))} | |")
+                rows += _pooled_rows(summary, label)
     lines += ["| data set | label | metric (test split) | value | target |", "|---|---|---|---|---|", *rows, "",
               *commands]
     return "\n".join(lines) + "\n"

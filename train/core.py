@@ -49,6 +49,8 @@ from train.split import (
 from train.windows import WindowSampler, evaluation_windows, window_labels
 
 Log = Callable[[str], None]
+MAIN_FOLD = "fold1"
+"""K-fold cross-validation's first fold: the main run itself (same test split, same model)."""
 
 
 @dataclass
@@ -297,7 +299,8 @@ def train_run(*, config: Section, data_root: Path | None = None, out: Path | Non
         results = []
         for name, test_groups in plan:
             log(f"== fold {name}: test {', '.join(test_groups[:6])}{' ...' if len(test_groups) > 6 else ''}")
-            fold_split = split_for(cfg, prepared.inventory.recordings, test_groups=test_groups)
+            fold_split = split if k_folds and name == MAIN_FOLD else split_for(cfg, prepared.inventory.recordings,
+                                                                   test_groups=test_groups)
             if fold_split == split:
                 log("same split as the main run: its results are this fold's")
                 results.append((name, summary))
@@ -324,7 +327,7 @@ def _fold_plan(cfg: Section, recordings: list[Recording], split: dict[str, str],
     main_test = sorted({r.group for r in recordings if split[r.name] == "test" and not r.forced_split})
     groups = kfold_test_groups(recordings, labels=list(cfg.labels), first=main_test, k=k,
                                seed=cfg.seed)
-    return [(f"fold{i}", fold) for i, fold in enumerate(groups, 1)]
+    return [(MAIN_FOLD if i == 1 else f"fold{i}", fold) for i, fold in enumerate(groups, 1)]
 
 
 def _safe(group: str) -> str:

@@ -78,7 +78,14 @@ def fit(
     seed: int,
     log: Callable[[str], None] = print,
 ) -> History:
-    """Train ``model`` in place (best weights restored) and return its history."""
+    """Train ``model`` in place (best weights restored) and return its history.
+
+    Seeded, with TensorFlow's deterministic kernels: the same config, data and thread count give
+    the same weights (multi-threaded reductions would otherwise add up in whatever order the
+    threads finish, and one ulp in the first epoch grows into a different model)."""
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(seed)
     steps = epochs * -(-(sampler.positives_per_epoch + sampler.negatives_per_epoch) // batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=0.05)
