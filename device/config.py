@@ -163,7 +163,8 @@ SCHEMA: dict = {
         "calibration": {
             "method": Key("precision", "Threshold rule: 'precision' (reach target_precision on "
                           "validation), 'f1' (the best F1 on validation: about as many false alarms "
-                          "as misses, so counts of calls stay unbiased) or 'false_alarms' (at most "
+                          "as misses, so counts of calls stay unbiased; within one standard error "
+                          "of the best, the cut nearest 0.5) or 'false_alarms' (at most "
                           "false_alarms_per_hour of background)",
                           choices=("precision", "f1", "false_alarms")),
             "target_precision": Key(0.9, "Precision the threshold must reach on validation", min=0.01, max=1.0),

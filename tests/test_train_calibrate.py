@@ -21,17 +21,36 @@ def test_separable_scores_get_a_threshold_between_the_classes():
 
 
 def test_best_f1_threshold_balances_misses_and_false_alarms():
-    # positives 0.6..0.95, negatives 0.05..0.4 plus two negatives at 0.9 and 0.97
-    y = np.array([1] * 8 + [0] * 8 + [0, 0])
-    s = np.r_[np.linspace(0.6, 0.95, 8), np.linspace(0.05, 0.4, 8), 0.9, 0.97]
+    # 400 calls and 1600 negatives: the tolerance (one standard error) is a fraction of one error
+    # here, so the rule is the plain best F1, which brute force confirms.
+    rng = np.random.default_rng(1)
+    y = np.r_[np.ones(400), np.zeros(1600)]
+    s = 1 / (1 + np.exp(-(rng.standard_normal(2000) * 1.5 + np.where(y > 0, 2.0, -2.5))))
     t = threshold_at_best_f1(y, s)
-    assert 0.4 < t.value < 0.6 and t.method == "f1"  # all 8 calls for 2 false alarms: F1 8/9
-    assert t.achieved["f1"] == pytest.approx(16 / 18) and t.achieved["recall"] == 1.0
-    # brute force agrees: no threshold beats it
-    cuts = np.r_[np.sort(s), 1.0]
-    best = max(2 * ((s >= c) & (y == 1)).sum() / ((s >= c).sum() + y.sum()) for c in cuts)
-    assert t.achieved["f1"] == pytest.approx(best)
+    cuts = np.sort(s)
+    f1 = [2 * ((s >= c) & (y == 1)).sum() / ((s >= c).sum() + y.sum()) for c in cuts]
+    assert t.method == "f1" and t.achieved["best_f1"] == pytest.approx(max(f1))
+    assert t.achieved["f1"] >= max(f1) - t.achieved["tolerance"]
+    assert t.achieved["tolerance"] == pytest.approx(np.sqrt(max(f1) * (1 - max(f1)) / 400))
+    achieved = 2 * ((s >= t.value) & (y == 1)).sum() / ((s >= t.value).sum() + y.sum())
+    assert achieved == pytest.approx(t.achieved["f1"])
     assert threshold_at_best_f1(np.zeros(4), np.ones(4) * 0.3).method == "default"
+
+
+def test_best_f1_on_few_calls_keeps_to_the_models_boundary_within_its_noise():
+    # 20 validation calls: 19 score high, one scores 0.08; negatives below 0.02 and one at 0.3.
+    # The single best cut (below 0.08: F1 40/41) takes the low call in and would hug it; one call
+    # is within the noise of 20, so the threshold stays in the gap around 0.5.
+    y = np.r_[np.ones(20), np.zeros(200)]
+    s = np.r_[np.linspace(0.9, 0.999, 19), 0.08, np.linspace(0.001, 0.02, 199), 0.3]
+    t = threshold_at_best_f1(y, s)
+    assert t.achieved["best_f1"] == pytest.approx(40 / 41) and t.achieved["tolerance"] == pytest.approx(1 / 20)
+    assert 0.3 < t.value < 0.9 and t.achieved["recall"] == pytest.approx(19 / 20)
+    # three low calls are more than the noise: the threshold goes down among them
+    s3 = s.copy()
+    s3[17:19] = [0.07, 0.06]
+    t3 = threshold_at_best_f1(y, s3)
+    assert t3.value < 0.08 and t3.achieved["recall"] >= 18 / 20
 
 
 def test_target_precision_is_reached_with_most_recall():
