@@ -48,3 +48,21 @@ def test_bobwhite_splits_by_site_and_never_mixes_sites():
     assert {split[r.name] for r in clips if r.group == "DiLane"} == {"train", "validation"}
     assert {split[r.name] for r in inv.recordings if r.kind == "background"} == {"train"}
     check_disjoint(inv.recordings, split)
+
+
+def test_capuchin_folds_test_every_recording_once_the_main_split_first():
+    from train.core import _fold_plan, split_for
+
+    cfg, inv = inventory("capuchin")
+    split = split_for(cfg, inv.recordings)
+    plan = _fold_plan(cfg, inv.recordings, split, logo=False, k=cfg.split.folds)
+    assert cfg.split.folds == 5 and [name for name, _ in plan] == ["fold1", "fold2", "fold3", "fold4", "fold5"]
+    assert plan[0][1] == sorted(r.group for r in inv.recordings if split[r.name] == "test")
+    held = [g for _, groups in plan for g in groups]
+    assert len(held) == len(set(held)) == 50 and all(len(groups) == 10 for _, groups in plan)
+    with_calls = {r.group for r in inv.recordings if r.positives()}
+    # 29 recordings have calls: the main split drew its share at random, the others are dealt evenly
+    per_fold = [len(with_calls & set(groups)) for _, groups in plan]
+    assert sum(per_fold) == 29 and max(per_fold[1:]) - min(per_fold[1:]) <= 1
+    for _, groups in plan:
+        check_disjoint(inv.recordings, split_for(cfg, inv.recordings, test_groups=groups))
