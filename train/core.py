@@ -299,8 +299,8 @@ def train_run(*, config: Section, data_root: Path | None = None, out: Path | Non
         results = []
         for name, test_groups in plan:
             log(f"== fold {name}: test {', '.join(test_groups[:6])}{' ...' if len(test_groups) > 6 else ''}")
-            fold_split = split if k_folds and name == MAIN_FOLD else split_for(cfg, prepared.inventory.recordings,
-                                                                   test_groups=test_groups)
+            is_main = bool(k_folds) and name == MAIN_FOLD
+            fold_split = split if is_main else split_for(cfg, prepared.inventory.recordings, test_groups=test_groups)
             if fold_split == split:
                 log("same split as the main run: its results are this fold's")
                 results.append((name, summary))
