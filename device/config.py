@@ -132,10 +132,7 @@ SCHEMA: dict = {
             "background_p": Key(0.5, "Probability of mixing a background into a training window", min=0, max=1),
             "snr_db": Key([0.0, 20.0], "Range of the mixing signal-to-noise ratio, dB", item=float),
             "gain_db": Key([-12.0, 12.0], "Range of random gain, dB", item=float),
-            "time_shift_s": Key(0.5, "Largest random shift of a crop past the ends of a call shorter than "
-                                "the window, seconds (a call as long as the window or longer is cropped "
-                                "inside its annotation; the negatives beside calls are jittered by it "
-                                "too)", min=0, max=10),
+            "time_shift_s": Key(0.5, "Largest random shift of a crop, seconds", min=0, max=10),
             "time_masks": Key(2, "SpecAugment time masks per window", min=0, max=10),
             "time_mask_frames": Key(10, "Longest time mask, frames", min=0, max=200),
             "freq_masks": Key(2, "SpecAugment frequency masks per window", min=0, max=10),
