@@ -285,8 +285,12 @@ def live_run(model: Path, recording: Path, folder: Path, seconds: float = 30.0,
         return "PulseAudio is not installed"
     started = False
     if _pulse("pulseaudio", "--check").returncode != 0:
-        _pulse("pulseaudio", "--start", "--exit-idle-time=-1")
-        started = _pulse("pulseaudio", "--check").returncode == 0
+        for _ in range(10):  # right after a previous run's --kill, the old server may still be exiting
+            _pulse("pulseaudio", "--start", "--exit-idle-time=-1")
+            started = _pulse("pulseaudio", "--check").returncode == 0
+            if started:
+                break
+            time.sleep(0.5)
         if not started:
             return "PulseAudio could not be started"
     sink = f"callwatch_bench_{uuid.uuid4().hex[:8]}"
@@ -415,10 +419,12 @@ def run() -> str:
     libraries = {name: import_rss_mib(modules) for name, modules in (
         ("python", "sys"), ("numpy", "numpy"), ("device", "device.daemon, ai_edge_litert.interpreter"),
         ("device+sd", "device.daemon, ai_edge_litert.interpreter, sounddevice"))}
-    if isinstance(live, dict) and isinstance(live_lean, dict):
-        live["rss_lean_mib"] = live_lean["rss_mib"]
-    if isinstance(live, dict) and isinstance(live_mqtt, dict):
-        live["rss_mqtt_mib"] = live_mqtt["rss_mib"]
+    if isinstance(live, dict):
+        for key, other in (("rss_lean_mib", live_lean), ("rss_mqtt_mib", live_mqtt)):
+            if isinstance(other, dict):
+                live[key] = other["rss_mib"]
+            else:
+                live.setdefault("not_measured", []).append(f"{key.split('_')[1]} run: {other}")
     return _section(model_note, cpu, replays, jobs, live, libraries)
 
 
@@ -508,6 +514,7 @@ def _section(model_note: str, cpu: dict, replays: list, jobs: dict, live, librar
                 "paho-mqtt brings the ssl module and OpenSSL, the outbox SQLite): target "
                 f"{_verdict(with_mqtt <= TARGETS['rss_mib'])}."
             )
+        lines += [f"- not measured: the {reason}" for reason in live.get("not_measured", [])]
     else:
         lines.append(f"**Live**: not measured ({live}).")
     lines += [
