@@ -152,8 +152,9 @@ def test_kfold_cross_validation_pools_every_held_out_recording(tmp_path):
 
 @pytest.mark.slow
 def test_the_same_config_trains_the_same_model(tmp_path):
-    """Seeded windows, augmentation and weights, and TensorFlow's deterministic kernels: a run
-    can be reproduced to the last bit (multi-threaded reductions otherwise differ run to run)."""
+    """Seeded windows, augmentation and initial weights: a run is reproduced to the last bit.
+    (On data this small the kernels' thread order does not show; on the real examples it did,
+    before ``enable_op_determinism``, and train/fit.py's docstring says so.)"""
     import keras
 
     from train.core import train_run
