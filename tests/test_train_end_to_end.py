@@ -168,6 +168,19 @@ def test_the_same_config_trains_the_same_model(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(*weights))
 
 
+def test_too_many_folds_is_an_error_before_any_training(tmp_path):
+    from train.core import train_run
+    from train.datasets import DatasetError
+
+    data = tiny_data(tmp_path / "data", sites=3)
+    values = demo_config(split={"test": 0.34, "validation": 0.0, "folds": 5},
+                         datasets=[{"path": "soundscapes", "kind": "selections", "tables": "soundscapes",
+                                    "classes": {"call": "call"}, "group_pattern": r"(site\d+)_"}])
+    with pytest.raises(DatasetError, match="5 folds need at least 5 groups"):
+        train_run(config=validate(values), data_root=data, out=tmp_path / "run", cache_dir=None, log=lambda m: None)
+    assert not (tmp_path / "run" / "model.keras").exists()
+
+
 def test_folds_option_takes_leave_one_group_out_or_a_number_of_folds():
     from train.cli import build_parser
 

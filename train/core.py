@@ -292,9 +292,9 @@ def train_run(*, config: Section, data_root: Path | None = None, out: Path | Non
         resolved_config_text(config, data_root=data_root, hard_negatives=hard_negatives, folds=folds,
                              k_folds=k_folds))
     split = split_for(cfg, prepared.inventory.recordings)
+    plan = _fold_plan(cfg, prepared.inventory.recordings, split, logo=folds, k=k_folds)  # errors before training
     summary = train_split(config=config, prepared=prepared, split=split, out=out, hard_negatives=hard_negatives,
                           title=f"{cfg.name}", command=command, log=log)
-    plan = _fold_plan(cfg, prepared.inventory.recordings, split, logo=folds, k=k_folds)
     if plan:
         results = []
         for name, test_groups in plan:

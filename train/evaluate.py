@@ -26,6 +26,22 @@ Predict = Callable[[np.ndarray], np.ndarray]
 """x (N, frames, n_mels, 1) float32 dB -> (N, n_labels) probabilities."""
 
 
+def rates(tp: int, fp: int, fn: int) -> dict:
+    """Precision, recall and F1 from confusion counts (None where undefined)."""
+    return {"precision": tp / (tp + fp) if tp + fp else None,
+            "recall": tp / (tp + fn) if tp + fn else None,
+            "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None}
+
+
+def count_summary(rows: list[dict]) -> dict:
+    """Pearson r and mean absolute error of table vs predicted counts over recording rows
+    ({"table", "predicted"}); r is None for fewer than two recordings or a constant side."""
+    true = np.array([r["table"] for r in rows], float)
+    pred = np.array([r["predicted"] for r in rows], float)
+    r = float(np.corrcoef(true, pred)[0, 1]) if len(rows) > 1 and true.std() > 0 and pred.std() > 0 else None
+    return {"pearson_r": r, "mean_abs_error": float(np.abs(true - pred).mean()) if rows else None}
+
+
 def label_metrics(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
     """Metrics of one label: y (N,) 0/1, scores (N,) probabilities."""
     y = np.asarray(y) > 0.5
@@ -33,13 +49,10 @@ def label_metrics(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
     tp, fp = int((predicted & y).sum()), int((predicted & ~y).sum())
     fn, tn = int((~predicted & y).sum()), int((~predicted & ~y).sum())
     both = 0 < y.sum() < len(y)
-    precision = tp / (tp + fp) if tp + fp else None
-    recall = tp / (tp + fn) if tp + fn else None
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
     return {
         "roc_auc": float(roc_auc_score(y, scores)) if both else None,
         "pr_auc": float(average_precision_score(y, scores)) if both else None,
-        "precision": precision, "recall": recall, "f1": f1,
+        **rates(tp, fp, fn),
         "threshold": float(threshold), "tp": tp, "fp": fp, "fn": fn, "tn": tn,
         "positives": int(y.sum()), "negatives": int((~y).sum()),
     }
@@ -74,11 +87,7 @@ def count_correlation(windows: WindowSet, scores: np.ndarray, labels: list[str],
             mask = chosen & (windows.source == name)
             rows.append({"recording": name, "table": int(windows.y[mask, i].sum()),
                          "predicted": int((scores[mask, i] >= thresholds[label]).sum())})
-        true = np.array([r["table"] for r in rows], float)
-        pred = np.array([r["predicted"] for r in rows], float)
-        r = float(np.corrcoef(true, pred)[0, 1]) if len(rows) > 1 and true.std() > 0 and pred.std() > 0 else None
-        out[label] = {"pearson_r": r, "recordings": rows,
-                      "mean_abs_error": float(np.abs(true - pred).mean()) if rows else None}
+        out[label] = {**count_summary(rows), "recordings": rows}
     return out
 
 

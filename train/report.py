@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
+from train.evaluate import count_summary, rates  # noqa: E402
 from train.windows import WindowSet  # noqa: E402
 
 
@@ -251,19 +252,12 @@ def _pooled(results: list[tuple[str, dict]], labels: list[str]) -> dict:
             if not found:
                 continue
             tp, fp, fn, tn = (sum(m[k] for m in found) for k in ("tp", "fp", "fn", "tn"))
-            pooled[f"{label} {_level_name(level)}"] = {
-                "tp": tp, "fp": fp, "fn": fn, "tn": tn,
-                "precision": tp / (tp + fp) if tp + fp else None,
-                "recall": tp / (tp + fn) if tp + fn else None,
-                "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None}
+            pooled[f"{label} {_level_name(level)}"] = {"tp": tp, "fp": fp, "fn": fn, "tn": tn,
+                                                       **rates(tp, fp, fn)}
     for label in labels:
         rows = [row for _, s in results for row in s["metrics"].get("count", {}).get(label, {}).get("recordings", [])]
         if len(rows) > 1:
-            true = np.array([r["table"] for r in rows], float)
-            pred = np.array([r["predicted"] for r in rows], float)
-            r = float(np.corrcoef(true, pred)[0, 1]) if true.std() > 0 and pred.std() > 0 else None
-            pooled[f"{label} count"] = {"pearson_r": r, "recordings": len(rows),
-                                        "mean_abs_error": float(np.abs(true - pred).mean())}
+            pooled[f"{label} count"] = {**count_summary(rows), "recordings": len(rows)}
     return pooled
 
 
