@@ -1,3 +1,3 @@
-"""callwatch device: the field daemon (numpy, scipy, sounddevice, paho-mqtt, LiteRT; never TensorFlow)."""
+"""callwatch device: the field daemon (numpy, soundfile, sounddevice, paho-mqtt, LiteRT; never TensorFlow or SciPy)."""
 
 __version__ = "0.1.0"

@@ -11,6 +11,7 @@ Quantization comes from the model itself (the tensors' scale and zero point), wh
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from pathlib import Path
@@ -169,6 +170,10 @@ def load_classifier(bundle: Bundle, *, delegate: str = "cpu", num_threads: int =
     if delegate == "edgetpu":
         path = bundle.variant_path("edgetpu") or bundle.model_path
         try:
+            # The runtime's Delegate object, when it cannot open the library, prints a stray
+            # "Exception ignored ... AttributeError" traceback as it is collected: ask the
+            # dynamic loader first, so a missing library is one warning line.
+            ctypes.CDLL(EDGETPU_LIBRARY)
             tpu = load_delegate(EDGETPU_LIBRARY)
             interpreter = Interpreter(
                 model_path=str(path), experimental_delegates=[tpu], num_threads=num_threads

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install callwatch as a systemd service on Raspberry Pi OS Bookworm (aarch64) or Debian 12.
+# Install callwatch as a systemd service on Raspberry Pi OS Trixie or Bookworm (aarch64), or
+# Debian 13 or 12: Python 3.11, 3.12 or 3.13 (the system python3 of each).
 #
 #   sudo systemd/install.sh MODEL            install or upgrade; MODEL = model.tflite with its
 #                                            model.json beside it, or a run folder
@@ -20,7 +21,7 @@
 #   --prefix DIR     venv and model location (default /opt/callwatch)
 #   --destdir DIR    stage every file under DIR (also $DESTDIR); implies --no-system
 #   --no-system      no root check, apt-get or systemctl
-#   --python PY      interpreter for the venv (default python3.11, else python3; must be 3.11)
+#   --python PY      interpreter for the venv (default: the system python3; 3.11, 3.12 or 3.13)
 #   --skip-pip       create the venv but only print the pip command (tests: no network);
 #                    the project is then imported from this checkout with --python
 #   --edgetpu        let the service reach a Coral USB accelerator (drop-in)
@@ -117,13 +118,25 @@ if [ "$system" = 1 ]; then
 fi
 
 # ---------------------------------------------------------------- venv (device profile only)
+supported="3.11 3.12 3.13"              # pyproject.toml's requires-python
 if [ -z "$python" ]; then
-  python=python3.11
-  command -v "$python" >/dev/null || python=python3
+  # The system python3 when it is a supported version (Trixie: 3.13, Bookworm: 3.11), else
+  # the newest supported pythonX.Y on PATH.
+  python=python3
+  version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)
+  case " $supported " in
+    *" $version "*) ;;
+    *) for v in 3.13 3.12 3.11; do
+         if command -v "python$v" >/dev/null; then python=python$v; break; fi
+       done ;;
+  esac
 fi
-command -v "$python" >/dev/null || die "no Python interpreter '$python' (install python3 3.11)"
+command -v "$python" >/dev/null || die "no Python interpreter '$python': install python3 (3.11, 3.12 or 3.13) and python3-venv"
 version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-[ "$version" = 3.11 ] || die "$python is Python $version; callwatch needs 3.11 (Bookworm's python3)"
+case " $supported " in
+  *" $version "*) ;;
+  *) die "$python is Python $version; callwatch runs on Python 3.11, 3.12 or 3.13 (Raspberry Pi OS Bookworm has 3.11, Trixie 3.13): pass one with --python" ;;
+esac
 
 if [ ! -x "$root$venv/bin/python" ]; then
   say "creating $venv"

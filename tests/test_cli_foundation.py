@@ -1,17 +1,20 @@
-"""The three command lines answer --help, and the device package never needs TensorFlow."""
+"""The three command lines answer --help, and the device package never needs TensorFlow or SciPy."""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-BLOCKED = ("tensorflow", "keras", "tf_keras")
+BLOCKED = ("tensorflow", "keras", "tf_keras", "scipy", "sklearn")
+"""Workstation packages: the device profile does not install them (pyproject.toml)."""
 
 
 def run_module(*args: str, code: str | None = None) -> subprocess.CompletedProcess:
@@ -47,8 +50,8 @@ def test_workstation_tool_help(tool, flags):
         assert flag in result.stdout, flag
 
 
-def test_every_device_module_imports_with_tensorflow_blocked():
-    """A fresh interpreter where importing tensorflow or keras fails, as on a Raspberry Pi."""
+def test_every_device_module_imports_with_workstation_packages_blocked():
+    """A fresh interpreter where importing tensorflow, keras or scipy fails, as on a Raspberry Pi."""
     code = textwrap.dedent(
         f"""
         import importlib, importlib.abc, pkgutil, sys
@@ -85,7 +88,7 @@ def test_every_device_module_imports_with_tensorflow_blocked():
     assert int(result.stdout.split()[0]) >= 6  # features, audio, bundle, config, cli, events...
 
 
-def test_no_device_source_imports_tensorflow_even_lazily():
+def test_no_device_source_imports_workstation_packages_even_lazily():
     """The import test sees top-level imports; this also sees imports inside functions."""
     offenders = []
     for source in sorted((REPO / "device").rglob("*.py")):
@@ -102,6 +105,16 @@ def test_no_device_source_imports_tensorflow_even_lazily():
                 if name.split(".")[0] in BLOCKED
             ]
     assert offenders == []
+
+
+def test_device_profile_installs_no_workstation_package():
+    """The plain dependencies are what a Raspberry Pi installs: SciPy and TensorFlow stay out."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    device = [re.split(r"[=<>;\[ ]", requirement)[0].lower() for requirement in project["dependencies"]]
+    assert set(device) == {"numpy", "soundfile", "sounddevice", "paho-mqtt", "pyyaml", "ai-edge-litert"}
+    workstation = " ".join(project["optional-dependencies"]["workstation"])
+    assert "scipy==" in workstation and "tensorflow" in workstation
+    assert project["requires-python"] == ">=3.11,<3.14"
 
 
 def test_bench_help_lists_the_benchmarks():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -107,13 +108,31 @@ def test_a_model_that_disagrees_with_model_json_is_refused(bundle_copy, changes,
     assert "model.tflite" in str(info.value) and "\n" not in str(info.value)
 
 
-# ai_edge_litert's Delegate.__del__ trips over the delegate it failed to create.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_edgetpu_without_a_tpu_falls_back_to_the_cpu_with_a_warning(tone_bundle, caplog):
     with caplog.at_level(logging.WARNING):
         classifier = load_classifier(load_bundle(tone_bundle), delegate="edgetpu")
     assert classifier.delegate == "cpu"
     assert "Edge TPU unavailable" in caplog.text
+
+
+def test_edgetpu_fallback_is_one_warning_line_and_no_traceback(tone_bundle):
+    """A fresh interpreter, as the daemon starts: stderr holds the warning and nothing else
+    (ai_edge_litert's Delegate used to print an "Exception ignored" traceback when collected)."""
+    code = (
+        "import gc, logging, sys\n"
+        "logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')\n"
+        "from device.bundle import load_bundle\n"
+        "from device.runtime import load_classifier\n"
+        f"c = load_classifier(load_bundle({str(tone_bundle)!r}), delegate='edgetpu')\n"
+        "gc.collect()\n"
+        "print(c.delegate)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "cpu"
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1 and "Edge TPU unavailable" in warnings[0], result.stderr
 
 
 def test_num_threads_is_passed_and_results_do_not_change(tone_bundle):

@@ -17,6 +17,7 @@ from pathlib import Path
 from device import __version__
 from device.audio import AudioError
 from device.config import ConfigError, load_config
+from device.native_stderr import filtered_stderr
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,14 +59,26 @@ def _folds(text: str) -> str | int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+    with filtered_stderr():  # what TF_CPP_MIN_LOG_LEVEL misses (absl, oneDNN; CPU-dependent)
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
     from train.datasets import DatasetError
 
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # A user's mistake is one line before TensorFlow is imported (its start-up takes seconds).
+    data_root = Path(args.data_root or config.train.data_root)
+    if not data_root.is_dir():
+        given = "--data-root" if args.data_root else "train.data_root"
+        print(f"error: {data_root}: no such folder ({given}: the folder your datasets' paths are "
+              "relative to)", file=sys.stderr)
         return 2
     from train.core import train_run
 
