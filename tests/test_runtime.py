@@ -172,3 +172,50 @@ def test_no_runtime_at_all_is_a_one_line_bundle_error(tone_bundle, monkeypatch):
     monkeypatch.setitem(sys.modules, "tflite_runtime", None)
     with pytest.raises(BundleError, match="no LiteRT runtime"):
         load_classifier(load_bundle(tone_bundle))
+
+
+def test_xnnpack_and_builtin_int8_kernels_differ_by_at_most_one_output_step(tmp_path_factory, tmp_path):
+    """What separates ai_edge_litert from tflite_runtime: XNNPACK, not the model.
+
+    ai_edge_litert applies its XNNPACK delegate to int8 models by default; tflite_runtime 2.14
+    does not, and runs TFLite's builtin int8 kernels. Measured here (README, "Runtimes"): with
+    XNNPACK off, ai_edge_litert 2.3 and tflite_runtime 2.14 give the same raw outputs bit for
+    bit; with it on, some windows differ by one step of the output quantization. This bounds that
+    step on a real converted CNN (conv, pooling, dense: the layer kinds of train/model.py).
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from convert_fixtures import copy_run, synthetic_windows, template_run
+
+    from convert.core import ConvertSettings, convert_run
+
+    run = copy_run(template_run(tmp_path_factory), tmp_path / "run")
+    settings = ConvertSettings(auc_tolerance=0.05, size_budget_kb=100.0, representative_windows=100)
+    result = convert_run(run_dir=run, settings=settings, log=lambda _: None,
+                         warn=lambda _: None)
+    assert result.ok, result.failures
+    bundle = load_bundle(run / "model.tflite")
+    classifier = load_classifier(bundle)
+    x, _ = synthetic_windows(200, params=bundle.features, seed=7)
+    windows = classifier.quantize(x[..., 0])
+
+    def raw_outputs(**kwargs) -> np.ndarray:
+        interpreter = Interpreter(model_path=str(bundle.model_path), num_threads=1, **kwargs)
+        interpreter.allocate_tensors()
+        inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        rows = []
+        for window in windows:
+            interpreter.set_tensor(inp["index"], window.reshape(inp["shape"]))
+            interpreter.invoke()
+            rows.append(interpreter.get_tensor(out["index"]).reshape(-1).astype(int))
+        return np.array(rows)
+
+    xnnpack = raw_outputs()
+    builtin = raw_outputs(experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    reference = raw_outputs(experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    np.testing.assert_array_equal(builtin, reference)  # optimized builtin == reference kernels
+    assert np.abs(xnnpack - builtin).max() <= 1
+    # The device's scores are XNNPACK's (the default, and faster).
+    device_raw = np.array([classifier.predict(w) for w in windows])
+    q = classifier.output_quantization
+    logits = ((xnnpack - q.zero_point) * q.scale).astype(np.float32)
+    np.testing.assert_allclose(device_raw, 1.0 / (1.0 + np.exp(-logits)), rtol=1e-6)
