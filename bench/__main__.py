@@ -16,6 +16,7 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import bench  # noqa: E402
+from device.native_stderr import filtered_stderr  # noqa: E402
 
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 INTRO = """# Benchmarks
@@ -43,14 +44,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true",
                         help=f"also replace their sections in {BENCHMARKS_MD.name}")
     args = parser.parse_args(argv)
-    for name in args.only or names:
+    with filtered_stderr():  # TensorFlow's native start-up lines (benches that convert models)
+        return _run(args.only or names, write=args.write)
+
+
+def _run(names: list[str], *, write: bool) -> int:
+    for name in names:
         print(f"bench: running {name} ...", file=sys.stderr, flush=True)
         section = importlib.import_module(f"bench.{name}").run()
         if not section.startswith("## "):
             print(f"bench: bench/{name}.py returned no '## Title' line", file=sys.stderr)
             return 1
         print(section)
-        if args.write:
+        if write:
             text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else INTRO
             BENCHMARKS_MD.write_text(bench.replace_section(text, name, section))
             print(f"bench: wrote the {name} section of {BENCHMARKS_MD}", file=sys.stderr)

@@ -10,7 +10,7 @@
 - Replay: CPU seconds (user + system of the child, best of 3) of ``python -m device --replay``
   on the same file with the same model, in each installed venv, start-up included.
 
-Model: ``runs/capuchin`` when it is there, else bench.daemon's untrained model of the default
+Model: ``runs/capuchin`` or ``runs/demo`` when there, else bench.daemon's untrained model of the default
 architecture (same operations, same cost). File: a real 180 s Capuchinbird soundscape (48 kHz
 stereo MP3) when ../shared/data is there, else 180 s of synthetic 48 kHz stereo FLAC.
 """
@@ -40,7 +40,7 @@ def interpreters() -> dict[str, str]:
     found = {}
     for version in VERSIONS:
         path = shutil.which(f"python{version}")
-        if path is None:
+        if path is None or "/shims/" in path:  # a pyenv shim runs only the selected version
             candidates = sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python{version}")))
             path = candidates[-1] if candidates else None
         if path:
@@ -85,9 +85,9 @@ def recording(folder: Path) -> tuple[Path, str]:
 
 
 def model_bundle(folder: Path) -> tuple[Path, str]:
-    capuchin = REPO / "runs" / "capuchin"
-    if (capuchin / "model.json").exists():
-        return capuchin, "`runs/capuchin`"
+    for name in ("capuchin", "demo"):  # trained bundles: the examples', or scripts/demo's
+        if (REPO / "runs" / name / "model.json").exists():
+            return REPO / "runs" / name, f"`runs/{name}` (trained)"
     from bench.daemon import architecture_bundle
 
     return architecture_bundle(folder / "architecture").parent, "an untrained model of the default architecture"
@@ -132,7 +132,8 @@ def run() -> str:
                     shutil.copytree(model, host / "model")
                     shutil.copy(audio, host / audio.name)
                     venv = inside / "stage/opt/callwatch/venv"
-                    chroot = ["chroot", str(root)]
+                    # chroot with /proc and /sys mounted: LiteRT reads the CPU's features there
+                    chroot = ["bash", str(REPO / "scripts/debian-root"), str(root), "--"]
                     rows.append(install_row(
                         "Debian 13 root, its python3",
                         [*chroot, "bash", f"{inside}/src/systemd/install.sh", "--destdir",

@@ -1,7 +1,8 @@
 """The device profile on today's Raspberry Pi OS userland: Debian 13 (trixie), Python 3.13.
 
-A minimal trixie root (scripts/debian-root: debootstrap, cached between runs on the machine)
-gets a copy of this checkout; ``systemd/install.sh --destdir`` runs *inside* it with trixie's own
+A minimal trixie root (scripts/debian-root: debootstrap, cached between runs on the machine;
+commands run in it by chroot with /proc and /sys mounted, as on a real system) gets a copy of
+this checkout; ``systemd/install.sh --destdir`` runs *inside* it with trixie's own
 python3, so pip resolves the device profile's pins for CPython 3.13 from the package index, and
 the installed venv replays a recording. Its events and every window score must equal those of
 this checkout's venv (Python 3.11 here): same pins, same LiteRT kernels, same NumPy front end.
@@ -82,8 +83,9 @@ def test_install_on_trixie_python313_replays_like_the_host(
     recording(host / "calls.wav")
     (host / "out").mkdir()
 
+    inside_root = ["bash", str(REPO / "scripts" / "debian-root"), str(trixie_root), "--"]
     install = subprocess.run(
-        ["chroot", str(trixie_root), "bash", f"{inside}/src/systemd/install.sh",
+        [*inside_root, "bash", f"{inside}/src/systemd/install.sh",
          "--destdir", f"{inside}/stage", f"{inside}/bundle/model.tflite"],
         capture_output=True, text=True, timeout=1500)
     assert install.returncode == 0, install.stdout + install.stderr
@@ -95,7 +97,7 @@ def test_install_on_trixie_python313_replays_like_the_host(
               "--scores-csv", "out/scores.csv", "--config", "/dev/null"]
     # cwd inside the root: chroot, then cd, so that `source` names the same relative path.
     trixie_events, trixie_scores = replay_outputs(
-        ["chroot", str(trixie_root), "bash", "-c",
+        [*inside_root, "bash", "-c",
          f"cd {inside} && {venv}/bin/python -m device --model {inside}/stage/opt/callwatch/model "
          + " ".join(replay)], host / "out")
 
