@@ -36,6 +36,34 @@ def build_parser() -> argparse.ArgumentParser:
                         "(<stem>.callwatch.selections.txt)")
     parser.add_argument("--counts-csv", metavar="FILE", help="replay: events per label per file, as CSV")
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="replay: analyse files in N processes")
+    parser.add_argument("--min-conf", type=float, metavar="P", help="detection threshold for every "
+                        "label, 0..1 (overrides model.json and detection.thresholds)")
+    parser.add_argument("--hop", type=float, metavar="S", help="seconds between inferences "
+                        "(overrides detection.hop_s)")
+    batch = parser.add_argument_group("replay batches (python -m device --replay PATH ...)")
+    batch.add_argument("--start-time", metavar="ISO", help="recording start of the file, or of the "
+                       "first of one recorder's consecutive files (ISO 8601, e.g. 2024-05-01T05:30:00Z); "
+                       "default: GUANO metadata, the AudioMoth comment, then the file name")
+    batch.add_argument("--timezone", metavar="TZ", help="time zone of times written without one "
+                       "(file names, GUANO): UTC, an IANA name or +HH:MM (replay.timezone)")
+    batch.add_argument("--time-format", metavar="FMT", help="recording start in file names, e.g. "
+                       "'%%Y-%%m-%%d_%%H-%%M-%%S' (replay.time_format)")
+    batch.add_argument("--site-pattern", metavar="REGEX", help="site from each file's path: the "
+                       "first group (replay.site_pattern; default: the file's folder)")
+    batch.add_argument("--raven-table", metavar="FILE", help="one Raven selection table for the batch "
+                       "(Begin Path, File Offset (s), recording date and time)")
+    batch.add_argument("--detections-csv", metavar="FILE", help="a CSV row per event: source,site,"
+                       "start_s,end_s,start_utc,end_utc,label,score")
+    batch.add_argument("--audacity-dir", metavar="DIR", help="an Audacity label file per source")
+    batch.add_argument("--activity-dir", metavar="DIR", help="detections per site and label per hour "
+                       "of day and per date (CSV, and PNG with matplotlib)")
+    batch.add_argument("--resume", action="store_true", help="continue a stopped batch: skip the "
+                       "files its manifest lists as finished (same command, same outputs)")
+    batch.add_argument("--manifest", metavar="FILE", help="the batch's manifest (default: "
+                       "callwatch-manifest.jsonl beside the first file output)")
+    batch.add_argument("--mqtt", action="store_true", help="publish the replay's events to the "
+                       "mqtt section's broker (on <prefix>/<device_id>/replay/events; without it a "
+                       "replay never touches MQTT)")
     parser.add_argument("--version", action="version", version=f"callwatch {__version__}")
     return parser
 
@@ -45,8 +73,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs: must be at least 1, got {args.jobs}")
-    if not args.replay and (args.realtime or args.counts_csv or args.jobs != 1):
-        parser.error("--realtime, --counts-csv and --jobs only apply with --replay")
+    replay_only = {
+        "--realtime": args.realtime, "--counts-csv": args.counts_csv, "--jobs": args.jobs != 1,
+        "--start-time": args.start_time, "--timezone": args.timezone,
+        "--time-format": args.time_format, "--site-pattern": args.site_pattern,
+        "--raven-table": args.raven_table, "--detections-csv": args.detections_csv,
+        "--audacity-dir": args.audacity_dir, "--activity-dir": args.activity_dir,
+        "--resume": args.resume, "--manifest": args.manifest, "--mqtt": args.mqtt,
+    }
+    if not args.replay and any(replay_only.values()):
+        used = ", ".join(k for k, v in replay_only.items() if v)
+        parser.error(f"{used}: only apply with --replay")
+    if args.min_conf is not None and not 0 < args.min_conf < 1:
+        parser.error(f"--min-conf: must be between 0 and 1, got {args.min_conf}")
+    if args.hop is not None and not 0.02 <= args.hop <= 60:
+        parser.error(f"--hop: must be 0.02..60 seconds, got {args.hop}")
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:

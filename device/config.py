@@ -236,6 +236,20 @@ SCHEMA: dict = {
             "max_age_days": Key(30.0, "Clips older than this are deleted", min=0.01),
         },
     },
+    "replay": {
+        "site_pattern": Key(None, "Regex searched in each replayed file's path (relative to the replay "
+                            "root); its first group (or the whole match) is the site, e.g. "
+                            "'^([^/]+)/'; null = the file's folder (--site-pattern overrides)",
+                            types=(str,), nullable=True),
+        "time_format": Key(None, "Recording start written in file names, strftime codes %Y %y %m %d "
+                           "%j %H %M %S (e.g. '%Y-%m-%d_%H-%M-%S'), tried before the built-in "
+                           "YYYYMMDD_HHMMSS (AudioMoth, Song Meter); --time-format overrides",
+                           types=(str,), nullable=True),
+        "timezone": Key("UTC", "Time zone of recording times written without one (file names, "
+                        "GUANO without an offset): UTC, an IANA name or +HH:MM; --timezone overrides", min=1),
+        "progress_interval_s": Key(60.0, "Replay progress in the log at most this often, seconds "
+                                   "(a terminal gets a live line instead)", min=1, max=86400),
+    },
     "service": {
         "device_id": Key(None, "Name of this recorder in events and topics; null = host name", types=(str,), nullable=True),
         "state_dir": Key(None, "Outbox and clips; null = $STATE_DIRECTORY (systemd) or ~/.local/state/callwatch", types=(str,), nullable=True),
@@ -411,12 +425,32 @@ def _cross_checks(cfg: Section) -> None:
                     f"train.datasets[{i}].classes.{source}: must be one of train.labels "
                     f"{cfg.train.labels} or 'negative', got {target!r}"
                 )
+    check_replay(cfg.replay)
     try:
         from device.features import FeatureParams, FeatureParamsError
 
         FeatureParams.from_dict(cfg.train.features.to_dict())
     except FeatureParamsError as exc:
         raise ConfigError(f"train.features: {exc}") from None
+
+
+def check_replay(replay: Any) -> None:
+    """replay.site_pattern compiles, replay.time_format names a date and time, replay.timezone
+    is known."""
+    import re
+
+    from device.recording import TimeError, check_time_format, parse_timezone
+
+    if replay.site_pattern is not None:
+        try:
+            re.compile(replay.site_pattern)
+        except re.error as exc:
+            raise ConfigError(f"replay.site_pattern: not a regular expression ({exc})") from None
+    try:
+        check_time_format(replay.time_format)
+        parse_timezone(replay.timezone)
+    except TimeError as exc:
+        raise ConfigError(str(exc).replace("--timezone", "replay.timezone")) from None
 
 
 def validate(values: dict | None, *, source: str = "config") -> Section:

@@ -1,9 +1,10 @@
 """Wiring: config + model bundle -> sinks, pipeline and a source; live until a signal, or replay.
 
-Exit status: 0 done (also after SIGTERM/SIGINT, once the sinks are flushed and the stream
+Exit status: 0 done (also live after SIGTERM/SIGINT, once the sinks are flushed and the stream
 closed), 2 bad input (model bundle, config value, microphone not there, missing replay
 path: one line on stderr), 1 failure at run time (a replayed file that could not be read,
-an unexpected error).
+an unexpected error), 128 + the signal number for a replay stopped by SIGTERM (143), SIGHUP
+(129) or Ctrl-C (130) after writing the outputs of the files it finished.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ def _outputs(args, cfg, *, clips_dir: Path | None) -> Outputs:
         scores_csv=args.scores_csv or out.scores_csv,
         raven_dir=args.raven_dir or out.raven_dir,
         counts_csv=getattr(args, "counts_csv", None) or out.counts_csv,
+        raven_table=getattr(args, "raven_table", None),
+        detections_csv=getattr(args, "detections_csv", None),
+        audacity_dir=getattr(args, "audacity_dir", None),
+        activity_dir=getattr(args, "activity_dir", None),
         clips_dir=clips_dir if out.clips.enabled else None,
         log_events=out.log_events,
     )
@@ -52,13 +57,34 @@ def _clips_dir(cfg, state: Path | None) -> Path | None:
     return state / "clips" if state is not None else None
 
 
-def _optional_sinks(cfg, *, device: str, labels: list[str], state: Path, health: Health) -> list:
-    """The MQTT sink when mqtt.enabled (device/mqtt.py)."""
-    if not cfg.mqtt.enabled:
+def _optional_sinks(
+    cfg, *, device: str, labels: list[str], state: Path, health: Health, replay: bool = False
+) -> list:
+    """The MQTT sink when mqtt.enabled, or for a replay given --mqtt (device/mqtt.py)."""
+    if not cfg.mqtt.enabled and not replay:
         return []
     from device.mqtt import MqttSink
 
-    return [MqttSink(cfg, device_id=device, labels=labels, state_dir=state, health=health.snapshot)]
+    return [
+        MqttSink(
+            cfg, device_id=device, labels=labels, state_dir=state, health=health.snapshot,
+            replay=replay,
+        )
+    ]
+
+
+def _with_overrides(args, cfg, labels) -> object:
+    """The config with --min-conf (every label's threshold) and --hop applied."""
+    if getattr(args, "min_conf", None) is None and getattr(args, "hop", None) is None:
+        return cfg
+    from device.config import validate
+
+    values = cfg.to_dict()
+    if args.min_conf is not None:
+        values["detection"]["thresholds"] = dict.fromkeys(labels, args.min_conf)
+    if args.hop is not None:
+        values["detection"]["hop_s"] = args.hop
+    return validate(values)
 
 
 def run(args, cfg) -> int:
@@ -67,6 +93,7 @@ def run(args, cfg) -> int:
     try:
         model = args.model or cfg.detection.model
         bundle = load_bundle(model)
+        cfg = _with_overrides(args, cfg, bundle.labels)
         classifier = load_classifier(
             bundle, delegate=cfg.detection.delegate, num_threads=cfg.detection.num_threads
         )
@@ -82,29 +109,62 @@ def run(args, cfg) -> int:
     except (BundleError, ConfigError, UsageError, SourceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before a replay's own handler was installed
+        print("interrupted", file=sys.stderr)
+        return 130
     except Exception:
         log.exception("failed")
         return 1
 
 
 def _replay(args, cfg, classifier) -> int:
-    from device.replay import ReplayUsageError, collect_files, run_replay
+    import re
 
+    from device.manifest import MANIFEST_NAME, ManifestError
+    from device.recording import TimeError, check_time_format, parse_start_time, parse_timezone
+    from device.replay import ReplayUsageError, collect_recordings, run_replay
+
+    rules = {
+        "timezone": args.timezone or cfg.replay.timezone,
+        "time_format": args.time_format or cfg.replay.time_format,
+        "site_pattern": args.site_pattern or cfg.replay.site_pattern,
+        "start_time": args.start_time,
+    }
     try:
-        files = collect_files(args.replay)
-    except ReplayUsageError as exc:
-        raise UsageError(str(exc)) from None
+        tz = parse_timezone(rules["timezone"])
+        check_time_format(rules["time_format"])
+        start = parse_start_time(args.start_time, tz) if args.start_time else None
+        if rules["site_pattern"]:
+            re.compile(rules["site_pattern"])
+        recordings = collect_recordings(
+            args.replay,
+            start_time=start,
+            tz=tz,
+            time_format=rules["time_format"],
+            site_pattern=rules["site_pattern"],
+        )
+    except re.error as exc:
+        raise UsageError(f"--site-pattern: not a regular expression ({exc})") from None
+    except (ReplayUsageError, TimeError) as exc:
+        raise UsageError(str(exc).replace("replay.time_format", "--time-format")) from None
     device = device_id(cfg)
     health = Health()
-    needs_state = cfg.mqtt.enabled or (cfg.outputs.clips.enabled and not cfg.outputs.clips.dir)
+    if cfg.mqtt.enabled and not args.mqtt:
+        log.info("replay: not publishing to MQTT (mqtt.enabled is for the live service; "
+                 "--mqtt publishes a replay)")
+    needs_state = args.mqtt or (cfg.outputs.clips.enabled and not cfg.outputs.clips.dir)
     state = _make_state_dir(cfg) if needs_state else None
     outputs = _outputs(args, cfg, clips_dir=_clips_dir(cfg, state))
+    manifest_path = _manifest_path(args, outputs, MANIFEST_NAME)
+    if args.resume and manifest_path is None:
+        raise UsageError("--resume: needs a file output (or --manifest FILE) to keep a manifest")
     try:
         extra = _optional_sinks(
-            cfg, device=device, labels=list(classifier.bundle.labels), state=state, health=health
+            cfg, device=device, labels=list(classifier.bundle.labels),
+            state=state / "replay" if args.mqtt else state, health=health, replay=args.mqtt,
         )
         return run_replay(
-            files=files,
+            recordings=recordings,
             cfg=cfg,
             classifier=classifier,
             device_id=device,
@@ -113,11 +173,30 @@ def _replay(args, cfg, classifier) -> int:
             realtime=args.realtime,
             extra_sinks=extra,
             health=health,
+            manifest_path=manifest_path,
+            resume=args.resume,
+            manifest_extra={"rules": rules},
         )
+    except ManifestError as exc:
+        raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(
             f"{exc.filename or ''}: cannot write output ({exc.strerror or exc})"
         ) from None
+
+
+def _manifest_path(args, outputs: Outputs, name: str) -> Path | None:
+    """--manifest, else beside the first file output; None when every output is stdout."""
+    if args.manifest:
+        return Path(args.manifest)
+    for file in (outputs.events_jsonl, outputs.scores_csv, outputs.detections_csv,
+                 outputs.raven_table, outputs.counts_csv):
+        if file and file != "-":
+            return Path(file).parent / name
+    for folder in (outputs.raven_dir, outputs.audacity_dir, outputs.activity_dir):
+        if folder:
+            return Path(folder) / name
+    return None
 
 
 def _make_state_dir(cfg) -> Path:

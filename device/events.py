@@ -2,6 +2,8 @@
 
 The JSON keys of :class:`Event` are an API (JSONL files, MQTT payloads, dashboards):
 ``tests/test_contract.py`` freezes them. Add keys only with a new ``schema`` number.
+Schema 2 added ``site``, ``time_source`` and ``replay``, and lets ``start_utc`` be null (a
+replayed recording whose time is unknown).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
-EVENT_SCHEMA = 1
+EVENT_SCHEMA = 2
 
 
 @dataclass(frozen=True)
@@ -32,14 +34,25 @@ class Event:
     peak_score: float
     """Highest (smoothed) probability of the label within the event, 0..1."""
     source: str
-    """File name for replay, or the microphone name for live audio."""
-    start_utc: str
-    """Wall-clock start, ISO 8601 UTC with milliseconds (e.g. 2026-11-22T23:00:00.500Z)."""
+    """Replay: the file's path relative to the replay root (absolute for a file given by
+    itself); live: the microphone name."""
+    start_utc: str | None
+    """Start, ISO 8601 UTC with milliseconds (e.g. 2026-11-22T23:00:00.500Z): live, the wall
+    clock; replay, the recording's start (see time_source) plus start_s, None when unknown."""
     clock_synced: bool
-    """Whether the system clock was NTP-synchronised when the event was made; if false,
-    start_utc may be wrong (a Pi without a real-time clock before it reached a time server)."""
+    """Live: whether the system clock was NTP-synchronised when the event was made; if false,
+    start_utc may be wrong (a Pi without a real-time clock before it reached a time server).
+    Replay: whether the recording's time is known."""
     mono_s: float
-    """Monotonic clock at the event start, seconds (orders events even when start_utc is wrong)."""
+    """Monotonic clock at the event start, seconds (orders events even when start_utc is
+    wrong); replay: equal to start_s."""
+    site: str | None = None
+    """Replay: the recorder's site, from the path (replay.site_pattern); live: None."""
+    time_source: str | None = "clock"
+    """Where start_utc comes from: 'clock' (live), 'given' (--start-time), 'guano',
+    'audiomoth' (the WAV comment), 'filename'; None when the recording's time is unknown."""
+    replay: bool = False
+    """True for events of a replayed file: never a detection happening now."""
     schema: int = EVENT_SCHEMA
 
     def to_dict(self) -> dict:

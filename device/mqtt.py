@@ -187,8 +187,11 @@ class MqttSink:
     """The ``device.events.Sink`` that publishes to MQTT (see the module docstring)."""
 
     def __init__(self, cfg: Any, *, device_id: str, labels: list[str], state_dir: Path,
-                 health: Callable[[], dict]) -> None:
-        """``cfg``: the config (or its ``mqtt`` section). ``labels``: the model's labels (for
+                 health: Callable[[], dict], replay: bool = False) -> None:
+        """``replay``: events of a replay (python -m device --replay --mqtt), which never speak
+        for the live recorder: topic ``<prefix>/<device_id>/replay/events``, a client id of
+        their own, no availability, state or discovery messages, no last will.
+        ``cfg``: the config (or its ``mqtt`` section). ``labels``: the model's labels (for
         Home Assistant discovery). ``state_dir``: folder for ``outbox.sqlite`` and
         ``discovery.json``. ``health``: returns the daemon's health counters (called from the
         publisher thread every ``mqtt.state_interval_s``)."""
@@ -198,6 +201,9 @@ class MqttSink:
         self._state_dir = Path(state_dir)
         self._health = health
         self._topics = device_topics(self._cfg.topic_prefix, device_id)
+        self._replay = replay
+        if replay:
+            self._topics = Topics(f"{self._topics.base}/replay")
         self._state_dir.mkdir(parents=True, exist_ok=True)
         self._outbox = Outbox(self._state_dir / "outbox.sqlite", max_rows=self._cfg.outbox.max_rows,
                               max_bytes=int(self._cfg.outbox.max_mb * MIB))
@@ -230,10 +236,11 @@ class MqttSink:
         # One client id per device: after a power cut the broker may still hold the old
         # connection; taking its id over ends it now, instead of its last will overwriting
         # our "online" a keepalive later. (Two processes with one device_id would take turns.)
-        self._client, self._password_source = make_client(
-            self._cfg, client_id=f"callwatch-{device_id}")
+        client_id = f"callwatch-{device_id}-replay-{os.getpid()}" if replay else f"callwatch-{device_id}"
+        self._client, self._password_source = make_client(self._cfg, client_id=client_id)
         client = self._client
-        client.will_set(self._topics.availability, "offline", qos=1, retain=True)
+        if not replay:
+            client.will_set(self._topics.availability, "offline", qos=1, retain=True)
         client.reconnect_delay_set(self._first_s, self._longest_s)
         client.max_inflight_messages_set(self._window)
         client.on_connect = self._on_connect
@@ -383,7 +390,7 @@ class MqttSink:
                     if self._connected and note[0] == "up":
                         next_state = time.monotonic()
                 self._remove_acked()
-                if self._connected and time.monotonic() >= next_state:
+                if self._connected and not self._replay and time.monotonic() >= next_state:
                     self._publish_state()
                     next_state = time.monotonic() + self._cfg.state_interval_s
                 self._pump()
@@ -397,8 +404,9 @@ class MqttSink:
         elif kind == "up":
             self._connected = True
             self.counters["connects"] += 1
-            self._client.publish(self._topics.availability, "online", qos=1, retain=True)
-            self._publish_discovery()
+            if not self._replay:
+                self._client.publish(self._topics.availability, "online", qos=1, retain=True)
+                self._publish_discovery()
             # Paho sends its unacknowledged events again by itself; newer rows wait until
             # one of those is acknowledged, which proves the re-sending is under way first.
             if self._in_flight:
@@ -504,7 +512,7 @@ class MqttSink:
         for note in pending:
             self._handle(note)
         self._drain_notes()
-        if not self._link_up.is_set():
+        if not self._link_up.is_set() or self._replay:
             return
         infos = [
             self._client.publish(self._topics.state, json.dumps(self.state()), qos=1, retain=True),

@@ -45,26 +45,53 @@ HEALTH_LOG_INTERVAL_S = 600.0
 
 
 class EventFactory:
-    """Turns detections into :class:`Event` messages: id, sequence number, device, clocks."""
+    """Turns detections into :class:`Event` messages: id, sequence number, device, clocks.
 
-    def __init__(self, *, device_id: str, sequence: Sequence) -> None:
+    ``replay``: events of replayed files: marked ``replay``, their ids derived from the source,
+    label, start and ``id_salt`` (the model), so analysing a file again gives the same ids
+    (a resumed batch equals an uninterrupted one; a subscriber drops re-sent events)."""
+
+    def __init__(
+        self, *, device_id: str, sequence: Sequence, replay: bool = False, id_salt: str = ""
+    ) -> None:
         self.device_id = device_id
         self.sequence = sequence
+        self.replay = replay
+        self.id_salt = id_salt
 
-    def make(self, detection: Detection, *, source: str, t0_wall: float, t0_mono: float) -> Event:
-        """t0_wall / t0_mono: wall-clock and monotonic time of the source's time 0."""
+    def make(
+        self,
+        detection: Detection,
+        *,
+        source: str,
+        t0_wall: float | None,
+        t0_mono: float,
+        site: str | None = None,
+        time_source: str | None = "clock",
+    ) -> Event:
+        """t0_wall / t0_mono: wall-clock and monotonic time of the source's time 0 (t0_wall
+        None: unknown, the event's start_utc is None)."""
+        start_s = round(detection.start_s, 3)
+        if self.replay:
+            key = f"{self.id_salt}\0{self.device_id}\0{source}\0{detection.label}\0{start_s:.3f}"
+            event_id = uuid.uuid5(uuid.NAMESPACE_URL, key).hex
+        else:
+            event_id = uuid.uuid4().hex
         return Event(
-            event_id=uuid.uuid4().hex,
+            event_id=event_id,
             seq=self.sequence.next(),
             device_id=self.device_id,
             label=detection.label,
-            start_s=round(detection.start_s, 3),
+            start_s=start_s,
             end_s=round(detection.end_s, 3),
             peak_score=round(float(detection.peak_score), 4),
             source=source,
-            start_utc=utc_iso(t0_wall + detection.start_s),
-            clock_synced=clock_synced(),
+            start_utc=None if t0_wall is None else utc_iso(t0_wall + detection.start_s),
+            clock_synced=t0_wall is not None if self.replay else clock_synced(),
             mono_s=round(t0_mono + detection.start_s, 3),
+            site=site,
+            time_source=time_source if t0_wall is not None else None,
+            replay=self.replay,
         )
 
 
@@ -111,6 +138,8 @@ class Pipeline:
         )
         self.source = ""
         self._t0_wall = self._t0_mono = 0.0
+        self._site: str | None = None
+        self._time_source: str | None = "clock"
         self._source_windows = 0
         self._clips_pending: list[tuple[Event, int, int]] = []
         self.ring: RingBuffer | None = None
@@ -119,11 +148,21 @@ class Pipeline:
 
     # --- sources and segments -------------------------------------------------------------
 
-    def begin_source(self, name: str, *, t0_wall: float, t0_mono: float) -> None:
-        """A new source (a file, or the microphone session) whose time 0 is at these clocks."""
+    def begin_source(
+        self,
+        name: str,
+        *,
+        t0_wall: float | None,
+        t0_mono: float,
+        site: str | None = None,
+        time_source: str | None = "clock",
+    ) -> None:
+        """A new source (a file, or the microphone session) whose time 0 is at these clocks
+        (t0_wall None: unknown); ``site`` and ``time_source`` go into its events."""
         self.source = name
         self.health.source = name
         self._t0_wall, self._t0_mono = t0_wall, t0_mono
+        self._site, self._time_source = site, time_source
         self._source_windows = 0
 
     def begin_segment(self, ring: RingBuffer, *, capture_rate: int) -> None:
@@ -276,7 +315,12 @@ class Pipeline:
                 detection.label, detection.start_s, self.audio_end_s, detection.peak_score
             )
         event = self.events.make(
-            detection, source=self.source, t0_wall=self._t0_wall, t0_mono=self._t0_mono
+            detection,
+            source=self.source,
+            t0_wall=self._t0_wall,
+            t0_mono=self._t0_mono,
+            site=self._site,
+            time_source=self._time_source,
         )
         self.health.events += 1
         self.queue.put_event(event)

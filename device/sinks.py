@@ -179,6 +179,10 @@ class JsonlSink(_BaseSink):
         self._file.write(event.to_json() + "\n")
         self._file.flush()
 
+    def flush_position(self) -> tuple[str, int] | None:
+        """(path, bytes written so far); None for stdout (replay's manifest)."""
+        return _position(self._file)
+
     def close(self) -> None:
         self._file.flush()
         if self._file is not sys.stdout:
@@ -196,18 +200,19 @@ class ScoresCsvSink(_BaseSink):
             self._file.write(SCORES_HEADER)
 
     def on_scores(self, scores: WindowScores) -> None:
+        source = csv_field(scores.source)
         for label, score in scores.scores.items():
             self._file.write(
-                f"{scores.source},{scores.start_s:.3f},{scores.end_s:.3f},{label},{score:.4f}\n"
+                f"{source},{scores.start_s:.3f},{scores.end_s:.3f},{csv_field(label)},"
+                f"{score:.4f}\n"
             )
-
-    def append_rows(self, path: Path) -> None:
-        """Copy rows written by a replay worker process (a file without the header)."""
-        with open(path, encoding="utf-8") as part:
-            shutil.copyfileobj(part, self._file)
 
     def on_source_end(self, source: str) -> None:
         self._file.flush()
+
+    def flush_position(self) -> tuple[str, int] | None:
+        """(path, bytes written so far) after a flush; None for stdout (replay's manifest)."""
+        return _position(self._file)
 
     def close(self) -> None:
         self._file.flush()
@@ -216,7 +221,9 @@ class ScoresCsvSink(_BaseSink):
 
 
 class RavenSink(_BaseSink):
-    """One Raven Pro selection table per source: ``<stem>.callwatch.selections.txt``.
+    """One Raven Pro selection table per source: ``<stem>.callwatch.selections.txt``, in the
+    source's own subfolder (``SiteA/20240501_053000.WAV`` -> ``SiteA/20240501_053000...``), so
+    two recorders' files of one name keep two tables.
 
     Tab-separated, events as selections on channel 1 of "Spectrogram 1", the label in the
     Species column, spanning the front end's frequency range. A source without events gets a
@@ -235,7 +242,7 @@ class RavenSink(_BaseSink):
 
     def on_source_end(self, source: str) -> None:
         events = sorted(self._events.pop(source, []), key=lambda e: (e.start_s, e.label))
-        stem = _safe_name(Path(source).stem) or "source"
+        stem = table_stem(source)
         name, n = stem + RAVEN_SUFFIX, 1
         while name in self._written:  # two files with one stem in different folders
             n += 1
@@ -259,17 +266,25 @@ class RavenSink(_BaseSink):
         for i, e in enumerate(events, 1):
             rows.append(
                 f"{i}\tSpectrogram 1\t1\t{e.start_s:.3f}\t{e.end_s:.3f}\t{self._low:.1f}\t"
-                f"{self._high:.1f}\t{e.label}\t{e.peak_score:.4f}"
+                f"{self._high:.1f}\t{tsv_field(e.label)}\t{e.peak_score:.4f}"
             )
-        (self.folder / name).write_text("\n".join(rows) + "\n", encoding="utf-8")
+        target = self.folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("\n".join(rows) + "\n", encoding="utf-8")
 
 
 class CountsCsvSink(_BaseSink):
-    """Events per label per source (the call-counting task): ``source,<label>,...``."""
+    """Events per label per source (the call-counting task): ``source,site,<label>,...``.
 
-    def __init__(self, path: str, *, labels: list[str]) -> None:
+    ``sites``: source -> site (replay); a source not in it has an empty site."""
+
+    restores = True
+    """A resumed replay feeds it the events of the files finished before (device/replay.py)."""
+
+    def __init__(self, path: str, *, labels: list[str], sites: dict | None = None) -> None:
         self._path = path
         self._labels = list(labels)
+        self._sites = dict(sites or {})
         self._counts: dict[str, dict[str, int]] = {}
 
     def on_event(self, event: Event) -> None:
@@ -282,9 +297,11 @@ class CountsCsvSink(_BaseSink):
     def close(self) -> None:
         f, _ = _open_text(self._path, append=False)
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["source", *self._labels])
+        writer.writerow(["source", "site", *self._labels])
         for source, counts in self._counts.items():
-            writer.writerow([source, *(counts[label] for label in self._labels)])
+            writer.writerow(
+                [source, self._sites.get(source) or "", *(counts[label] for label in self._labels)]
+            )
         if f is not sys.stdout:
             f.close()
 
@@ -295,17 +312,58 @@ class LogSink(_BaseSink):
     def on_event(self, event: Event) -> None:
         log.info(
             "event %s %.2f-%.2f s peak %.3f in %s (seq %d)",
-            event.label,
+            printable(event.label),
             event.start_s,
             event.end_s,
             event.peak_score,
-            event.source,
+            printable(event.source),
             event.seq,
         )
 
 
 def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+
+
+def table_stem(source: str) -> str:
+    """A per-source output name without suffix: the source's folders (relative sources only)
+    and its stem, each reduced to safe characters (``SiteA/20240501_053000``)."""
+    p = Path(source)
+    parts = [] if p.is_absolute() else [
+        _safe_name(x) or "_" for x in p.parent.parts if x not in ("", ".", "..")
+    ]
+    return "/".join([*parts, _safe_name(p.stem) or "source"])
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``): a file name with a
+    newline cannot forge a log line or a table row."""
+    if not _CONTROL.search(text):
+        return text
+    return _CONTROL.sub(lambda m: repr(m.group(0))[1:-1], text.replace("\\", "\\\\"))
+
+
+def csv_field(text: str) -> str:
+    """One CSV field (RFC 4180): quoted when it holds a comma, quote or line break."""
+    if any(c in text for c in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def tsv_field(text: str) -> str:
+    """One field of a tab-separated table (Raven, Audacity), which has no quoting: tabs and
+    line breaks escaped as in :func:`printable`."""
+    return printable(text)
+
+
+def _position(f) -> tuple[str, int] | None:
+    if f is sys.stdout:
+        return None
+    f.flush()
+    return f.name, f.tell()
 
 
 class ClipSink(_BaseSink):
@@ -376,6 +434,14 @@ class Outputs:
     scores_csv: str | None = None
     raven_dir: str | None = None
     counts_csv: str | None = None
+    raven_table: str | None = None
+    """Replay: one selection table for the batch (device/tables.py)."""
+    detections_csv: str | None = None
+    """Replay: a CSV row per event (device/tables.py)."""
+    audacity_dir: str | None = None
+    """Replay: an Audacity label file per source."""
+    activity_dir: str | None = None
+    """Replay: activity per site and label per hour of day and date (CSV, PNG)."""
     clips_dir: Path | None = None
     """None: no clips."""
     log_events: bool = True
@@ -391,10 +457,11 @@ def build_sinks(
     append: bool,
     scores: bool = True,
     clips: bool = True,
+    sites: dict | None = None,
 ) -> list[Sink]:
     """The file and log sinks ``outputs`` asks for. ``append``: live appends to the JSONL and
     CSV files, replay writes them afresh. ``scores`` / ``clips``: False where another process
-    writes those (replay with --jobs). Raises OSError for a file or folder it cannot create."""
+    writes those (replay with --jobs). ``sites``: source -> site (replay). Raises OSError for a file or folder it cannot create."""
     sinks: list[Sink] = []
     if outputs.events_jsonl:
         sinks.append(JsonlSink(outputs.events_jsonl, append=append))
@@ -403,7 +470,7 @@ def build_sinks(
     if outputs.raven_dir:
         sinks.append(RavenSink(outputs.raven_dir, low_hz=low_hz, high_hz=high_hz))
     if outputs.counts_csv:
-        sinks.append(CountsCsvSink(outputs.counts_csv, labels=labels))
+        sinks.append(CountsCsvSink(outputs.counts_csv, labels=labels, sites=sites))
     if clips and outputs.clips_dir is not None:
         sinks.append(clip_sink(outputs.clips_dir, cfg))
     if outputs.log_events:

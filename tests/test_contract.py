@@ -22,7 +22,8 @@ from device.mqtt import MqttSink, device_topics
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "docs" / "event.schema.json"
 
 EVENT_KEYS = ["schema", "event_id", "seq", "device_id", "label", "start_s", "end_s",
-              "peak_score", "source", "start_utc", "clock_synced", "mono_s"]
+              "peak_score", "source", "start_utc", "clock_synced", "mono_s", "site", "time_source",
+              "replay"]
 STATE_KEYS = {"device_id", "time_utc", "outbox_depth", "outbox_dropped", "dropped_events", "mqtt"}
 STATE_MQTT_KEYS = {"connects", "connect_failures", "disconnects", "events_published",
                    "outbox_write_errors", "connected", "sink_uptime_s", "version"}
@@ -32,7 +33,7 @@ def test_event_json_keys_are_frozen():
     event = sample_event(3)
     assert list(json.loads(event.to_json())) == EVENT_KEYS
     assert Event.from_json(event.to_json()) == event
-    assert EVENT_SCHEMA == 1
+    assert EVENT_SCHEMA == 2
 
 
 def test_topics_are_frozen():
@@ -46,12 +47,22 @@ def test_topics_are_frozen():
 def _check(schema: dict, value, path: str = "$") -> list[str]:
     """The subset of JSON Schema the event schema uses (no third-party validator needed)."""
     errors = []
-    types = {"object": dict, "string": str, "boolean": bool, "number": (int, float), "integer": int}
-    kind = schema.get("type")
-    if kind:
+    types = {"object": dict, "string": str, "boolean": bool, "number": (int, float), "integer": int,
+             "null": type(None)}
+    kinds = schema.get("type")
+    if kinds:
+        kinds = [kinds] if isinstance(kinds, str) else kinds
         is_bool = isinstance(value, bool)
-        if not isinstance(value, types[kind]) or (kind in ("number", "integer") and is_bool):
-            return [f"{path}: not {kind}"]
+        if not any(isinstance(value, types[kind]) and not (kind in ("number", "integer") and is_bool)
+                   for kind in kinds):
+            return [f"{path}: not {' or '.join(kinds)}"]
+        if value is None:
+            return []
+        kind = next(k for k in kinds if isinstance(value, types[k]))
+    else:
+        kind = None
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{path}: not one of {schema['enum']}")
     if "const" in schema and value != schema["const"]:
         errors.append(f"{path}: not {schema['const']!r}")
     if "minimum" in schema and value < schema["minimum"]:
@@ -80,6 +91,10 @@ def test_schema_file_matches_the_event():
     for name, prop in schema["properties"].items():
         assert prop.get("description"), f"{name} needs a description"
     assert _check(schema, json.loads(sample_event(0).to_json())) == []
+    # A replayed recording whose time is unknown: no invented start_utc.
+    unknown = {**sample_event(0).to_dict(), "start_utc": None, "time_source": None,
+               "replay": True, "site": "SiteA", "clock_synced": False}
+    assert _check(schema, unknown) == []
 
 
 @pytest.mark.parametrize("change, error", [
@@ -88,6 +103,9 @@ def test_schema_file_matches_the_event():
     ({"peak_score": 1.5}, "$.peak_score: above 1"),
     ({"start_utc": "2026-11-22 23:00:00"}, "$.start_utc: does not match"),
     ({"clock_synced": 1}, "$.clock_synced: not boolean"),
+    ({"time_source": "guess"}, "$.time_source: not one of"),
+    ({"replay": None}, "$.replay: not boolean"),
+    ({"site": 3}, "$.site: not string or null"),
 ])
 def test_schema_refuses_what_the_contract_does_not_allow(change, error):
     schema = json.loads(SCHEMA_FILE.read_text())

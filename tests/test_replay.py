@@ -126,8 +126,10 @@ def test_replay_a_folder_writes_every_output_and_reports_the_corrupt_file(
     assert [float(s["Begin Time (s)"]) for s in selections] == [e["start_s"] for e in tone_events]
 
     counts = list(csv.reader((out / "counts.csv").open()))
-    assert counts[0] == ["source", "tone"]
-    assert dict(counts[1:]) == {"quiet.flac": "0", "short.wav": "1", "tones.wav": "3"}
+    assert counts[0] == ["source", "site", "tone"]
+    assert {row[0]: row[2] for row in counts[1:]} == {
+        "quiet.flac": "0", "short.wav": "1", "tones.wav": "3"
+    }
 
 
 def test_jobs_give_the_same_outputs_as_one_process(tone_bundle, recordings, tmp_path):
