@@ -278,14 +278,17 @@ class CountsCsvSink(_BaseSink):
 
     ``sites``: source -> site (replay); a source not in it has an empty site."""
 
-    restores = True
-    """A resumed replay feeds it the events of the files finished before (device/replay.py)."""
-
     def __init__(self, path: str, *, labels: list[str], sites: dict | None = None) -> None:
         self._path = path
         self._labels = list(labels)
         self._sites = dict(sites or {})
         self._counts: dict[str, dict[str, int]] = {}
+
+    def restore(self, events: list[Event], source: str) -> None:
+        """A file a resumed replay finished before (device/replay.py)."""
+        for event in events:
+            self.on_event(event)
+        self.on_source_end(source)
 
     def on_event(self, event: Event) -> None:
         counts = self._counts.setdefault(event.source, dict.fromkeys(self._labels, 0))

@@ -172,8 +172,6 @@ class ActivitySink(_BaseSink):
     chart) and ``activity_by_date.png`` (a daily series), one line per site and label.
     """
 
-    restores = True
-
     def __init__(self, folder: str, *, recordings: dict[str, Recording], labels: list[str]) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -35,10 +35,14 @@ def _chunk(chunk_id: bytes, body: bytes) -> bytes:
     return chunk_id + struct.pack("<I", len(body)) + body + (b"\0" if len(body) % 2 else b"")
 
 
-def write_wav(path: Path, *, seconds: float = 1.0, guano: str | None = None,
-              comment: str | None = None, chunks_after_data: bool = False) -> Path:
-    """A 16 kHz WAV with a GUANO chunk and/or an INFO comment (before or after the audio)."""
-    soundfile.write(path, np.zeros(int(seconds * 16000), np.float32), 16000, subtype="PCM_16")
+def write_wav(path: Path, *, seconds: float = 1.0, audio: np.ndarray | None = None,
+              guano: str | None = None, comment: str | None = None,
+              chunks_after_data: bool = False) -> Path:
+    """A 16 kHz 16-bit WAV (``audio``, else ``seconds`` of silence) with a GUANO chunk and/or
+    an INFO comment (before or after the audio)."""
+    if audio is None:
+        audio = np.zeros(int(seconds * 16000), np.float32)
+    soundfile.write(path, audio, 16000, subtype="PCM_16")
     data = path.read_bytes()
     extra = b""
     if guano is not None:
