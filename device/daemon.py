@@ -159,9 +159,13 @@ def _replay(args, cfg, classifier) -> int:
     if args.resume and manifest_path is None:
         raise UsageError("--resume: needs a file output (or --manifest FILE) to keep a manifest")
     try:
-        extra = _optional_sinks(
-            cfg, device=device, labels=list(classifier.bundle.labels),
-            state=state / "replay" if args.mqtt else state, health=health, replay=args.mqtt,
+        extra = (
+            _optional_sinks(
+                cfg, device=device, labels=list(classifier.bundle.labels),
+                state=state / "replay", health=health, replay=True,
+            )
+            if args.mqtt
+            else []
         )
         return run_replay(
             recordings=recordings,

@@ -260,7 +260,7 @@ def long_season(tmp_path_factory) -> Path:
     return _season(tmp_path_factory.mktemp("long") / "season", seconds=90.0, per_site=4)
 
 
-@pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.parametrize("jobs", ["1", pytest.param("2", marks=pytest.mark.slow)])
 def test_a_batch_killed_with_sigkill_resumes_to_identical_outputs(
     tone_bundle, long_season, tmp_path, jobs
 ):
@@ -303,8 +303,8 @@ def test_resume_refuses_a_manifest_of_other_settings(tone_bundle, long_season, t
     (signal.SIGTERM, "1", False),
     (signal.SIGHUP, "1", False),
     (signal.SIGINT, "1", True),   # Ctrl-C on a terminal: the whole process group
-    (signal.SIGINT, "2", True),
-    (signal.SIGTERM, "2", False),
+    pytest.param(signal.SIGINT, "2", True, marks=pytest.mark.slow),
+    pytest.param(signal.SIGTERM, "2", False, marks=pytest.mark.slow),
 ])
 def test_signals_stop_cleanly_with_every_output(tone_bundle, long_season, tmp_path, signum, jobs,
                                                 group):
@@ -332,3 +332,61 @@ def test_signals_stop_cleanly_with_every_output(tone_bundle, long_season, tmp_pa
     rest = device(*args, "--resume", cwd=tmp_path)
     assert rest.returncode == 0, rest.stderr
     assert len(list(csv.DictReader((out / "counts.csv").open()))) == 9
+
+
+# --- replays stay replays ---------------------------------------------------------------------
+
+
+def test_a_replay_never_speaks_for_the_live_recorder(tone_bundle, tmp_path):
+    """A live daemon's MQTT sink (device "pi") and replays with the very config it uses
+    (mqtt.enabled, same device_id and state_dir) on one real broker."""
+    from broker import Broker, Subscriber, sample_event
+
+    from device.config import validate
+    from device.mqtt import MqttSink
+
+    broker = Broker(tmp_path / "broker").start()
+    try:
+        mqtt_cfg = broker.mqtt_config(discovery={"enabled": False})
+        sub = Subscriber(broker, "callwatch/#")
+        live = MqttSink(validate({"mqtt": mqtt_cfg}), device_id="pi", labels=["tone"],
+                        state_dir=tmp_path / "state", health=lambda: {})
+        live.on_event(sample_event(1, device_id="pi"))
+        assert sub.wait_for(lambda s: s.payloads("callwatch/pi/availability") == ["online"]
+                            and len(s.on("callwatch/pi/events")) == 1)
+
+        (tmp_path / "rec" / "SiteA").mkdir(parents=True)
+        soundfile.write(tmp_path / "rec" / "SiteA" / "20240501_050000.WAV", tones_signal(20.0), SR)
+        config = write_config(tmp_path, tone_bundle, mqtt=mqtt_cfg,
+                              service={"device_id": "pi"})
+        quiet = device("--config", str(config), "--replay", str(tmp_path / "rec"), cwd=tmp_path)
+        assert quiet.returncode == 0, quiet.stderr
+        assert "--mqtt publishes a replay" in quiet.stderr
+        time.sleep(0.5)
+        assert not [m for m in sub.messages if "/replay" in m.topic]
+
+        loud = device("--config", str(config), "--replay", str(tmp_path / "rec"), "--mqtt",
+                      cwd=tmp_path)
+        assert loud.returncode == 0, loud.stderr
+        assert sub.wait_for(lambda s: len(s.on("callwatch/pi/replay/events")) >= 3)
+        replayed = [json.loads(p) for p in sub.payloads("callwatch/pi/replay/events")]
+        assert all(e["replay"] is True and e["source"] == "SiteA/20240501_050000.WAV"
+                   and e["start_utc"].startswith("2024-05-01T05:00:") for e in replayed)
+        assert [e["seq"] for e in replayed] == [1, 2, 3]
+
+        # The live recorder was never disturbed: still connected, still "online", its events
+        # topic carries only its own events, and it keeps publishing.
+        live.on_event(sample_event(2, device_id="pi"))
+        assert sub.wait_for(lambda s: len(s.on("callwatch/pi/events")) == 2)
+        assert all(not json.loads(p).get("replay") for p in sub.payloads("callwatch/pi/events"))
+        assert sub.payloads("callwatch/pi/availability") == ["online"]
+        assert live.counters["connects"] == 1 and live.counters["disconnects"] == 0
+        assert not [m for m in sub.messages if m.topic.startswith("callwatch/pi/replay/")
+                    and not m.topic.endswith("/events")]
+        late = Subscriber(broker, "callwatch/pi/availability")
+        assert late.wait_for(lambda s: s.payloads("callwatch/pi/availability") == ["online"])
+        late.close()
+        live.close()
+        sub.close()
+    finally:
+        broker.stop()
