@@ -172,6 +172,8 @@ SCHEMA: dict = {
         },
         "calibration_windows": Key(400, "Training windows saved for int8 quantization", min=10, max=100000),
         "hard_negatives": Key([], "Events JSONL files or Raven tables of false positives to train on as negatives", item=str),
+        "hard_negatives_audio": Key([], "Folders where the audio of hard_negatives is looked for (e.g. the "
+                                    "replay root: replay sources are relative to it)", item=str),
     },
     "convert": {
         "auc_tolerance": Key(0.01, "Largest ROC-AUC that int8 may lose against float before convert fails", min=0, max=1),

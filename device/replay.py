@@ -184,14 +184,16 @@ def preload(settings: ReplaySettings, cfg, classifier) -> None:
 
 
 class _Collector:
-    """Sink keeping one file's events and scores."""
+    """Sink keeping one file's events and scores (and handing each event on at once to
+    ``forward``, when given)."""
 
-    def __init__(self) -> None:
+    def __init__(self, forward: Callable[[Event], Event] | None = None) -> None:
         self.events: list[Event] = []
         self.scores: list[WindowScores] = []
+        self._forward = forward
 
     def on_event(self, event: Event) -> None:
-        self.events.append(event)
+        self.events.append(self._forward(event) if self._forward else event)
 
     def on_scores(self, scores: WindowScores) -> None:
         self.scores.append(scores)
@@ -209,11 +211,14 @@ def analyse_file(
     *,
     stop: Callable[[], bool] | None = None,
     on_audio: Callable[[float], None] | None = None,
+    on_event: Callable[[Event], Event] | None = None,
 ) -> FileResult:
     """Run one file through the pipeline. ``stop()`` is asked between blocks (True: give up,
-    ``interrupted``); ``on_audio(seconds so far)`` after each block."""
+    ``interrupted``); ``on_audio(seconds so far)`` after each block; ``on_event(event)`` as
+    each event closes (``--realtime``: the outputs see it then, as live), returning the event
+    as delivered (numbered), which the result keeps."""
     cfg, classifier = _classifier_for(settings)
-    collector = _Collector()
+    collector = _Collector(on_event)
     collector.wants_scores = settings.scores
     sinks: list = [collector]
     if settings.clips_dir is not None:
@@ -382,6 +387,7 @@ def run_replay(
         append=bool(done),
         clips=False,
         sites={r.source: r.site for r in recordings},
+        paths={r.source: Path(r.path).resolve() for r in recordings},
     )
     sinks += _batch_sinks(outputs, by_source, labels=list(bundle.labels), features=features,
                           append=bool(done))
@@ -414,13 +420,24 @@ def run_replay(
     stop.install()
     results: list[FileResult] = []
     started = time.perf_counter()
-    work = _results(todo, settings, jobs=jobs, stop=stop, progress=progress)
+    counter = [seq]
+
+    def forward(event: Event) -> Event:  # --realtime: each event reaches the sinks at once
+        counter[0] += 1
+        event = dataclasses.replace(event, seq=counter[0])
+        health.events += 1
+        queue.put_event(event)
+        return event
+
+    work = _results(todo, settings, jobs=jobs, stop=stop, progress=progress,
+                    on_event=forward if realtime else None)
     try:
         for result in work:
             if result.interrupted:
                 break
             _report(result)
-            seq = _deliver(result, queue=queue, seq=seq, health=health)
+            seq = counter[0] = _deliver(result, queue=queue, seq=counter[0], health=health,
+                                        sent=realtime)
             queue.drain()
             if writer is not None:
                 sizes = dict(
@@ -465,16 +482,17 @@ def _batch_sinks(outputs: Outputs, by_source: dict, *, labels, features, append:
     return sinks
 
 
-def _deliver(result: FileResult, *, queue: SinkQueue, seq: int, health: Health) -> int:
-    """Hand one file's events and scores to the sinks, numbering the events."""
-    numbered = []
-    for event in result.events:
-        seq += 1
-        numbered.append(dataclasses.replace(event, seq=seq))
-    result.events = numbered
-    for event in numbered:
-        health.events += 1
-        queue.put_event(event)
+def _deliver(result: FileResult, *, queue: SinkQueue, seq: int, health: Health, sent: bool) -> int:
+    """Hand one file's events (unless ``sent`` already, numbered) and scores to the sinks,
+    numbering the events; returns the last sequence number."""
+    if sent:
+        seq = result.events[-1].seq if result.events else seq
+    else:
+        result.events = [dataclasses.replace(e, seq=seq + i) for i, e in enumerate(result.events, 1)]
+        seq += len(result.events)
+        for event in result.events:
+            health.events += 1
+            queue.put_event(event)
     if result.scores is not None:
         for row in result.scores:
             queue.put_scores(
@@ -530,14 +548,23 @@ def _summary(results, done, recordings, *, health: Health, wall_s: float, signum
 
 
 def _results(
-    todo: list[Recording], settings: ReplaySettings, *, jobs: int, stop: _Stop, progress: Progress
+    todo: list[Recording],
+    settings: ReplaySettings,
+    *,
+    jobs: int,
+    stop: _Stop,
+    progress: Progress,
+    on_event: Callable[[Event], Event] | None = None,
 ) -> Iterator[FileResult]:
-    """Results in file order: here, or from ``jobs`` worker processes."""
-    if jobs <= 1 or len(todo) <= 1:
+    """Results in file order: here (``on_event`` as in :func:`analyse_file`), or from ``jobs``
+    worker processes."""
+    if jobs <= 1 or len(todo) <= 1 or on_event is not None:
         for recording in todo:
             if stop():
                 return
-            yield analyse_file(recording, settings, stop=stop, on_audio=progress.update)
+            yield analyse_file(
+                recording, settings, stop=stop, on_audio=progress.update, on_event=on_event
+            )
         return
     context = multiprocessing.get_context("spawn")  # no fork of a process with threads
     pool = concurrent.futures.ProcessPoolExecutor(

@@ -226,12 +226,17 @@ class RavenSink(_BaseSink):
     two recorders' files of one name keep two tables.
 
     Tab-separated, events as selections on channel 1 of "Spectrogram 1", the label in the
-    Species column, spanning the front end's frequency range. A source without events gets a
-    table with the header only, so every analysed file has one.
+    Species column, spanning the front end's frequency range. In replay (``paths``: source ->
+    file) a last column ``Begin Path`` names the audio, so the table finds its file again
+    (Raven, OpenSoundscape, ``train.hard_negatives``). A source without events gets a table with the
+    header only, so every analysed file has one.
     """
 
-    def __init__(self, folder: str | Path, *, low_hz: float, high_hz: float) -> None:
+    def __init__(
+        self, folder: str | Path, *, low_hz: float, high_hz: float, paths: dict | None = None
+    ) -> None:
         self.folder = Path(folder)
+        self._paths = dict(paths or {})
         self.folder.mkdir(parents=True, exist_ok=True)
         self._low, self._high = low_hz, high_hz
         self._events: dict[str, list[Event]] = {}
@@ -260,13 +265,15 @@ class RavenSink(_BaseSink):
                     "High Freq (Hz)",
                     RAVEN_LABEL_COLUMN,
                     "Score",
+                    *(["Begin Path"] if self._paths else []),
                 )
             )
         ]
+        path = f"\t{tsv_field(str(self._paths.get(source, '')))}" if self._paths else ""
         for i, e in enumerate(events, 1):
             rows.append(
                 f"{i}\tSpectrogram 1\t1\t{e.start_s:.3f}\t{e.end_s:.3f}\t{self._low:.1f}\t"
-                f"{self._high:.1f}\t{tsv_field(e.label)}\t{e.peak_score:.4f}"
+                f"{self._high:.1f}\t{tsv_field(e.label)}\t{e.peak_score:.4f}{path}"
             )
         target = self.folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -461,17 +468,18 @@ def build_sinks(
     scores: bool = True,
     clips: bool = True,
     sites: dict | None = None,
+    paths: dict | None = None,
 ) -> list[Sink]:
     """The file and log sinks ``outputs`` asks for. ``append``: live appends to the JSONL and
     CSV files, replay writes them afresh. ``scores`` / ``clips``: False where another process
-    writes those (replay with --jobs). ``sites``: source -> site (replay). Raises OSError for a file or folder it cannot create."""
+    writes those (replay with --jobs). ``sites`` / ``paths``: source -> site / absolute file (replay). Raises OSError for a file or folder it cannot create."""
     sinks: list[Sink] = []
     if outputs.events_jsonl:
         sinks.append(JsonlSink(outputs.events_jsonl, append=append))
     if scores and outputs.scores_csv:
         sinks.append(ScoresCsvSink(outputs.scores_csv, append=append))
     if outputs.raven_dir:
-        sinks.append(RavenSink(outputs.raven_dir, low_hz=low_hz, high_hz=high_hz))
+        sinks.append(RavenSink(outputs.raven_dir, low_hz=low_hz, high_hz=high_hz, paths=paths))
     if outputs.counts_csv:
         sinks.append(CountsCsvSink(outputs.counts_csv, labels=labels, sites=sites))
     if clips and outputs.clips_dir is not None:

@@ -21,6 +21,8 @@ from device.outbox import Outbox
 
 REPO = Path(__file__).resolve().parents[1]
 EVENTS = "callwatch/dev1/events"
+REPLAY_EVENTS = "callwatch/dev1/replay/events"
+"""Where a replay given --mqtt publishes (never the live recorder's topics)."""
 
 
 def make_sink(broker: Broker, state_dir: Path, *, health=None, labels=("tone",),
@@ -30,8 +32,8 @@ def make_sink(broker: Broker, state_dir: Path, *, health=None, labels=("tone",),
                     health=health or (lambda: {"realtime_factor": 0.0007, "overflows": 0}))
 
 
-def received(sub: Subscriber) -> list[dict]:
-    return [json.loads(p) for p in sub.payloads(EVENTS)]
+def received(sub: Subscriber, topic: str = EVENTS) -> list[dict]:
+    return [json.loads(p) for p in sub.payloads(topic)]
 
 
 def assert_all_arrived_in_order(sub: Subscriber, events) -> None:
@@ -383,24 +385,23 @@ def daemon_config(broker: Broker, tmp_path: Path) -> dict:
 def test_replay_publishes_exactly_the_jsonl_events(broker, tmp_path, tone_bundle):
     audio = write_tones(tmp_path / "tones.wav", 5)
     sub = Subscriber(broker, "callwatch/dev1/#")
-    daemon = Daemon("--replay", str(audio), "--model", str(tone_bundle),
+    daemon = Daemon("--replay", str(audio), "--model", str(tone_bundle), "--mqtt",
                     "--events-jsonl", str(tmp_path / "out.jsonl"),
                     config=daemon_config(broker, tmp_path), folder=tmp_path)
     assert daemon.wait() == 0, "".join(daemon.lines)
     jsonl = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert len(jsonl) == 5
-    assert sub.wait_for(lambda s: len(s.on(EVENTS)) >= 5, 5)
-    assert received(sub) == jsonl
-    assert sub.wait_for(lambda s: s.payloads("callwatch/dev1/availability")[-1:] == ["offline"], 5)
-    state = json.loads(sub.payloads("callwatch/dev1/state")[-1])
-    assert state["outbox_depth"] == 0 and state["events"] == 5
+    assert len(jsonl) == 5 and all(e["replay"] for e in jsonl)
+    assert sub.wait_for(lambda s: len(s.on(REPLAY_EVENTS)) >= 5, 5)
+    assert received(sub, REPLAY_EVENTS) == jsonl
+    # A replay never speaks for the live recorder: no availability, state or live events.
+    assert [m.topic for m in sub.messages] == [REPLAY_EVENTS] * 5
 
 
 @pytest.mark.slow
 def test_replay_through_a_broker_restart_loses_nothing(broker, tmp_path, tone_bundle):
     audio = write_tones(tmp_path / "tones.wav", 4, gap_s=1.0, tone_s=1.0)  # 9 s at real-time pace
-    sub = Subscriber(broker, EVENTS, session="watcher")
-    daemon = Daemon("--replay", str(audio), "--realtime", "--model", str(tone_bundle),
+    sub = Subscriber(broker, REPLAY_EVENTS, session="watcher")
+    daemon = Daemon("--replay", str(audio), "--realtime", "--mqtt", "--model", str(tone_bundle),
                     "--events-jsonl", str(tmp_path / "out.jsonl"),
                     config=daemon_config(broker, tmp_path), folder=tmp_path)
     daemon.wait_for_line("(seq 1)")
@@ -412,9 +413,9 @@ def test_replay_through_a_broker_restart_loses_nothing(broker, tmp_path, tone_bu
     jsonl = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert len(jsonl) == 4
     ids = {e["event_id"] for e in jsonl}
-    assert sub.wait_for(lambda s: {e["event_id"] for e in received(s)} >= ids, 10)
+    assert sub.wait_for(lambda s: {e["event_id"] for e in received(s, REPLAY_EVENTS)} >= ids, 10)
     first: dict[str, dict] = {}
-    for event in received(sub):
+    for event in received(sub, REPLAY_EVENTS):
         assert first.setdefault(event["event_id"], event) == event
     assert list(first.values()) == jsonl
 
@@ -423,25 +424,27 @@ def test_daemon_killed_with_the_broker_down_delivers_after_restart(tmp_path, ton
     broker = Broker(tmp_path / "broker")  # down
     audio = write_tones(tmp_path / "tones.wav", 4, gap_s=1.0, tone_s=1.0)
     config = daemon_config(broker, tmp_path)
-    daemon = Daemon("--replay", str(audio), "--realtime", "--model", str(tone_bundle),
+    daemon = Daemon("--replay", str(audio), "--realtime", "--mqtt", "--model", str(tone_bundle),
                     config=config, folder=tmp_path / "run1")
     daemon.wait_for_line("(seq 2)")
     daemon.proc.send_signal(signal.SIGKILL)
     daemon.wait()
-    outbox = Outbox(tmp_path / "state" / "outbox.sqlite", max_rows=10**5, max_bytes=10**8)
+    # A replay keeps its outbox apart from the live service's (<state_dir>/replay/).
+    outbox = Outbox(tmp_path / "state" / "replay" / "outbox.sqlite", max_rows=10**5,
+                    max_bytes=10**8)
     queued = [json.loads(row.payload) for row in outbox.peek(limit=100)]
     outbox.close()
     assert [e["seq"] for e in queued[:2]] == [1, 2]
 
     broker.start()
     try:
-        sub = Subscriber(broker, EVENTS)
+        sub = Subscriber(broker, REPLAY_EVENTS)
         silence = write_tones(tmp_path / "quiet.wav", 0)  # no events of its own
-        again = Daemon("--replay", str(silence), "--model", str(tone_bundle), config=config,
-                       folder=tmp_path / "run2")
+        again = Daemon("--replay", str(silence), "--mqtt", "--model", str(tone_bundle),
+                       config=config, folder=tmp_path / "run2")
         assert again.wait() == 0, "".join(again.lines)
-        assert sub.wait_for(lambda s: len(s.on(EVENTS)) >= len(queued), 5)
-        assert received(sub) == queued
+        assert sub.wait_for(lambda s: len(s.on(REPLAY_EVENTS)) >= len(queued), 5)
+        assert received(sub, REPLAY_EVENTS) == queued
     finally:
         broker.stop()
 

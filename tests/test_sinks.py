@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from device.events import Event, WindowScores
+from device.events import EVENT_SCHEMA, Event, WindowScores
 from device.health import Health
 from device.sinks import (
     ClipSink,
@@ -156,7 +156,7 @@ def test_jsonl_sink_writes_one_event_per_line_and_appends(tmp_path):
     sink.close()
     lines = path.read_text().splitlines()
     assert [Event.from_json(line).seq for line in lines] == [1, 2]
-    assert json.loads(lines[0])["schema"] == 1
+    assert json.loads(lines[0])["schema"] == EVENT_SCHEMA
     fresh = JsonlSink(str(path), append=False)
     fresh.close()
     assert path.read_text() == ""
@@ -190,7 +190,8 @@ def test_raven_table_per_source_loadable_as_a_selection_table(tmp_path):
     sink.on_event(event(1, start=2.0, end=5.0, peak=0.97, source="rec_01.mp3"))
     sink.on_source_end("rec_01.mp3")
     sink.on_source_end("quiet.wav")
-    sink.on_source_end("other/rec_01.mp3")  # same stem from another folder: its own table
+    sink.on_source_end("other/rec_01.mp3")  # same name in another folder: its own table there
+    sink.on_source_end("/abs/rec_01.mp3")  # a file given by itself: a suffix tells it apart
     table = tmp_path / "rec_01.callwatch.selections.txt"
     lines = table.read_text().splitlines()
     assert lines[0] == RAVEN_HEADER
@@ -201,7 +202,17 @@ def test_raven_table_per_source_loadable_as_a_selection_table(tmp_path):
     ] == [("1", "2.000", "5.000", "call", "0.9700"), ("2", "10.000", "13.500", "call", "0.8000")]
     assert rows[0]["View"] == "Spectrogram 1" and rows[0]["Channel"] == "1"
     assert (tmp_path / "quiet.callwatch.selections.txt").read_text().splitlines() == [RAVEN_HEADER]
+    assert (tmp_path / "other" / "rec_01.callwatch.selections.txt").is_file()
     assert (tmp_path / "rec_01-2.callwatch.selections.txt").is_file()
+
+
+def test_file_names_cannot_break_a_table_or_forge_a_line():
+    from device.sinks import csv_field, printable
+
+    assert csv_field('a,b "c".wav') == '"a,b ""c"".wav"' and csv_field("plain.wav") == "plain.wav"
+    assert list(csv.reader([csv_field("new\nline.wav") + ",1"])) == [["new\nline.wav", "1"]]
+    assert printable("x\nERROR y\tz\\w") == "x\\nERROR y\\tz\\\\w"
+    assert "\n" not in printable("a\r\nb\x1b[31m")
 
 
 def test_raven_header_matches_the_real_data_sets_tables(tmp_path):
@@ -223,7 +234,7 @@ def test_counts_csv_has_a_row_per_source_even_without_events(tmp_path):
     sink.on_source_end("a.wav")
     sink.on_source_end("b.wav")
     sink.close()
-    assert path.read_text().splitlines() == ["source,call,owl", "a.wav,2,1", "b.wav,0,0"]
+    assert path.read_text().splitlines() == ["source,site,call,owl", "a.wav,,2,1", "b.wav,,0,0"]
 
 
 def test_log_sink_writes_one_line_per_event(caplog):

@@ -77,3 +77,36 @@ def test_hard_negatives_are_drawn_as_negative_windows(tmp_path, inventory):
     with_hn = WindowSampler(recordings=inventory.recordings, features=features, labels=["call"], params=params,
                             window_s=3.0, shift_s=0.5, negatives_per_minute=[0.0, 0.0], max_positive_ratio=1.0)
     assert len(with_hn.negatives) == 1 and with_hn.negatives[0][0] == 0
+
+
+def test_tables_of_a_replay_batch_find_their_audio_outside_the_datasets(tmp_path, inventory):
+    """The batch table (Begin Path, File Offset (s)), the detections CSV (a source relative to
+    the replay root, found through train.hard_negatives_audio) and the console line."""
+    season = tmp_path / "season" / "SiteA"
+    season.mkdir(parents=True)
+    for name in ("20240501_050000.WAV", "20240501_060000.WAV"):
+        soundfile.write(season / name, np.zeros(30 * SR, np.float32), SR)
+    table = tmp_path / "batch.selections.txt"
+    table.write_text("\n".join([
+        "Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\tLow Freq (Hz)\tHigh Freq (Hz)\t"
+        "Begin Path\tFile Offset (s)\tSpecies",
+        f"1\tS\t1\t34.0\t36.0\t0\t1\t{season / '20240501_060000.WAV'}\t4.0\tfp",
+        f"2\tS\t1\t40.0\t41.0\t0\t1\t{season / '20240501_060000.WAV'}\t10.0\tcall",
+    ]) + "\n")
+    assert read_hard_negatives(table) == [(str(season / "20240501_060000.WAV"), 4.0, 6.0)]
+    detections = tmp_path / "detections.csv"
+    detections.write_text("source,site,start_s,end_s,start_utc,end_utc,label,score\n"
+                          "SiteA/20240501_050000.WAV,SiteA,3.000,5.000,,,call,0.9\n"
+                          "SiteB/gone.WAV,SiteB,3.000,5.000,,,call,0.9\n")
+    lines: list[str] = []
+    split = {"long/a.wav": "train", "long/b.wav": "train"}
+    added = apply_hard_negatives([table, detections], inventory=inventory, split=split,
+                                 data_root=tmp_path / "elsewhere", audio_dirs=[str(tmp_path / "season")],
+                                 log=lines.append)
+    assert added == 2
+    negatives = {r.path.name: [(a.start_s, a.end_s) for a in r.annotations if a.label == NEGATIVE]
+                 for r in inventory.recordings}
+    assert negatives["20240501_060000.WAV"] == [(4.0, 6.0)]
+    assert negatives["20240501_050000.WAV"] == [(3.0, 5.0)]
+    assert len(lines) == 1 and lines[0].startswith("hard negatives: 2 used, 1 skipped")
+    assert "SiteB/gone.WAV" in lines[0]

@@ -151,7 +151,8 @@ def train_split(*, config: Section, prepared: Prepared, split: dict[str, str], o
     inventory = dataclasses.replace(prepared.inventory, recordings=list(prepared.inventory.recordings),
                                     warnings=list(prepared.inventory.warnings))
     split = dict(split)
-    n_hard = apply_hard_negatives(hard_negatives, inventory=inventory, split=split, data_root=prepared.data_root)
+    n_hard = apply_hard_negatives(hard_negatives, inventory=inventory, split=split, data_root=prepared.data_root,
+                                  audio_dirs=cfg.hard_negatives_audio, log=log)
     for r in inventory.recordings:
         if r.name not in prepared.features:
             prepared.features[r.name] = recording_features(r.path, params, None)
