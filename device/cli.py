@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "files its manifest lists as finished (same command, same outputs)")
     batch.add_argument("--manifest", metavar="FILE", help="the batch's manifest (default: "
                        "callwatch-manifest.jsonl beside the first file output)")
+    parser.add_argument("--plot", metavar="FILE[:START-END]", help="draw the spectrogram, window "
+                        "scores, thresholds and events of a file (or of START-END seconds in it) "
+                        "as a PNG (needs matplotlib: workstation only), then exit")
+    parser.add_argument("--plot-out", metavar="PNG", help="where --plot writes (default: "
+                        "<stem>_<START>-<END>s.callwatch.png here)")
     batch.add_argument("--mqtt", action="store_true", help="publish the replay's events to the "
                        "mqtt section's broker (on <prefix>/<device_id>/replay/events; without it a "
                        "replay never touches MQTT)")
@@ -84,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.replay and any(replay_only.values()):
         used = ", ".join(k for k, v in replay_only.items() if v)
         parser.error(f"{used}: only apply with --replay")
+    if args.plot_out and not args.plot:
+        parser.error("--plot-out: only applies with --plot")
+    if args.plot and args.replay:
+        parser.error("--plot and --replay: choose one")
     if args.min_conf is not None and not 0 < args.min_conf < 1:
         parser.error(f"--min-conf: must be between 0 and 1, got {args.min_conf}")
     if args.hop is not None and not 0.02 <= args.hop <= 60:

@@ -16,6 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
+from device.audio import AudioError
 from device.bundle import BundleError, load_bundle
 from device.config import ConfigError
 from device.detector import detector_params
@@ -103,6 +104,8 @@ def run(args, cfg) -> int:
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        if getattr(args, "plot", None):
+            return _plot(args, cfg, classifier)
         if args.replay:
             return _replay(args, cfg, classifier)
         return _live(args, cfg, classifier)
@@ -187,6 +190,24 @@ def _replay(args, cfg, classifier) -> int:
         raise UsageError(
             f"{exc.filename or ''}: cannot write output ({exc.strerror or exc})"
         ) from None
+
+
+def _plot(args, cfg, classifier) -> int:
+    from device.plot import PlotError, plot_file
+    from device.replay import make_settings
+
+    settings = make_settings(
+        cfg, classifier, device_id=device_id(cfg), realtime=False, scores=True, clips_dir=None
+    )
+    try:
+        out = plot_file(args.plot, settings=settings, cfg=cfg, classifier=classifier,
+                        out=Path(args.plot_out) if args.plot_out else None)
+    except PlotError as exc:
+        raise UsageError(str(exc)) from None
+    except AudioError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
 
 
 def _manifest_path(args, outputs: Outputs, name: str) -> Path | None:

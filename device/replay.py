@@ -158,6 +158,23 @@ class FileResult:
     """Stopped by a signal before the end: dropped, analysed again by a resumed run."""
 
 
+def make_settings(
+    cfg, classifier, *, device_id: str, realtime: bool, scores: bool, clips_dir: str | None
+) -> ReplaySettings:
+    bundle = classifier.bundle
+    return ReplaySettings(
+        model_path=str(bundle.model_path),
+        cfg_values=cfg.to_dict(),
+        delegate=classifier.delegate,
+        device_id=device_id,
+        block_s=cfg.audio.block_s if realtime else REPLAY_BLOCK_S,
+        realtime=realtime,
+        scores=scores,
+        clips_dir=clips_dir,
+        id_salt=str(bundle.manifest.get("sha256", bundle.model_path.name)),
+    )
+
+
 _loaded: dict = {}
 
 
@@ -360,16 +377,13 @@ def run_replay(
     bundle = classifier.bundle
     health = health or Health()
     features = bundle.features
-    settings = ReplaySettings(
-        model_path=str(bundle.model_path),
-        cfg_values=cfg.to_dict(),
-        delegate=classifier.delegate,
+    settings = make_settings(
+        cfg,
+        classifier,
         device_id=device_id,
-        block_s=cfg.audio.block_s if realtime else REPLAY_BLOCK_S,
         realtime=realtime,
         scores=bool(outputs.scores_csv),
         clips_dir=str(outputs.clips_dir) if outputs.clips_dir else None,
-        id_salt=str(bundle.manifest.get("sha256", bundle.model_path.name)),
     )
     preload(settings, cfg, classifier)
     by_source = {r.source: r for r in recordings}

@@ -115,6 +115,46 @@ def test_sites_times_and_every_batch_output(tone_bundle, tmp_path):
     by_date = list(csv.DictReader((out / "activity" / "activity_by_date.csv").open()))
     assert {(r["site"], r["date"], r["detections"]) for r in by_date} == {
         ("SiteA", "2024-05-01", "6"), ("SiteB", "2024-05-01", "6")}
+    try:
+        import matplotlib  # noqa: F401  (workstation profile)
+    except ImportError:
+        assert "matplotlib is not installed" in result.stderr
+    else:
+        for name in ("activity_by_hour.png", "activity_by_date.png"):
+            assert (out / "activity" / name).read_bytes()[:4] == b"\x89PNG"
+
+    # Not a terminal: progress comes as log lines (files, hours, speed, time left).
+    progress = [line for line in result.stderr.splitlines() if "progress: " in line]
+    assert progress and "5/5 files" in progress[-1] and "h of audio" in progress[-1]
+    assert "x real time" in progress[-1]
+
+
+def test_progress_on_a_terminal_is_one_live_line(tone_bundle, tmp_path):
+    import pty
+
+    for i in range(3):
+        soundfile.write(tmp_path / f"{i}.wav", noise(30.0, SR), SR)
+    config = write_config(tmp_path, tone_bundle)
+    controller, terminal = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "device", "--config", str(config), "--replay",
+                             str(tmp_path)], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=terminal)
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            data = os.read(controller, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(60) == 0
+    text = b"".join(chunks).decode(errors="replace")
+    updates = text.split("\r\x1b[Kreplay: ")
+    assert len(updates) >= 3 and "3/3 files" in updates[-1], text
+    assert "progress: " not in text  # no log lines when the live line is there
 
 
 def test_start_time_timezone_and_site_pattern_flags(tone_bundle, tmp_path):
@@ -390,3 +430,17 @@ def test_a_replay_never_speaks_for_the_live_recorder(tone_bundle, tmp_path):
         sub.close()
     finally:
         broker.stop()
+
+
+def test_plot_draws_spectrogram_scores_and_events(tone_bundle, tmp_path):
+    pytest.importorskip("matplotlib")
+    soundfile.write(tmp_path / "tones.wav", tones_signal(20.0), SR)
+    config = write_config(tmp_path, tone_bundle)
+    png = tmp_path / "look.png"
+    result = device("--config", str(config), "--plot", f"{tmp_path / 'tones.wav'}:2-18",
+                    "--plot-out", str(png), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert png.read_bytes()[:4] == b"\x89PNG" and f"wrote {png}" in result.stderr
+    bad = device("--config", str(config), "--plot", f"{tmp_path / 'tones.wav'}:9-3", cwd=tmp_path)
+    assert bad.returncode == 2 and "END must be after START" in bad.stderr
+    assert "Traceback" not in bad.stderr
