@@ -123,9 +123,10 @@ def run(args, cfg) -> int:
 def _replay(args, cfg, classifier) -> int:
     import re
 
+    from device.batch import run_replay
     from device.manifest import MANIFEST_NAME, ManifestError
     from device.recording import TimeError, check_time_format, parse_start_time, parse_timezone
-    from device.replay import ReplayUsageError, collect_recordings, run_replay
+    from device.replay import ReplayUsageError, collect_recordings
 
     rules = {
         "timezone": args.timezone or cfg.replay.timezone,

@@ -1,52 +1,37 @@
-"""python -m device --replay: audio files and folders through the live pipeline, then a summary.
+"""python -m device --replay, the work per file (device/batch.py runs the batch).
 
 The work per file is one pure function, :func:`analyse_file`: a :class:`Recording` (path,
 source name, site, start time) and :class:`ReplaySettings` in, a :class:`FileResult` (events,
 window scores, audio seconds, error) out. It runs in this process, in ``--jobs N`` processes,
 or (later) as a task on a cluster; the parent alone writes every output, the manifest and the
 summary, from the results in file order, so the outputs do not depend on where the work ran.
-Event sequence numbers count the run's events from 1 in file order.
-
-A file that cannot be read is reported (one log line each, naming it) and skipped; the others
-are analysed, and the run exits with status 1. A file cut short keeps the events of the part
-that could be read and is reported as failed too.
-
-SIGTERM, SIGHUP and SIGINT (Ctrl-C) stop the batch: the file under way is dropped (a resumed
-run analyses it again), every output and the summary are written for the files finished, and
-the exit status is 128 + the signal number (143, 129, 130).
+A file cut short keeps the events of the part that could be read and is reported as failed.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import datetime as dt
 import logging
 import multiprocessing
 import signal
-import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from device import manifest
 from device.audio import AUDIO_EXTENSIONS, AudioError
 from device.bundle import load_bundle
 from device.events import Event, WindowScores
 from device.health import Health
 from device.paths import Sequence
 from device.pipeline import EventFactory, Pipeline, build_pipeline
-from device.progress import Progress
 from device.recording import GIVEN, Recording, recording_start, site_of
 from device.ringbuffer import RingBuffer
 from device.runtime import load_classifier
-from device.sinks import Outputs, SinkQueue, build_sinks, clip_sink, printable
+from device.sinks import SinkQueue, clip_sink
 from device.sources import FileSource
-from device.tables import ActivitySink, AudacitySink, DetectionsCsvSink, RavenTableSink
 
 log = logging.getLogger(__name__)
 
@@ -311,267 +296,21 @@ def _ring_for(cfg, rate: int, block_s: float) -> RingBuffer:
     return RingBuffer(int(max(cfg.audio.ring_s, 3 * block_s) * rate))
 
 
-# --- the batch --------------------------------------------------------------------------------
-
-
-class _Stop:
-    """Set by SIGTERM, SIGHUP or SIGINT (handlers installed for the batch only)."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._event = threading.Event()
-        self._previous: dict = {}
-
-    def __call__(self) -> bool:
-        return self._event.is_set()
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum in STOP_SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is None:
-            self.signum = signum
-            log.warning(
-                "%s: stopping after writing the outputs of the files finished",
-                signal.Signals(signum).name,
-            )
-        self._event.set()
-
-    def restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
-def manifest_settings(settings: ReplaySettings, outputs: Outputs, extra: dict) -> dict:
-    """What must not change between a run and its resumption."""
-    cfg = settings.cfg_values
-    return {
-        "model": settings.id_salt,
-        "device_id": settings.device_id,
-        "detection": {k: v for k, v in cfg["detection"].items() if k not in ("delegate", "num_threads")},
-        "outputs": {k: v for k, v in dataclasses.asdict(outputs).items() if k != "clips_dir"},
-        **extra,
-    }
-
-
-def run_replay(
-    *,
-    recordings: list[Recording],
-    cfg,
-    classifier,
-    device_id: str,
-    outputs: Outputs,
-    jobs: int,
-    realtime: bool,
-    extra_sinks: list | None = None,
-    health: Health | None = None,
-    manifest_path: Path | None = None,
-    resume: bool = False,
-    manifest_extra: dict | None = None,
-) -> int:
-    """Replay ``recordings``; print the summary on stderr. Returns 0 when every file was read,
-    1 when some failed, 128 + signal number when stopped by a signal."""
-    bundle = classifier.bundle
-    health = health or Health()
-    features = bundle.features
-    settings = make_settings(
-        cfg,
-        classifier,
-        device_id=device_id,
-        realtime=realtime,
-        scores=bool(outputs.scores_csv),
-        clips_dir=str(outputs.clips_dir) if outputs.clips_dir else None,
-    )
-    preload(settings, cfg, classifier)
-    by_source = {r.source: r for r in recordings}
-    fingerprint = manifest_settings(settings, outputs, manifest_extra or {})
-    done: list[manifest.FileRecord] = []
-    if resume and manifest_path is not None:
-        done = manifest.load(manifest_path, settings=fingerprint)
-        manifest.cut_outputs(done)
-    sinks = build_sinks(
-        outputs,
-        cfg,
-        labels=list(bundle.labels),
-        low_hz=features.fmin,
-        high_hz=features.fmax,
-        append=bool(done),
-        clips=False,
-        sites={r.source: r.site for r in recordings},
-        paths={r.source: Path(r.path).resolve() for r in recordings},
-    )
-    sinks += _batch_sinks(outputs, by_source, labels=list(bundle.labels), features=features,
-                          append=bool(done))
-    restorable = [s for s in sinks if hasattr(s, "restore")]
-    seq = 0
-    for record in done:
-        events = [Event(**e) for e in record.events]
-        seq += len(events)
-        for sink in restorable:
-            sink.restore(events, record.source)
-    writer = (
-        manifest.Writer(manifest_path, settings=fingerprint, records=done)
-        if manifest_path is not None
-        else None
-    )
-    sinks += list(extra_sinks or [])
-    queue = SinkQueue(sinks, maxsize=cfg.outputs.queue_size, block=True, health=health).start()
-    health.add_gauge("queue_depth", lambda: queue.depth)
-    finished = {r.source for r in done}
-    todo = [r for r in recordings if r.source not in finished]
-    if done:
-        log.info("resuming: %d of %d files already done (%s)", len(finished & set(by_source)),
-                 len(recordings), manifest_path)
-    progress = Progress(
-        files=len(todo),
-        audio_s=sum(r.duration_s for r in todo),
-        interval_s=cfg.replay.progress_interval_s,
-    )
-    stop = _Stop()
-    stop.install()
-    results: list[FileResult] = []
-    started = time.perf_counter()
-    counter = [seq]
-
-    def forward(event: Event) -> Event:  # --realtime: each event reaches the sinks at once
-        counter[0] += 1
-        event = dataclasses.replace(event, seq=counter[0])
-        health.events += 1
-        queue.put_event(event)
-        return event
-
-    work = _results(todo, settings, jobs=jobs, stop=stop, progress=progress,
-                    on_event=forward if realtime else None)
-    try:
-        for result in work:
-            if result.interrupted:
-                break
-            _report(result)
-            seq = counter[0] = _deliver(result, queue=queue, seq=counter[0], health=health,
-                                        sent=realtime)
-            queue.drain()
-            if writer is not None:
-                sizes = dict(
-                    p for s in sinks if hasattr(s, "flush_position") and (p := s.flush_position())
-                )
-                writer.add(
-                    manifest.FileRecord(
-                        source=result.source,
-                        audio_s=result.audio_s,
-                        windows=result.windows,
-                        error=result.error,
-                        events=[e.to_dict() for e in result.events],
-                        sizes=sizes,
-                    )
-                )
-            results.append(result)
-            progress.file_done(result.audio_s)
-            if stop():
-                break
-    finally:
-        work.close()  # ends the worker processes
-        stop.restore()
-        queue.close()
-        if writer is not None:
-            writer.close()
-    progress.finish()
-    return _summary(results, done, recordings, health=health, wall_s=time.perf_counter() - started,
-                    signum=stop.signum, manifest_path=manifest_path)
-
-
-def _batch_sinks(outputs: Outputs, by_source: dict, *, labels, features, append: bool) -> list:
-    sinks: list = []
-    if outputs.raven_table:
-        sinks.append(RavenTableSink(outputs.raven_table, recordings=by_source,
-                                    low_hz=features.fmin, high_hz=features.fmax, append=append))
-    if outputs.detections_csv:
-        sinks.append(DetectionsCsvSink(outputs.detections_csv, recordings=by_source, append=append))
-    if outputs.audacity_dir:
-        sinks.append(AudacitySink(outputs.audacity_dir, recordings=by_source))
-    if outputs.activity_dir:
-        sinks.append(ActivitySink(outputs.activity_dir, recordings=by_source, labels=labels))
-    return sinks
-
-
-def _deliver(result: FileResult, *, queue: SinkQueue, seq: int, health: Health, sent: bool) -> int:
-    """Hand one file's events (unless ``sent`` already, numbered) and scores to the sinks,
-    numbering the events; returns the last sequence number."""
-    if sent:
-        seq = result.events[-1].seq if result.events else seq
-    else:
-        result.events = [dataclasses.replace(e, seq=seq + i) for i, e in enumerate(result.events, 1)]
-        seq += len(result.events)
-        for event in result.events:
-            health.events += 1
-            queue.put_event(event)
-    if result.scores is not None:
-        for row in result.scores:
-            queue.put_scores(
-                WindowScores(
-                    result.source,
-                    float(row[0]),
-                    float(row[1]),
-                    {k: float(v) for k, v in zip(result.labels, row[2:])},
-                )
-            )
-    if result.error is None or result.audio_s > 0:
-        queue.put_source_end(result.source)
-    health.audio_s += result.audio_s
-    health.windows += result.windows
-    return seq
-
-
-def _report(result: FileResult) -> None:
-    if result.error:
-        # A message of its own (no template): the repeat filter lets every failed file through.
-        log.error("cannot analyse " + printable(result.error))
-    else:
-        log.debug("%s: %.1f s of audio, %d windows", printable(result.source), result.audio_s,
-                  result.windows)
-
-
-def _summary(results, done, recordings, *, health: Health, wall_s: float, signum: int | None,
-             manifest_path: Path | None) -> int:
-    failed = [r.source for r in done if r.error] + [r.source for r in results if r.error]
-    audio_s = sum(r.audio_s for r in results)
-    analysed = {r.source for r in done} | {r.source for r in results}
-    undated = sum(1 for r in recordings if r.start is None and r.source in analysed)
-    sites = sorted({r.site for r in recordings if r.site and r.source in analysed})
-    line = (
-        f"replay: {len(results)} files, {audio_s / 3600:.3f} h of audio, {health.events} events, "
-        f"{audio_s / wall_s if wall_s > 0 else 0:.0f}x real time, {len(failed)} failed"
-        + (f" ({', '.join(printable(Path(s).name) for s in failed)})" if failed else "")
-    )
-    if done:
-        line += f"; {len(done)} files done before (resumed)"
-    line += f"; {len(sites)} sites, {undated} files without a recording time"
-    print(line, file=sys.stderr)
-    if signum is not None:
-        left = len(recordings) - len(analysed)
-        hint = f"; continue with --resume (manifest {manifest_path})" if manifest_path else ""
-        print(f"replay: stopped by {signal.Signals(signum).name}, {left} files not analysed"
-              + hint, file=sys.stderr)
-        return 128 + signum
-    return 1 if failed else 0
-
-
 # --- where the work runs ----------------------------------------------------------------------
 
 
-def _results(
+def results_in_order(
     todo: list[Recording],
     settings: ReplaySettings,
     *,
     jobs: int,
-    stop: _Stop,
-    progress: Progress,
+    stop: Callable[[], bool],
+    progress,
     on_event: Callable[[Event], Event] | None = None,
 ) -> Iterator[FileResult]:
     """Results in file order: here (``on_event`` as in :func:`analyse_file`), or from ``jobs``
-    worker processes."""
+    worker processes. ``progress.update(seconds)`` follows the file under way (here only).
+    Close the generator to end the workers early."""
     if jobs <= 1 or len(todo) <= 1 or on_event is not None:
         for recording in todo:
             if stop():
@@ -587,7 +326,14 @@ def _results(
     )
     futures: list = []
     try:
-        futures = [pool.submit(analyse_file, r, settings) for r in todo]
+        # submit() starts the workers. They inherit a signal mask that holds the stop signals
+        # (a Ctrl-C reaches the whole process group) until their initializer ignores them; here
+        # the held signals are delivered to the parent's handler once the mask is restored.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            futures = [pool.submit(analyse_file, r, settings) for r in todo]
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         for future in futures:
             while True:
                 try:

@@ -292,7 +292,7 @@ class CountsCsvSink(_BaseSink):
         self._counts: dict[str, dict[str, int]] = {}
 
     def restore(self, events: list[Event], source: str) -> None:
-        """A file a resumed replay finished before (device/replay.py)."""
+        """A file a resumed replay finished before (device/batch.py)."""
         for event in events:
             self.on_event(event)
         self.on_source_end(source)

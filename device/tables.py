@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import logging
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -114,7 +115,8 @@ class RavenTableSink(_PerSource):
         return _position(self._file)
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not sys.stdout:
+            self._file.close()
 
 
 class DetectionsCsvSink(_PerSource):
@@ -141,7 +143,8 @@ class DetectionsCsvSink(_PerSource):
         return _position(self._file)
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not sys.stdout:
+            self._file.close()
 
 
 class AudacitySink(_PerSource):
