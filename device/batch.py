@@ -282,7 +282,7 @@ def _summary(results, done, recordings, *, health: Health, wall_s: float, signum
     line = (
         f"replay: {len(results)} files, {audio_s / 3600:.3f} h of audio, {health.events} events, "
         f"{audio_s / wall_s if wall_s > 0 else 0:.0f}x real time, {len(failed)} failed"
-        + (f" ({', '.join(printable(Path(s).name) for s in failed)})" if failed else "")
+        + (f" ({', '.join(printable(s) for s in failed)})" if failed else "")
     )
     if done:
         line += f"; {len(done)} files done before (resumed)"
