@@ -122,8 +122,11 @@ def run() -> str:
         listed = _killed(command, tmp, resumed_out / "callwatch-manifest.jsonl", n_files // 3)
         again = _run([*command, "--resume"], tmp)
         identical = _snapshot(resumed_out) == _snapshot(tmp / "whole")
-        sizes = {name: sum(p.stat().st_size for p in (tmp / "whole").glob(name + "*"))
-                 for name in OUTPUTS.values()}
+        sizes = {}
+        for name in OUTPUTS.values():
+            path = tmp / "whole" / name
+            files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+            sizes[name] = (sum(p.stat().st_size for p in files), len(files))
     audio_h = n_files * 180 / 3600
     progress = [line.split("progress: ", 1)[1] for line in ref["stderr"].splitlines()
                 if "progress: " in line]
@@ -164,7 +167,9 @@ def run() -> str:
         *shown,
         "```",
         "",
-        "Output sizes: " + ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in sizes.items())
-        + ".",
+        "Outputs: " + ", ".join(
+            f"{name} {size / 1e6:.2f} MB" + (f" ({n} files)" if n > 1 else "")
+            for name, (size, n) in sizes.items()
+        ) + ".",
     ]
     return "\n".join(lines) + "\n"
