@@ -66,12 +66,13 @@ def _optional_sinks(
         return []
     from device.mqtt import MqttSink
 
-    return [
-        MqttSink(
-            cfg, device_id=device, labels=labels, state_dir=state, health=health.snapshot,
-            replay=replay,
-        )
-    ]
+    sink = MqttSink(
+        cfg, device_id=device, labels=labels, state_dir=state, health=health.snapshot,
+        replay=replay, storage=health.storage,
+    )
+    if not replay:
+        health.add_check("mqtt", sink.stalled)  # publishing joins the watchdog
+    return [sink]
 
 
 def _with_overrides(args, cfg, labels) -> object:
@@ -225,20 +226,24 @@ def _manifest_path(args, outputs: Outputs, name: str) -> Path | None:
     return None
 
 
-def _make_state_dir(cfg) -> Path:
+def _make_state_dir(cfg, *, health: Health | None = None) -> Path:
+    """The state folder, created. Live (``health`` given), a folder that cannot be created
+    (read-only card) is a degradation, not an error: everything in it waits in memory."""
     state = state_dir(cfg)
     try:
         state.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"service.state_dir: cannot create {state} ({exc.strerror})") from None
+        if health is None:
+            raise UsageError(f"service.state_dir: cannot create {state} ({exc.strerror})") from None
+        health.storage.failed("state folder", exc, fallback="state is kept in memory")
     return state
 
 
 def _live(args, cfg, classifier) -> int:
     bundle = classifier.bundle
-    state = _make_state_dir(cfg)
-    device = device_id(cfg)
     health = Health()
+    state = _make_state_dir(cfg, health=health)
+    device = device_id(cfg)
     features = bundle.features
     outputs = _outputs(args, cfg, clips_dir=_clips_dir(cfg, state))
     try:
@@ -249,8 +254,9 @@ def _live(args, cfg, classifier) -> int:
             low_hz=features.fmin,
             high_hz=features.fmax,
             append=True,
+            live=True,
         )
-        sequence = Sequence(state)
+        sequence = Sequence(state, storage=health.storage)
     except OSError as exc:
         raise UsageError(f"{exc.filename or state}: cannot write ({exc.strerror or exc})") from None
     sinks += _optional_sinks(

@@ -8,13 +8,65 @@ lock is needed on the audio path.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
+
+
+class Degradations:
+    """What storage the recorder is doing without right now, and how often it had to.
+
+    A part that cannot write (the state folder full or read-only: SD cards remount read-only
+    when they fail) calls :meth:`failed` and carries on in a lesser way (sequence numbers in
+    memory, the outbox in memory, no clips); it calls :meth:`ok` once a write succeeds again.
+    Each change is logged once (a warning when a part degrades, info when it recovers), not per
+    event. Thread-safe: the worker, the sink thread and the MQTT publisher all report here.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: dict[str, str] = {}
+        self.count = 0
+        """Degradations entered since start (each part counts once per episode)."""
+
+    def failed(self, part: str, error: BaseException | str, *, fallback: str) -> None:
+        """``part`` (e.g. "outbox") could not write because of ``error``; ``fallback`` says
+        what happens instead, for the one log line."""
+        reason = _reason(error)
+        with self._lock:
+            if part in self._active:
+                return
+            self._active[part] = reason
+            self.count += 1
+        log.warning("storage: %s cannot write (%s); %s until it can", part, reason, fallback)
+
+    def ok(self, part: str) -> None:
+        """``part`` wrote successfully (cheap when it was not degraded)."""
+        if part not in self._active:
+            return
+        with self._lock:
+            reason = self._active.pop(part, None)
+        if reason is not None:
+            log.info("storage: %s writes again (was: %s)", part, reason)
+
+    def active(self) -> dict[str, str]:
+        """Degraded parts and why, e.g. ``{"outbox": "No space left on device"}``."""
+        with self._lock:
+            return dict(self._active)
+
+
+def _reason(error: BaseException | str) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__
 
 
 class Timings:
@@ -77,7 +129,27 @@ class Health:
         self.inference = Timings()
         self.hop_latency = Timings()
         """From the arrival of a window's last audio block to its scores being queued."""
+        self.storage = Degradations()
+        """Storage this run is doing without (full or read-only state folder)."""
         self._gauges: dict[str, Callable[[], object]] = {}
+        self._checks: dict[str, Callable[[], str | None]] = {}
+
+    def add_check(self, name: str, stalled: Callable[[], str | None]) -> None:
+        """A part whose progress the watchdog depends on: ``stalled()`` returns why it makes
+        none (one line), or None while it is fine (e.g. the MQTT publisher)."""
+        self._checks[name] = stalled
+
+    def stalls(self) -> list[str]:
+        """Why each registered part is stalled (empty while all make progress)."""
+        found = []
+        for name, stalled in self._checks.items():
+            try:
+                reason = stalled()
+            except Exception as exc:  # noqa: BLE001 - a broken check is itself a stall
+                reason = f"{name}: check failed ({exc})"
+            if reason:
+                found.append(reason)
+        return found
 
     def add_gauge(self, name: str, read: Callable[[], object]) -> None:
         """Include ``name: read()`` in every snapshot (e.g. the sink queue depth)."""
@@ -110,6 +182,9 @@ class Health:
             "hop_latency_ms_p99": self.hop_latency.percentile_ms(99),
             "realtime_factor": self.realtime_factor,
             "cpu_temp_c": cpu_temperature_c(),
+            "degraded": self.storage.active(),
+            "degradations": self.storage.count,
+            "stalled": self.stalls(),
         }
         for name, read in self._gauges.items():
             state[name] = read()
@@ -124,4 +199,5 @@ class Health:
             f"inference p50 {s['inference_ms_p50'] or 0:.2f} ms, "
             f"rtf {rtf if rtf is not None else 0:.4f}, overflows {s['overflows']}, "
             f"reopens {s['reopens']}, queue {s.get('queue_depth', 0)}"
+            + (f", degraded: {', '.join(sorted(s['degraded']))}" if s["degraded"] else "")
         )

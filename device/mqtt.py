@@ -67,8 +67,15 @@ JITTER = 0.5
 """Extra random wait before a reconnect, as a fraction of the current backoff step."""
 HOLD_LIMIT_S = 10.0
 """After a reconnect, newer rows wait at most this long for paho's re-sent rows to be acked."""
-REPEAT_LOG_S = 600.0
-"""The same connection failure is logged again (as a warning) at most this often."""
+REPEAT_LOG_S = 60.0
+"""The same connection failure is logged again (as a warning, with the attempts since) at most
+this often."""
+STALL_S = 120.0
+"""Connected, events waiting, and no PUBACK for this long: publishing is reported stalled (the
+systemd watchdog is then no longer fed)."""
+MAX_BACKOFF_DOUBLINGS = 30
+"""The jitter's backoff step stops doubling here (2**30 steps is beyond any longest wait):
+the arithmetic stays small however many connects fail."""
 MIB = 1024 * 1024
 
 
@@ -187,14 +194,16 @@ class MqttSink:
     """The ``device.events.Sink`` that publishes to MQTT (see the module docstring)."""
 
     def __init__(self, cfg: Any, *, device_id: str, labels: list[str], state_dir: Path,
-                 health: Callable[[], dict], replay: bool = False) -> None:
+                 health: Callable[[], dict], replay: bool = False,
+                 storage=None) -> None:
         """``replay``: events of a replay (python -m device --replay --mqtt), which never speak
         for the live recorder: topic ``<prefix>/<device_id>/replay/events``, a client id of
         their own, no availability, state or discovery messages, no last will.
         ``cfg``: the config (or its ``mqtt`` section). ``labels``: the model's labels (for
         Home Assistant discovery). ``state_dir``: folder for ``outbox.sqlite`` and
         ``discovery.json``. ``health``: returns the daemon's health counters (called from the
-        publisher thread every ``mqtt.state_interval_s``)."""
+        publisher thread every ``mqtt.state_interval_s``). ``storage``: where a state folder
+        that cannot be written is reported (device.health.Degradations), or None."""
         self._cfg = mqtt_section(cfg)
         self._device_id = device_id
         self._labels = list(labels)
@@ -204,9 +213,10 @@ class MqttSink:
         self._replay = replay
         if replay:
             self._topics = Topics(f"{self._topics.base}/replay")
-        self._state_dir.mkdir(parents=True, exist_ok=True)
+        self._storage = storage
         self._outbox = Outbox(self._state_dir / "outbox.sqlite", max_rows=self._cfg.outbox.max_rows,
-                              max_bytes=int(self._cfg.outbox.max_mb * MIB))
+                              max_bytes=int(self._cfg.outbox.max_mb * MIB), storage=storage)
+        self._generation = self._outbox.generation
         self._first_s, self._longest_s = self._cfg.reconnect_s
         self._window = max(1, min(WINDOW, self._cfg.outbox.max_rows // 2))
         self._started = time.monotonic()
@@ -227,6 +237,8 @@ class MqttSink:
         self._failures = 0
         self._last_reason: str | None = None
         self._last_report = 0.0
+        self._reported_failures = 0
+        self._progress_mono = time.monotonic()  # last PUBACK of an event, or the last connect
         self.counters = {"connects": 0, "connect_failures": 0, "disconnects": 0,
                          "events_published": 0, "outbox_write_errors": 0}
         if self._outbox.depth:
@@ -305,9 +317,17 @@ class MqttSink:
     # -- paho callbacks (paho's thread: only notes on the queue, counters and log lines) -----
 
     def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
-        if self._failures and not self._stopping.is_set():
-            step = min(self._first_s * 2 ** (self._failures - 1), self._longest_s)
-            self._stopping.wait(random.uniform(0, JITTER * step))
+        # An exception here would end paho's network thread for good: never let one out.
+        try:
+            if self._failures and not self._stopping.is_set():
+                self._stopping.wait(random.uniform(0, JITTER * self._backoff_step()))
+        except Exception:  # noqa: BLE001
+            log.exception("mqtt: reconnect jitter failed (reconnecting without it)")
+
+    def _backoff_step(self) -> float:
+        """The current reconnect wait (seconds): first_s doubled per failure, up to longest_s."""
+        doublings = min(max(self._failures - 1, 0), MAX_BACKOFF_DOUBLINGS)
+        return min(self._first_s * 2.0 ** doublings, self._longest_s)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         self._first_result.set()
@@ -332,7 +352,10 @@ class MqttSink:
         self._first_result.set()
         self._failures += 1
         self.counters["connect_failures"] += 1
-        self._report(describe_connect_error(sys.exception(), host=self._cfg.host))
+        try:
+            self._report(describe_connect_error(sys.exception(), host=self._cfg.host))
+        except Exception:  # noqa: BLE001 - paho's thread must survive a logging failure
+            pass
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._first_result.set()
@@ -345,24 +368,37 @@ class MqttSink:
             log.warning("mqtt: lost the connection to %s:%d (%s); events wait in the outbox",
                         self._cfg.host, self._cfg.port, reason_code)
             self._queue.put(("down",))
-        elif self._last_reason is None:
-            # Closed before a CONNACK: typically a client certificate the broker rejects.
-            self._report(f"{self._cfg.host}:{self._cfg.port} closed the connection before "
-                         f"accepting it ({reason_code}): check mqtt.tls.cert_file/key_file "
-                         "and the broker's log")
+        elif self._last_reason is None or self._last_reason.startswith(self._closed_early):
+            self._report(f"{self._closed_early} ({reason_code}): {self._closed_early_hint()}")
+
+    @property
+    def _closed_early(self) -> str:
+        return f"{self._cfg.host}:{self._cfg.port} closed the connection before accepting it"
+
+    def _closed_early_hint(self) -> str:
+        if self._cfg.tls.enabled:
+            # Typically a client certificate the broker rejects.
+            return "check mqtt.tls.cert_file/key_file and the broker's log"
+        return ("check that mqtt.port is the broker's plain MQTT port (not a TLS or other "
+                "port; else set mqtt.tls.enabled) and the broker's log")
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         self._queue.put(("ack", mid))
 
     def _report(self, reason: str) -> None:
-        """Log a connection failure once per reason (again after REPEAT_LOG_S), then debug."""
+        """Log a connection failure once per reason (again, with the count of attempts since,
+        after REPEAT_LOG_S), then debug."""
         now = time.monotonic()
-        if reason != self._last_reason or now - self._last_report >= REPEAT_LOG_S:
+        if reason != self._last_reason:
             log.warning("mqtt: %s; retrying with backoff (%g..%g s)", reason, self._first_s,
                         self._longest_s)
-            self._last_reason, self._last_report = reason, now
+        elif now - self._last_report >= REPEAT_LOG_S:
+            log.warning("mqtt: still cannot connect after %d attempts: %s; retrying every "
+                        "%g s", self._failures, reason, self._backoff_step())
         else:
             log.debug("mqtt: %s", reason)
+            return
+        self._last_reason, self._last_report = reason, now
 
     # -- publisher thread ---------------------------------------------------------------------
 
@@ -381,14 +417,20 @@ class MqttSink:
                     notes.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            try:
-                for i, note in enumerate(notes):
-                    if note[0] == "final":
+            for i, note in enumerate(notes):
+                if note[0] == "final":
+                    try:
                         self._finish(note[1], pending=notes[i + 1:])
-                        return
+                    except Exception:  # noqa: BLE001
+                        log.exception("mqtt publisher: final state not published")
+                    return
+                try:
                     self._handle(note)
-                    if self._connected and note[0] == "up":
-                        next_state = time.monotonic()
+                except Exception:  # noqa: BLE001 - one note must not cost the others
+                    log.exception("mqtt publisher: unexpected error on %s (continuing)", note[0])
+                if self._connected and note[0] == "up":
+                    next_state = time.monotonic()
+            try:
                 self._remove_acked()
                 if self._connected and not self._replay and time.monotonic() >= next_state:
                     self._publish_state()
@@ -396,6 +438,7 @@ class MqttSink:
                 self._pump()
             except Exception:  # noqa: BLE001 - the publisher must outlive any one failure
                 log.exception("mqtt publisher: unexpected error (continuing)")
+                time.sleep(1.0)  # not a busy loop when the same error comes back at once
 
     def _handle(self, note: tuple) -> None:
         kind = note[0]
@@ -404,13 +447,14 @@ class MqttSink:
         elif kind == "up":
             self._connected = True
             self.counters["connects"] += 1
-            if not self._replay:
-                self._client.publish(self._topics.availability, "online", qos=1, retain=True)
-                self._publish_discovery()
+            self._progress_mono = time.monotonic()
             # Paho sends its unacknowledged events again by itself; newer rows wait until
             # one of those is acknowledged, which proves the re-sending is under way first.
             if self._in_flight:
                 self._hold_until = time.monotonic() + HOLD_LIMIT_S
+            if not self._replay:
+                self._client.publish(self._topics.availability, "online", qos=1, retain=True)
+                self._publish_discovery()
         elif kind == "down":
             self._connected = False
             self.counters["disconnects"] += 1
@@ -421,12 +465,38 @@ class MqttSink:
         row_id = self._in_flight.pop(mid, None)
         if row_id is not None:
             self._hold_until = 0.0
+            self._progress_mono = time.monotonic()
             self._acked_rows.append(row_id)
             self.counters["events_published"] += 1
         elif mid in self._discovery_removals:
             self._discovery_removals.discard(mid)
             if not self._discovery_removals:
-                save_published(self._state_dir, self._discovery_topics, labels=self._labels)
+                self._save_discovery(self._discovery_topics)
+
+    def _save_discovery(self, topics: set[str]) -> None:
+        """Remember the published discovery topics; a state folder that cannot be written only
+        costs the removal of stale entities after a later model change."""
+        try:
+            save_published(self._state_dir, topics, labels=self._labels)
+        except OSError as exc:
+            if self._storage is not None:
+                self._storage.failed("discovery record", exc,
+                                     fallback="discovery topics are not remembered")
+            else:
+                log.warning("mqtt discovery: cannot write its record (%s)", exc.strerror or exc)
+        else:
+            if self._storage is not None:
+                self._storage.ok("discovery record")
+
+    def stalled(self) -> str | None:
+        """Why publishing is not making progress, or None: the publisher thread is gone, or
+        the broker is connected, events wait and none was acknowledged for STALL_S."""
+        if not self._publisher.is_alive() and not self._closed:
+            return "mqtt publisher thread stopped"
+        if (self._link_up.is_set() and self._outbox.depth
+                and time.monotonic() - self._progress_mono > STALL_S):
+            return f"mqtt: connected but no event acknowledged for {STALL_S:g} s"
+        return None
 
     def _remove_acked(self) -> None:
         if self._acked_rows:
@@ -438,6 +508,13 @@ class MqttSink:
         """Hand the oldest rows not yet handed to paho, up to the window."""
         if not self._connected:
             return
+        if self._outbox.generation != self._generation:
+            # The outbox renumbered its rows (it came back from memory onto a disk that had
+            # rows of its own): hand everything again; paho's copies may arrive twice.
+            self._generation = self._outbox.generation
+            self._in_flight.clear()
+            self._handed = 0
+            self._hold_until = 0.0
         if self._hold_until:
             if time.monotonic() < self._hold_until:
                 return
@@ -476,7 +553,7 @@ class MqttSink:
         for topic, config in configs.items():
             self._client.publish(topic, json.dumps(config), qos=1, retain=True)
         # Stale topics stay remembered until their removal is acknowledged.
-        save_published(self._state_dir, set(configs) | stale, labels=self._labels)
+        self._save_discovery(set(configs) | stale)
         if stale:
             log.info("mqtt discovery: removing %d entities no longer in the model", len(stale))
 

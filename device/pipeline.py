@@ -359,7 +359,8 @@ def run_live(
     Reopens the microphone (with backoff, found again by name) when the stream stops, no audio
     arrives for audio.liveness_timeout_s, or the audio is digital silence for
     audio.silence_timeout_s. Sends systemd READY=1 once audio flows, WATCHDOG=1 only while
-    both audio and inferences advance, STATUS= every few seconds.
+    both audio and inferences advance and no part registered with ``health.add_check`` (the
+    MQTT publisher) says it is stalled, STATUS= every few seconds.
     """
     t0_mono = time.monotonic()
     liveness.reset(t0_mono)
@@ -409,7 +410,12 @@ def run_live(
             backoff.reset()
         progress = (health.audio_s, health.windows)
         if progress[0] > pinged[0] and progress[1] > pinged[1]:
-            notifier.watchdog()
+            stalls = health.stalls()
+            if stalls:
+                # systemd restarts a daemon whose watchdog starves; say why first.
+                log.error("watchdog not fed: %s", "; ".join(stalls))
+            else:
+                notifier.watchdog()
             pinged = progress
         if now - last_status >= STATUS_INTERVAL_S:
             notifier.status(health.status_line())

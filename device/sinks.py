@@ -14,6 +14,7 @@ per event. The MQTT sink lives in device/mqtt.py and implements the same protoco
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import logging
 import os
@@ -125,9 +126,21 @@ class SinkQueue:
                     sink.on_source_end(payload)
                 elif kind == "clip" and hasattr(sink, "on_clip"):
                     sink.on_clip(*payload)
+            except OSError as exc:
+                # The disk is full or read-only: this output pauses, the others go on. Logged
+                # once per episode (health.storage), not per event.
+                self.sink_errors += 1
+                part = getattr(sink, "storage_part", type(sink).__name__)
+                if self._health is not None:
+                    self._health.storage.failed(part, exc, fallback="its output is skipped")
+                else:
+                    log.warning("%s failed on %s: %s", type(sink).__name__, kind, exc)
             except Exception as exc:  # one broken sink must not silence the others
                 self.sink_errors += 1
                 log.warning("%s failed on %s: %s", type(sink).__name__, kind, exc)
+            else:
+                if self._health is not None and kind != "scores":
+                    self._health.storage.ok(getattr(sink, "storage_part", type(sink).__name__))
 
     def close(self) -> None:
         """Deliver everything queued, then close every sink (flushes files)."""
@@ -170,23 +183,61 @@ def _open_text(path: str, *, append: bool) -> tuple[io.TextIOBase, bool]:
 
 
 class JsonlSink(_BaseSink):
-    """Events as JSON lines (device.events.Event.to_json), flushed per event."""
+    """Events as JSON lines (device.events.Event.to_json), flushed per event.
 
-    def __init__(self, path: str, *, append: bool = True) -> None:
-        self._file, _ = _open_text(path, append=append)
+    ``retry`` (live): a file that cannot be opened or written (disk full, read-only) is opened
+    again at the next event; the failing event raises OSError (the sink queue reports it once
+    and the other sinks go on). A line cut short by a full disk is ended before the next one.
+    """
+
+    storage_part = "events file"
+
+    def __init__(self, path: str, *, append: bool = True, retry: bool = False) -> None:
+        self._path = path
+        self._file: io.TextIOBase | None = None
+        try:
+            self._file, _ = _open_text(path, append=append)
+        except OSError:
+            if not retry:
+                raise
+            log.warning("events file %s cannot be opened now; trying again at each event", path)
 
     def on_event(self, event: Event) -> None:
-        self._file.write(event.to_json() + "\n")
-        self._file.flush()
+        if self._file is None:
+            self._file, _ = _open_text(self._path, append=True)
+            if self._file is not sys.stdout and self._file.tell() > 0:
+                with open(self._path, "rb") as f:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        self._file.write("\n")
+        try:
+            self._file.write(event.to_json() + "\n")
+            self._file.flush()
+        except OSError:
+            if self._file is not sys.stdout:
+                self._discard()
+            raise
+
+    def _discard(self) -> None:
+        """Drop the file and whatever its buffer could not write (reopened at the next event)."""
+        f, self._file = self._file, None
+        try:
+            f.close()
+        except OSError:
+            pass
 
     def flush_position(self) -> tuple[str, int] | None:
         """(path, bytes written so far); None for stdout (replay's manifest)."""
         return _position(self._file)
 
     def close(self) -> None:
-        self._file.flush()
-        if self._file is not sys.stdout:
-            self._file.close()
+        if self._file is None:
+            return
+        try:
+            self._file.flush()
+        finally:
+            if self._file is not sys.stdout:
+                self._discard()
 
 
 class ScoresCsvSink(_BaseSink):
@@ -232,20 +283,61 @@ class RavenSink(_BaseSink):
     header only, so every analysed file has one.
     """
 
+    storage_part = "Raven tables"
+
     def __init__(
-        self, folder: str | Path, *, low_hz: float, high_hz: float, paths: dict | None = None
+        self, folder: str | Path, *, low_hz: float, high_hz: float, paths: dict | None = None,
+        incremental: bool = False,
     ) -> None:
+        """``incremental`` (live): each event is appended to its table and flushed as it
+        comes, so a power cut loses at most the open event; a table that exists (an earlier
+        session of the same microphone) is continued. Otherwise (replay) a table is written
+        whole, sorted by time, when its source ends."""
         self.folder = Path(folder)
         self._paths = dict(paths or {})
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self._incremental = incremental
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            if not incremental:
+                raise
         self._low, self._high = low_hz, high_hz
         self._events: dict[str, list[Event]] = {}
         self._written: set[str] = set()
+        self._next_selection: dict[str, int] = {}
 
     def on_event(self, event: Event) -> None:
-        self._events.setdefault(event.source, []).append(event)
+        if not self._incremental:
+            self._events.setdefault(event.source, []).append(event)
+            return
+        name = self._table_name(event.source)
+        path = self.folder / name
+        if name not in self._next_selection:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._next_selection[name] = _count_rows(path) + 1
+        n = self._next_selection[name]
+        with open(path, "a", encoding="utf-8") as f:
+            if f.tell() == 0:
+                f.write(_RAVEN_HEADER + "\n")
+            f.write(self._row(n, event) + "\n")
+        self._next_selection[name] = n + 1
+
+    def _table_name(self, source: str) -> str:
+        return table_stem(source) + RAVEN_SUFFIX
+
+    def _row(self, n: int, e: Event) -> str:
+        return (f"{n}\tSpectrogram 1\t1\t{e.start_s:.3f}\t{e.end_s:.3f}\t{self._low:.1f}\t"
+                f"{self._high:.1f}\t{tsv_field(e.label)}\t{e.peak_score:.4f}")
 
     def on_source_end(self, source: str) -> None:
+        if self._incremental:
+            name = self._table_name(source)
+            if name not in self._next_selection:  # a session without events: header only
+                path = self.folder / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if not path.exists():
+                    path.write_text(_RAVEN_HEADER + "\n", encoding="utf-8")
+            return
         events = sorted(self._events.pop(source, []), key=lambda e: (e.start_s, e.label))
         stem = table_stem(source)
         name, n = stem + RAVEN_SUFFIX, 1
@@ -280,16 +372,46 @@ class RavenSink(_BaseSink):
         target.write_text("\n".join(rows) + "\n", encoding="utf-8")
 
 
+_RAVEN_HEADER = "\t".join(
+    (
+        "Selection",
+        "View",
+        "Channel",
+        "Begin Time (s)",
+        "End Time (s)",
+        "Low Freq (Hz)",
+        "High Freq (Hz)",
+        RAVEN_LABEL_COLUMN,
+        "Score",
+    )
+)
+
+
+def _count_rows(path: Path) -> int:
+    """Selections already in a table (lines after the header); 0 when there is none."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return max(0, sum(1 for line in f if line.strip()) - 1)
+    except FileNotFoundError:
+        return 0
+
+
 class CountsCsvSink(_BaseSink):
     """Events per label per source (the call-counting task): ``source,site,<label>,...``.
 
-    ``sites``: source -> site (replay); a source not in it has an empty site."""
+    ``sites``: source -> site (replay); a source not in it has an empty site.
+    ``incremental`` (live): the file is replaced atomically after every event, so a power cut
+    loses at most the open event (otherwise it is written at close)."""
 
-    def __init__(self, path: str, *, labels: list[str], sites: dict | None = None) -> None:
+    storage_part = "counts file"
+
+    def __init__(self, path: str, *, labels: list[str], sites: dict | None = None,
+                 incremental: bool = False) -> None:
         self._path = path
         self._labels = list(labels)
         self._sites = dict(sites or {})
         self._counts: dict[str, dict[str, int]] = {}
+        self._incremental = incremental and path != "-"
 
     def restore(self, events: list[Event], source: str) -> None:
         """A file a resumed replay finished before (device/batch.py)."""
@@ -300,20 +422,40 @@ class CountsCsvSink(_BaseSink):
     def on_event(self, event: Event) -> None:
         counts = self._counts.setdefault(event.source, dict.fromkeys(self._labels, 0))
         counts[event.label] = counts.get(event.label, 0) + 1
+        if self._incremental:
+            self._replace()
 
     def on_source_end(self, source: str) -> None:
         self._counts.setdefault(source, dict.fromkeys(self._labels, 0))
 
+    def _replace(self) -> None:
+        target = Path(self._path)
+        tmp = target.with_name(target.name + ".part")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(tmp, "w", encoding="utf-8", newline="") as f:
+                self._write(f)
+            tmp.replace(target)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+
     def close(self) -> None:
+        if self._incremental:
+            self._replace()
+            return
         f, _ = _open_text(self._path, append=False)
+        self._write(f)
+        if f is not sys.stdout:
+            f.close()
+
+    def _write(self, f) -> None:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["source", "site", *self._labels])
         for source, counts in self._counts.items():
             writer.writerow(
                 [source, self._sites.get(source) or "", *(counts[label] for label in self._labels)]
             )
-        if f is not sys.stdout:
-            f.close()
 
 
 class LogSink(_BaseSink):
@@ -384,39 +526,65 @@ class ClipSink(_BaseSink):
     (counted in ``skipped``); events still flow to the other sinks.
     """
 
+    storage_part = "clips"
+
     def __init__(
         self, folder: str | Path, *, max_mb: float, max_age_days: float, min_free_mb: float
     ) -> None:
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
         self._max_bytes = max_mb * 2**20
         self._max_age_s = max_age_days * 86400.0
         self._min_free_bytes = min_free_mb * 2**20
         self.written = 0
         self.skipped = 0
         self.deleted = 0
-        self.enforce_budget()
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.enforce_budget()
+        except OSError as exc:  # read-only at start: clips wait, detection does not
+            log.warning("clip folder %s cannot be prepared now (%s); trying again at each clip",
+                        self.folder, exc.strerror or exc)
 
     def on_clip(self, event: Event, samples: np.ndarray, sample_rate: int) -> None:
-        if shutil.disk_usage(self.folder).free < self._min_free_bytes:
+        """Raises OSError when the clip cannot be written (free disk below
+        service.min_free_mb, full, read-only): counted in ``skipped``."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(self.folder).free
+            if free < self._min_free_bytes:
+                raise OSError(errno.ENOSPC, "free disk below service.min_free_mb")
+            stamp = re.sub(r"[-:]", "", event.start_utc).replace(".", "_")
+            name = f"{stamp}_{_safe_name(event.label)}_{event.event_id[:8]}.wav"
+            tmp = self.folder / (name + ".part")
+            try:
+                soundfile.write(
+                    tmp, np.clip(samples, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV"
+                )
+                tmp.replace(self.folder / name)
+            except (OSError, RuntimeError) as exc:  # soundfile raises LibsndfileError
+                try:
+                    tmp.unlink(missing_ok=True)
+                except OSError:
+                    pass
+                if isinstance(exc, OSError):
+                    raise
+                raise OSError(errno.EIO, f"cannot write {tmp.name}: {exc}") from None
+        except OSError:
             self.skipped += 1
-            log.warning(
-                "free disk below service.min_free_mb in %s: event clips paused", self.folder
-            )
-            return
-        stamp = re.sub(r"[-:]", "", event.start_utc).replace(".", "_")
-        name = f"{stamp}_{_safe_name(event.label)}_{event.event_id[:8]}.wav"
-        tmp = self.folder / (name + ".part")
-        soundfile.write(
-            tmp, np.clip(samples, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV"
-        )
-        tmp.replace(self.folder / name)
+            raise
         self.written += 1
         self.enforce_budget()
 
     def enforce_budget(self, *, now: float | None = None) -> None:
         now = time.time() if now is None else now
         clips = []
+        # A clip cut short (a kill or power cut while writing) is never finished: remove it.
+        for part in self.folder.glob("*.wav.part"):
+            try:
+                part.unlink()
+                self.deleted += 1
+            except FileNotFoundError:
+                pass
         for path in self.folder.glob("*.wav"):
             try:
                 st = path.stat()
@@ -469,19 +637,26 @@ def build_sinks(
     clips: bool = True,
     sites: dict | None = None,
     paths: dict | None = None,
+    live: bool = False,
 ) -> list[Sink]:
     """The file and log sinks ``outputs`` asks for. ``append``: live appends to the JSONL and
     CSV files, replay writes them afresh. ``scores`` / ``clips``: False where another process
-    writes those (replay with --jobs). ``sites`` / ``paths``: source -> site / absolute file (replay). Raises OSError for a file or folder it cannot create."""
+    writes those (replay with --jobs). ``sites`` / ``paths``: source -> site / absolute file
+    (replay). ``live``: Raven tables and counts are written as events come, and the events
+    file, tables and clips try again at each event when they cannot be written, so a full or
+    read-only disk (also at start) does not stop detection. Raises OSError for a file or
+    folder it cannot create (replay)."""
     sinks: list[Sink] = []
     if outputs.events_jsonl:
-        sinks.append(JsonlSink(outputs.events_jsonl, append=append))
+        sinks.append(JsonlSink(outputs.events_jsonl, append=append, retry=live))
     if scores and outputs.scores_csv:
         sinks.append(ScoresCsvSink(outputs.scores_csv, append=append))
     if outputs.raven_dir:
-        sinks.append(RavenSink(outputs.raven_dir, low_hz=low_hz, high_hz=high_hz, paths=paths))
+        sinks.append(RavenSink(outputs.raven_dir, low_hz=low_hz, high_hz=high_hz, paths=paths,
+                               incremental=live))
     if outputs.counts_csv:
-        sinks.append(CountsCsvSink(outputs.counts_csv, labels=labels, sites=sites))
+        sinks.append(CountsCsvSink(outputs.counts_csv, labels=labels, sites=sites,
+                                   incremental=live))
     if clips and outputs.clips_dir is not None:
         sinks.append(clip_sink(outputs.clips_dir, cfg))
     if outputs.log_events:
