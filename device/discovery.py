@@ -133,5 +133,12 @@ def save_published(state_dir: Path, topics: set[str], *, labels: list[str]) -> N
     """Remember the config topics now on the broker (atomically: write, then rename)."""
     path = Path(state_dir) / STATE_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"labels": labels, "topics": sorted(topics)}, indent=1))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps({"labels": labels, "topics": sorted(topics)}, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            tmp.unlink(missing_ok=True)  # a full disk leaves no half-written file behind
+        except OSError:
+            pass
+        raise

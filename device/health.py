@@ -46,7 +46,9 @@ class Degradations:
                 return
             self._active[part] = reason
             self.count += 1
-        log.warning("storage: %s cannot write (%s); %s until it can", part, reason, fallback)
+        # The part is in the template: the log's repeat filter keys on it, and one part's
+        # warning must not hide another's.
+        log.warning(f"storage: {part} cannot write (%s); %s until it can", reason, fallback)
 
     def ok(self, part: str) -> None:
         """``part`` wrote successfully (cheap when it was not degraded)."""

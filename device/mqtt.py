@@ -431,6 +431,7 @@ class MqttSink:
                 if self._connected and note[0] == "up":
                     next_state = time.monotonic()
             try:
+                self._outbox.retry_disk()  # from memory back onto the disk (rate-limited)
                 self._remove_acked()
                 if self._connected and not self._replay and time.monotonic() >= next_state:
                     self._publish_state()

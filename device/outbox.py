@@ -187,6 +187,10 @@ class Outbox:
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         try:
             if str(path) != ":memory:":
+                # Exclusive: the write-ahead log then keeps its index in heap memory instead of
+                # a memory-mapped -shm file, which on a full ext4 card kills the process with
+                # SIGBUS. (One process owns the outbox anyway.)
+                db.execute("PRAGMA locking_mode=EXCLUSIVE")
                 db.execute("PRAGMA journal_mode=WAL")
                 # FULL: each commit is fsynced to the WAL, so a power cut cannot take an event
                 # the daemon already counted as stored.
@@ -276,6 +280,17 @@ class Outbox:
                                 [(i,) for i in sorted(self._removed_meanwhile)])
                 cur.executemany("INSERT OR IGNORE INTO outbox (id, topic, payload, bytes, "
                                 "queued_utc) VALUES (?, ?, ?, ?, ?)", rows)
+                if not renumber:
+                    # Ids given out in memory are spent: the disk's next id comes after them
+                    # (it may be an older copy of the card, which never saw them).
+                    cur.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = "
+                                "'outbox'", (self._seq,))
+                    if cur.rowcount == 0:
+                        cur.execute("INSERT INTO sqlite_sequence (name, seq) VALUES "
+                                    "('outbox', ?)", (self._seq,))
+                # A write that surely changes a page: proves the disk takes writes again.
+                cur.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('restored', "
+                            "COALESCE((SELECT value FROM meta WHERE key = 'restored'), 0) + 1)")
                 if self._seeded:
                     cur.execute("UPDATE meta SET value = ? WHERE key = 'dropped'", (mem_dropped,))
                 else:

@@ -139,7 +139,7 @@ class SinkQueue:
                 self.sink_errors += 1
                 log.warning("%s failed on %s: %s", type(sink).__name__, kind, exc)
             else:
-                if self._health is not None and kind != "scores":
+                if self._health is not None and _writes(sink, kind):
                     self._health.storage.ok(getattr(sink, "storage_part", type(sink).__name__))
 
     def close(self) -> None:
@@ -152,6 +152,17 @@ class SinkQueue:
                 sink.close()
             except Exception as exc:
                 log.warning("%s failed to close: %s", type(sink).__name__, exc)
+
+
+_METHODS = {"event": "on_event", "scores": "on_scores", "source_end": "on_source_end",
+            "clip": "on_clip"}
+
+
+def _writes(sink, kind: str) -> bool:
+    """Whether ``sink`` does real work for ``kind`` (not a no-op of the protocol): only then
+    does its success say its storage works again."""
+    method = getattr(type(sink), _METHODS[kind], None)
+    return method is not None and method is not getattr(_BaseSink, _METHODS[kind], None)
 
 
 class _BaseSink:

@@ -1,0 +1,248 @@
+"""Faults a field recorder meets, with real parts: a real ext4 "SD card" on a loop device that
+fills up and goes read-only under the running daemon, tmpfs state folders that are full or
+read-only at start, a real Mosquitto, the PulseAudio virtual microphone.
+
+The promise under test: detection never stops for storage. Events keep reaching every sink
+that can take them (MQTT from memory, stdout), each degradation is logged once and shows in
+the health state, and everything writes to disk again by itself once it can.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from broker import Broker, Subscriber
+from faults import Card, fill, remount, tmpfs
+from test_live_audio import TONES, null_sink, recording  # noqa: F401 - fixtures
+
+REPO = Path(__file__).resolve().parents[1]
+DEVICE = "faults"
+
+
+class LiveDaemon:
+    """``python -m device`` on the virtual microphone, events JSONL on stdout (read by a thread),
+    the log in a file."""
+
+    def __init__(self, folder: Path, config: dict, sink: str) -> None:
+        self.log_path = folder / "daemon.log"
+        path = folder / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        env = {**os.environ, "PYTHONPATH": str(REPO), "PULSE_SOURCE": f"{sink}.monitor"}
+        env.pop("NOTIFY_SOCKET", None)
+        self._log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "device", "--config", str(path)], cwd=folder, env=env,
+            stdout=subprocess.PIPE, stderr=self._log, text=True)
+        self.events: list[dict] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.events.append(json.loads(line))
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_listening(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while "listening on" not in self.log():
+            if self.process.poll() is not None:
+                pytest.fail(f"daemon exited with {self.process.returncode}: {self.log()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                pytest.skip(f"no audio from the PulseAudio monitor within {timeout} s")
+            time.sleep(0.1)
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(30)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+            self._reader.join(5)
+            self._log.close()
+        return code
+
+
+def play(sink: str, path: Path) -> None:
+    result = subprocess.run(["paplay", f"--device={sink}", str(path)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    time.sleep(2.5)  # the last tone's event closes a window after the tone ends
+
+
+def event_ids(messages) -> list[str]:
+    return [json.loads(m.payload)["event_id"] for m in messages]
+
+
+@pytest.mark.slow
+def test_live_detection_survives_a_card_that_fills_then_goes_read_only(
+        tone_bundle, null_sink, recording, tmp_path):  # noqa: F811 - fixtures
+    card = Card(tmp_path / "card.img", tmp_path / "card")
+    broker = Broker(tmp_path / "broker").start()
+    subscriber = Subscriber(broker, f"callwatch/{DEVICE}/#")
+    state = card.mountpoint / "state"
+    daemon = None
+    try:
+        daemon = LiveDaemon(tmp_path, {
+            "detection": {"model": str(tone_bundle), "hop_s": 0.5},
+            "audio": {"device": "pulse"},
+            "outputs": {"events_jsonl": "-", "raven_dir": str(state / "raven"),
+                        "clips": {"enabled": True, "pre_s": 0.5, "post_s": 0.5}},
+            "service": {"state_dir": str(state), "device_id": DEVICE, "min_free_mb": 0},
+            "mqtt": broker.mqtt_config(),
+        }, null_sink)
+        daemon.wait_listening()
+        time.sleep(1.0)
+        phases: dict[str, tuple[int, int]] = {}
+
+        def phase(name: str) -> None:
+            first = len(daemon.events)
+            play(null_sink, recording)
+            phases[name] = (first, len(daemon.events))
+
+        phase("before")
+        filler = card.fill()
+        phase("card full")
+        filler.unlink()
+        os.sync()  # the space is free on the card itself, not only in the page cache
+        card.fail()
+        phase("card read-only")
+        card.replace()
+        phase("card replaced")
+
+        stdout_ids = [e["event_id"] for e in daemon.events]
+        assert subscriber.wait_for(
+            lambda s: set(stdout_ids) <= set(event_ids(s.on(f"callwatch/{DEVICE}/events"))),
+            timeout_s=30), (
+            "events detected but never published",
+            [(e["seq"], e["event_id"] in event_ids(subscriber.on(f"callwatch/{DEVICE}/events")))
+             for e in daemon.events], daemon.log()[-6000:])
+
+        def recovered(s) -> bool:
+            states = s.on(f"callwatch/{DEVICE}/state")
+            return bool(states) and json.loads(states[-1].payload)["degraded"] == {}
+        assert subscriber.wait_for(recovered, timeout_s=40), daemon.log()[-3000:]
+        final_state = json.loads(subscriber.on(f"callwatch/{DEVICE}/state")[-1].payload)
+        assert daemon.stop() == 0, daemon.log()
+        log = daemon.log()
+        assert "Traceback" not in log, log
+
+        counts = {name: b - a for name, (a, b) in phases.items()}
+        assert counts == dict.fromkeys(phases, len(TONES)), counts
+        seqs = [e["seq"] for e in daemon.events]
+        assert seqs == sorted(set(seqs)), seqs
+        # Every degradation was seen, logged once per episode, and is over.
+        during = [json.loads(m.payload) for m in subscriber.on(f"callwatch/{DEVICE}/state")]
+        seen = set().union(*(s["degraded"] for s in during))
+        assert {"sequence", "Raven tables", "clips"} <= seen, seen
+        assert final_state["degradations"] >= 4
+        # Full, then read-only with no event in between: one episode, one line.
+        assert log.count("storage: sequence cannot write") == 1, log
+        # Back on disk: numbering, the outbox, the tables.
+        assert int((state / "seq").read_text()) == seqs[-1]
+        assert list((state / "clips").glob("*.wav")) and not list((state / "clips").glob("*.part"))
+        [table] = (state / "raven").glob("*.selections.txt")
+        assert len(table.read_text().splitlines()) >= 1 + len(TONES)
+        print("faults survived:", json.dumps({"events": counts, "lost": len(
+            set(stdout_ids) - set(event_ids(subscriber.on(f"callwatch/{DEVICE}/events"))))}))
+    finally:
+        if daemon is not None and daemon.process.poll() is None:
+            daemon.stop()
+        subscriber.close()
+        broker.stop()
+        card.close()
+
+
+def _replay(folder: Path, config: dict, audio: Path) -> subprocess.CompletedProcess:
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.run(
+        [sys.executable, "-m", "device", "--config", str(path), "--replay", str(audio),
+         "--events-jsonl", "-"],
+        cwd=folder, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+        timeout=180)
+
+
+@pytest.mark.parametrize("fault", ["read-only", "full"])
+def test_a_state_folder_read_only_or_full_at_start_is_no_reason_to_stop(
+        fault, tone_bundle, recording, tmp_path):  # noqa: F811 - fixture
+    """A replay publishing to MQTT with its state on a tmpfs that is read-only (with an outbox
+    from an earlier run) or full from the start: every event reaches the broker, from memory,
+    and the outbox is neither called corrupt nor moved."""
+    broker = Broker(tmp_path / "broker").start()
+    subscriber = Subscriber(broker, f"callwatch/{DEVICE}/#")
+    try:
+        with tmpfs(tmp_path / "state", size="1m") as state:
+            first = _replay(tmp_path, {
+                "detection": {"model": str(tone_bundle), "hop_s": 0.5},
+                "service": {"state_dir": str(state), "device_id": DEVICE},
+                "mqtt": broker.mqtt_config(),
+            }, recording)
+            assert first.returncode == 0, first.stderr
+            if fault == "read-only":
+                remount(state, "ro")
+            else:
+                fill(state)
+            before = sorted(p.name for p in state.iterdir())
+            result = _replay(tmp_path, {
+                "detection": {"model": str(tone_bundle), "hop_s": 0.5},
+                "service": {"state_dir": str(state), "device_id": DEVICE},
+                "mqtt": broker.mqtt_config(),
+            }, recording)
+            assert result.returncode == 0, result.stderr
+            assert "Traceback" not in result.stderr and "corrupt" not in result.stderr
+            assert "unreadable" not in result.stderr, result.stderr
+            assert "storage: outbox cannot write" in result.stderr or fault == "full", result.stderr
+            assert "storage: " in result.stderr, result.stderr  # the degradation was said
+            after = sorted(p.name for p in state.iterdir())
+            assert not [n for n in after if "corrupt" in n or n.endswith(".tmp")], after
+            assert set(before) <= set(after), (before, after)
+            events = [json.loads(line) for line in result.stdout.splitlines()]
+            assert len(events) == len(TONES)
+            assert subscriber.wait_for(lambda s: len(s.on(f"callwatch/{DEVICE}/events"))
+                                       >= 2 * len(TONES), timeout_s=20)
+            if fault == "read-only":
+                remount(state, "rw")
+    finally:
+        subscriber.close()
+        broker.stop()
+
+
+def test_a_clip_cut_short_is_cleaned_up_and_a_full_disk_leaves_no_part(tmp_path):
+    """A ``.wav.part`` left by a kill mid-write is deleted by the clip budget; a clip that
+    cannot be written (a full tmpfs) leaves no ``.part`` behind, and clips resume when space
+    returns."""
+    import numpy as np
+    from test_sinks import event
+
+    from device.health import Health
+    from device.sinks import ClipSink, SinkQueue
+
+    with tmpfs(tmp_path / "clips", size="256k") as folder:
+        (folder / "20260101T000000Z_tone_deadbeef.wav.part").write_bytes(b"RIFF")
+        sink = ClipSink(folder, max_mb=100.0, max_age_days=30.0, min_free_mb=0.0)
+        assert list(folder.iterdir()) == []
+        health = Health()
+        queue = SinkQueue([sink], maxsize=10, block=True, health=health).start()
+        filler = fill(folder)
+        queue.put_clip(event(1), np.zeros(16000, np.float32), 16000)
+        queue.drain()
+        assert [p.name for p in folder.iterdir()] == ["filler"]
+        assert set(health.storage.active()) == {"clips"} and sink.skipped == 1
+        filler.unlink()
+        queue.put_clip(event(2), np.zeros(1600, np.float32), 16000)
+        queue.close()
+        assert [p.suffix for p in folder.iterdir()] == [".wav"]
+        assert health.storage.active() == {} and health.storage.count == 1
