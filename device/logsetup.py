@@ -107,12 +107,39 @@ def under_journal(stream: TextIO, environ: dict[str, str] | None = None) -> bool
 class _DaemonHandler(logging.StreamHandler):
     """The handler :func:`setup_logging` installs (its own type, so a second call replaces it)."""
 
+    def close(self) -> None:
+        stream = self.stream
+        super().close()
+        if stream not in (sys.stderr, sys.__stderr__, sys.stdout) and hasattr(stream, "fileno"):
+            try:
+                if stream.fileno() > 2:
+                    stream.close()  # the duplicate of fd 2 made by _own_stderr
+            except (OSError, ValueError):
+                pass
+
+
+def _own_stderr() -> TextIO:
+    """A stream on a duplicate of file descriptor 2, when sys.stderr is fd 2 (else sys.stderr).
+
+    sounddevice points fd 2 at /dev/null while PortAudio initialises (to hide ALSA's chatter),
+    which happens at import and at every microphone reopen: whatever another thread logs to
+    fd 2 meanwhile (an MQTT warning, a traceback) would vanish. The duplicate still points at
+    the real stderr (the journal), whatever happens to fd 2 afterwards."""
+    try:
+        if sys.stderr.fileno() != 2:
+            return sys.stderr
+        return os.fdopen(os.dup(2), "w", buffering=1, encoding=sys.stderr.encoding or "utf-8",
+                         errors="backslashreplace")
+    except (AttributeError, OSError, ValueError):  # no real file descriptor (a test capture)
+        return sys.stderr
+
 
 def setup_logging(level: str, warning_interval_s: float, *, stream: TextIO | None = None) -> None:
     """Configure the root logger: one stderr handler (replacing earlier ones set up here),
     ``level`` one of debug/info/warning/error, repeated warnings limited to one per
-    ``warning_interval_s`` seconds (0 = no limit)."""
-    stream = sys.stderr if stream is None else stream
+    ``warning_interval_s`` seconds (0 = no limit). Without ``stream`` the handler writes to
+    its own duplicate of stderr (see :func:`_own_stderr`)."""
+    stream = _own_stderr() if stream is None else stream
     handler = _DaemonHandler(stream)
     if under_journal(stream):
         handler.setFormatter(JournalFormatter())

@@ -246,3 +246,106 @@ def test_a_clip_cut_short_is_cleaned_up_and_a_full_disk_leaves_no_part(tmp_path)
         queue.close()
         assert [p.suffix for p in folder.iterdir()] == [".wav"]
         assert health.storage.active() == {} and health.storage.count == 1
+
+
+def _port_below_ephemeral() -> int:
+    """A free port outside the kernel's ephemeral range: thousands of connects to a port in
+    that range end up connected to themselves (TCP simultaneous open) and hold the port."""
+    import random
+    import socket
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(100):
+        port = random.randrange(10000, min(low, 32768))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no free port below the ephemeral range")
+
+
+def test_publishing_survives_thousands_of_failed_connects_then_delivers(tmp_path, monkeypatch):
+    """More than 2,000 refused connects in a row (34 h of outage at the default backoff; here
+    a 1 ms backoff): the reconnect arithmetic must not overflow and kill paho's thread, and
+    the event queued meanwhile arrives once the broker is there."""
+    import broker as broker_module
+    from broker import sample_event
+
+    monkeypatch.setattr(broker_module, "free_port", _port_below_ephemeral)
+
+    from device.config import validate
+    from device.health import Health
+    from device.mqtt import MqttSink
+
+    broker = Broker(tmp_path / "broker").start()
+    # A persistent session: the broker keeps for it what arrives while it reconnects.
+    subscriber = Subscriber(broker, f"callwatch/{DEVICE}/events", session="faults-sub")
+    broker.stop()  # nothing listens on the port now
+    health = Health()
+    cfg = validate({"mqtt": broker.mqtt_config(reconnect_s=[0.001, 0.002])})
+    sink = MqttSink(cfg, device_id=DEVICE, labels=["tone"], state_dir=tmp_path / "state",
+                    health=health.snapshot, storage=health.storage)
+    try:
+        sink.on_event(sample_event(1, device_id=DEVICE))
+        deadline = time.monotonic() + 120
+        while sink.counters["connect_failures"] <= 2100:
+            assert time.monotonic() < deadline, sink.counters
+            time.sleep(0.2)
+        assert sink.stalled() is None  # away is not stalled: the outbox holds the event
+        broker.start()
+        sink.on_event(sample_event(2, device_id=DEVICE))
+        assert subscriber.wait_for(lambda s: len(s.on(f"callwatch/{DEVICE}/events")) >= 2,
+                                   timeout_s=60), sink.counters
+        assert [json.loads(m.payload)["seq"] for m in subscriber.on(
+            f"callwatch/{DEVICE}/events")][:2] == [1, 2]
+        assert sink.counters["connects"] >= 1
+    finally:
+        sink.close()
+        subscriber.close()
+        broker.stop()
+
+
+def test_a_stalled_publisher_starves_the_watchdog_and_says_so(tmp_path, monkeypatch):
+    """Connected, events waiting, no PUBACK for STALL_S: health names the stall (run_live
+    then stops feeding the systemd watchdog)."""
+    from broker import sample_event
+
+    import device.mqtt
+    from device.config import validate
+    from device.health import Health
+    from device.mqtt import MqttSink
+
+    broker = Broker(tmp_path / "broker").start()
+    health = Health()
+    sink = MqttSink(validate({"mqtt": broker.mqtt_config()}), device_id=DEVICE,
+                    labels=["tone"], state_dir=tmp_path / "state", health=health.snapshot,
+                    storage=health.storage)
+    health.add_check("mqtt", sink.stalled)
+    try:
+        sink.on_event(sample_event(1, device_id=DEVICE))
+        deadline = time.monotonic() + 20
+        while sink.counters["events_published"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert health.snapshot()["stalled"] == []
+        # The broker stops answering (SIGSTOP: the connection stays up, nothing is acked).
+        broker._proc.send_signal(signal.SIGSTOP)
+        monkeypatch.setattr(device.mqtt, "STALL_S", 0.5)
+        sink.on_event(sample_event(2, device_id=DEVICE))
+        deadline = time.monotonic() + 20
+        while not health.stalls():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert "no event acknowledged" in health.snapshot()["stalled"][0]
+        broker._proc.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 20
+        while health.stalls():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        if broker._proc is not None:
+            broker._proc.send_signal(signal.SIGCONT)
+        sink.close()
+        broker.stop()

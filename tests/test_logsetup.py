@@ -137,3 +137,19 @@ def test_traceback_lines_each_carry_the_priority(tmp_path: Path) -> None:
     lines = journal_run(tmp_path, code, journal=True)
     assert lines[0] == "<3>ERROR device.sources: boom"
     assert len(lines) > 3 and all(line.startswith("<3>") for line in lines)
+
+
+def test_warnings_survive_portaudio_pointing_fd_2_at_dev_null(tmp_path: Path) -> None:
+    """sounddevice sends fd 2 to /dev/null while PortAudio initialises (at import and at
+    every microphone reopen); a warning logged meanwhile (by the MQTT thread, say) must still
+    reach the journal."""
+    code = (
+        "import os\n"
+        "saved = os.dup(2); devnull = os.open(os.devnull, os.O_WRONLY); os.dup2(devnull, 2)\n"
+        "log.warning('mqtt: connection refused')\n"
+        "os.dup2(saved, 2)\n"
+        "log.warning('after')"
+    )
+    lines = journal_run(tmp_path, code, journal=True)
+    assert lines == ["<4>WARNING device.sources: mqtt: connection refused",
+                     "<4>WARNING device.sources: after"]
