@@ -203,7 +203,9 @@ def load_bundle(path: str | Path) -> Bundle:
         )
     try:
         m = json.loads(manifest_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise BundleError(f"{manifest_path}: not a model manifest (nested too deeply)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
     where = str(manifest_path)
     if not isinstance(m, dict) or m.get("format") != BUNDLE_FORMAT:

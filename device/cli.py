@@ -73,6 +73,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_config(args, cfg) -> int:
+    """The config alone, then against the model bundle when there is one."""
+    from pathlib import Path
+
+    where = args.config or "defaults and standard locations"
+    model = args.model or cfg.detection.model
+    if not Path(model).exists():
+        print(f"config OK ({where}); model {model} not found, so detection.thresholds and "
+              "audio.silence_timeout_s were not checked against it")
+        return 0
+    from device.bundle import BundleError, load_bundle
+    from device.daemon import check_with_bundle
+
+    try:
+        check_with_bundle(cfg, load_bundle(model))
+    except (BundleError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"config OK ({where}), with model {model}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -103,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.check_config:
-        print(f"config OK ({args.config or 'defaults and standard locations'})")
-        return 0
+        return _check_config(args, cfg)
     if args.monitor:
         from device.monitor import run_monitor
 

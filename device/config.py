@@ -324,9 +324,10 @@ def _check_value(key: Key, value: Any, path: str) -> Any:
         value = float(value)
     if key.choices and value not in key.choices:
         raise ConfigError(f"{path}: must be one of {', '.join(map(str, key.choices))}, got {value!r}")
-    if isinstance(value, float) and math.isnan(value):
-        # NaN compares false with every bound, so it would pass any range check.
-        raise ConfigError(f"{path}: must be a number, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        # NaN compares false with every bound, so it would pass any range check; an infinite
+        # size, wait or timeout is never what a recorder can honour.
+        raise ConfigError(f"{path}: must be a finite number, got {value!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         low, high = key.min, key.max
         if (low is not None and value < low) or (high is not None and value > high):
@@ -388,8 +389,46 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
+TOPIC_NAME_MAX = 64
+"""Longest service.device_id, mqtt.topic_prefix and discovery prefix, characters."""
+
+
+def check_topic_name(value: str, path: str, *, levels: bool) -> None:
+    """An MQTT topic part that a broker accepts and a subscriber can filter on: no wildcards
+    (+ #), no control characters, no leading $ (broker-internal topics), at most
+    TOPIC_NAME_MAX characters; ``levels``: slashes allowed between non-empty levels (a
+    prefix), else none at all (a device id, one level). Raises ConfigError."""
+    bad = next((c for c in value if c in "+#" or ord(c) < 32 or 0x7f <= ord(c) < 0xa0), None)
+    if bad is not None:
+        raise ConfigError(f"{path}: must not contain {bad!r} (MQTT wildcards and control "
+                          f"characters break the topics), got {value!r}")
+    if value.startswith("$"):
+        raise ConfigError(f"{path}: must not start with '$' (broker-internal topics), got {value!r}")
+    if len(value) > TOPIC_NAME_MAX:
+        raise ConfigError(f"{path}: at most {TOPIC_NAME_MAX} characters, got {len(value)}")
+    if not levels and "/" in value:
+        raise ConfigError(f"{path}: must not contain '/' (one topic level), got {value!r}")
+    if levels and any(part == "" for part in value.split("/")):
+        raise ConfigError(f"{path}: no empty topic levels (leading, trailing or double '/'), "
+                          f"got {value!r}")
+    if value != value.strip():
+        raise ConfigError(f"{path}: no leading or trailing spaces, got {value!r}")
+
+
 def _cross_checks(cfg: Section) -> None:
     """Rules that involve more than one key."""
+    if cfg.service.device_id is not None:
+        if not cfg.service.device_id:
+            raise ConfigError("service.device_id: must not be empty (null = host name)")
+        check_topic_name(cfg.service.device_id, "service.device_id", levels=False)
+    check_topic_name(cfg.mqtt.topic_prefix, "mqtt.topic_prefix", levels=True)
+    check_topic_name(cfg.mqtt.discovery.prefix, "mqtt.discovery.prefix", levels=True)
+    silence = cfg.audio.silence_timeout_s
+    if silence and silence < cfg.detection.hop_s + cfg.audio.liveness_timeout_s:
+        raise ConfigError(
+            f"audio.silence_timeout_s: must be 0 (off) or at least detection.hop_s + "
+            f"audio.liveness_timeout_s ({cfg.detection.hop_s + cfg.audio.liveness_timeout_s:g} s), "
+            f"got {silence:g}")
     for name in ("reopen_backoff_s",):
         low, high = (cfg.audio[name] + [0, 0])[:2]
         if len(cfg.audio[name]) != 2 or not 0 < low <= high:

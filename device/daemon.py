@@ -89,6 +89,25 @@ def _with_overrides(args, cfg, labels) -> object:
     return validate(values)
 
 
+def check_with_bundle(cfg, bundle) -> None:
+    """The config rules that need the model: thresholds only for its labels, and a silence
+    timeout longer than the first window takes to arrive (else the microphone is reopened
+    over and over while audio plays). Raises ConfigError (one line naming the key)."""
+    try:
+        detector_params(
+            labels=bundle.labels, bundle_thresholds=bundle.thresholds, detection=cfg.detection
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    audio = cfg.audio
+    least = bundle.window_s + cfg.detection.hop_s + audio.liveness_timeout_s
+    if audio.silence_timeout_s and audio.silence_timeout_s < least:
+        raise ConfigError(
+            f"audio.silence_timeout_s: must be 0 (off) or at least the model window "
+            f"({bundle.window_s:g} s) + detection.hop_s + audio.liveness_timeout_s = {least:g} s, "
+            f"got {audio.silence_timeout_s:g}")
+
+
 def run(args, cfg) -> int:
     """Run the daemon (live) or a replay as the command line asks; returns the exit status."""
     setup_logging(cfg.service.log_level, cfg.service.warning_interval_s)
@@ -99,12 +118,7 @@ def run(args, cfg) -> int:
         classifier = load_classifier(
             bundle, delegate=cfg.detection.delegate, num_threads=cfg.detection.num_threads
         )
-        try:
-            detector_params(
-                labels=bundle.labels, bundle_thresholds=bundle.thresholds, detection=cfg.detection
-            )
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        check_with_bundle(cfg, bundle)
         if getattr(args, "plot", None):
             return _plot(args, cfg, classifier)
         if args.replay:
