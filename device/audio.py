@@ -8,8 +8,12 @@ and the live microphone path all see identical audio.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import os
 import re
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +22,11 @@ import soundfile
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3")
 """File name endings that replay and training pick up from folders (case-insensitive)."""
+MAX_ABS_SAMPLE = 1000.0
+"""A float sample beyond this magnitude (60 dB over full scale) is not audio: such a file is
+refused rather than analysed into silently wrong scores."""
+
+log = logging.getLogger(__name__)
 
 
 class AudioError(Exception):
@@ -41,6 +50,11 @@ class Resampler:
 
     _CHUNK_VALUES = 1 << 19
     """Bound on the temporary of one matrix product, in float32 values (2 MiB)."""
+    MAX_WEIGHT_VALUES = 1 << 22
+    """Largest polyphase matrix (float32 values, 16 MiB). Rates with a large least common
+    multiple (a prime rate such as 44111 Hz to 16 kHz would need 16000 x 88222 weights,
+    5.6 GB) use the direct windowed-sinc path instead: the same filter evaluated at each
+    output's position, in blocks of bounded size."""
 
     def __init__(self, rate_in: int, rate_out: int) -> None:
         if rate_in <= 0 or rate_out <= 0:
@@ -50,11 +64,20 @@ class Resampler:
         self.passthrough = self.up == self.down
         self._n_in = 0  # input samples received
         self._n_out = 0  # outputs returned
+        self.direct = False
         if self.passthrough:
             return
         # Half the filter length in upsampled samples; a multiple of `down` so that the
         # filter's delay is a whole number of output samples.
         half_len = self.down * math.ceil(10 * max(self.up, self.down) / self.down)
+        self._history = np.zeros(0, np.float32)
+        self._history_start = 0  # absolute index of _history[0]
+        # Polyphase weights: about up x (2 half_len / up + down) values.
+        self.direct = self.up * (2 * half_len // self.up + 2 * self.down) > self.MAX_WEIGHT_VALUES
+        if self.direct:
+            self._half_in = half_len / self.up  # filter half-width, input samples
+            self._fc = min(1.0, self.up / self.down)  # cutoff, fraction of the input Nyquist
+            return
         self._delay_out = half_len // self.down
         self._taps = lowpass_taps(2 * half_len + 1, 1.0 / max(self.up, self.down)) * self.up
         self._period_weights()
@@ -141,6 +164,55 @@ class Resampler:
         self._n_out += len(out)
         return out
 
+    PHASES = 1024
+    """Direct path: the filter is tabulated at this many positions per input sample and
+    interpolated linearly between them (error far below the int8 model's resolution)."""
+
+    def _direct_table(self) -> np.ndarray:
+        """(PHASES + 1, 2 reach) weights: row p is the filter for an output at p / PHASES of
+        an input sample past input n0, over inputs n0 - reach + 1 .. n0 + reach."""
+        half, fc, reach = self._half_in, self._fc, math.ceil(self._half_in)
+        table = np.empty((self.PHASES + 1, 2 * reach), np.float32)
+        rows = max(1, (1 << 15) // (2 * reach))  # np.i0's float64 temporaries stay small
+        for r0 in range(0, self.PHASES + 1, rows):
+            frac = np.arange(r0, min(r0 + rows, self.PHASES + 1)) / self.PHASES
+            tau = frac[:, None] - np.arange(-reach + 1, reach + 1)[None, :]
+            u = np.clip(tau / half, -1.0, 1.0)
+            w = fc * np.sinc(fc * tau) * np.i0(5.0 * np.sqrt(1.0 - u * u))
+            w[np.abs(tau) > half] = 0.0
+            table[r0 : r0 + len(frac)] = w / w.sum(axis=1, keepdims=True)  # unit gain at 0 Hz
+        return table
+
+    def _direct_outputs(self, stop: int) -> np.ndarray:
+        """Outputs ``_n_out .. stop - 1`` by the direct path: output j is the Kaiser-windowed
+        sinc (the polyphase filter, as a function of time) centred on input position
+        j * down / up, over the inputs within its half-width; blocks of outputs keep the
+        temporaries under _CHUNK_VALUES."""
+        if not hasattr(self, "_table"):
+            self._table = self._direct_table()
+        table = self._table
+        reach = math.ceil(self._half_in)
+        width = 2 * reach
+        step = max(1, self._CHUNK_VALUES // width)
+        parts = []
+        for j0 in range(self._n_out, stop, step):
+            j = np.arange(j0, min(j0 + step, stop), dtype=np.int64)
+            n0 = (j * self.down) // self.up
+            pos = (j * self.down - n0 * self.up) * (self.PHASES / self.up)
+            p = np.minimum(pos.astype(np.int64), self.PHASES - 1)
+            a = (pos - p).astype(np.float32)[:, None]
+            w = table[p] * (1.0 - a) + table[p + 1] * a
+            x = self._inputs(int(n0[0]) - reach + 1, int(n0[-1]) + reach + 1)
+            idx = (n0 - n0[0])[:, None] + np.arange(width)[None, :]
+            parts.append(np.einsum("ij,ij->i", w, x[idx]).astype(np.float32))
+        out = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        self._n_out += len(out)
+        keep_from = max(0, (self._n_out * self.down) // self.up - reach)
+        if keep_from > self._history_start:
+            self._history = self._history[keep_from - self._history_start :].copy()
+            self._history_start = keep_from
+        return out
+
     def process(self, block: np.ndarray) -> np.ndarray:
         """block: mono float32 at ``rate_in``. Returns the output samples it makes available."""
         block = np.asarray(block, dtype=np.float32)
@@ -150,6 +222,11 @@ class Resampler:
             return block
         self._history = np.concatenate((self._history, block))
         self._n_in += len(block)
+        if self.direct:
+            # Output j needs inputs up to floor(j * down / up) + ceil(half width).
+            reach = math.ceil(self._half_in)
+            stop = ((self._n_in - reach) * self.up - 1) // self.down + 1 if self._n_in > reach else 0
+            return self._direct_outputs(max(stop, self._n_out))
         # Output j (causal) needs inputs up to floor(j * down / up).
         stop = (self._n_in * self.up - 1) // self.down + 1 if self._n_in else 0
         out = self._emit(self._causal_outputs(stop))
@@ -161,6 +238,8 @@ class Resampler:
         total = math.ceil(self._n_in * self.up / self.down)
         if self.passthrough or self._n_out >= total:
             return np.zeros(0, np.float32)
+        if self.direct:
+            return self._direct_outputs(total)
         out = self._emit(self._causal_outputs(total + self._delay_out))
         return out[: total - (self._n_out - len(out))]
 
@@ -180,13 +259,44 @@ def downmix_weights(channels: int) -> np.ndarray:
     return np.full(channels, 1.0 / channels, np.float32)
 
 
-def _open(path: Path) -> soundfile.SoundFile:
-    if not path.exists():
-        raise AudioError(f"{path}: no such file")
-    if path.is_dir():
-        raise AudioError(f"{path}: is a folder, expected an audio file")
+@contextlib.contextmanager
+def _decoder_quiet(path: Path):
+    """Keep libmpg123's notes ("Illegal Audio-MPEG-Header ...") off the console: it writes
+    them to fd 2 itself. The log writes to its own duplicate of fd 2 (device.logsetup), so
+    nothing of ours is lost meanwhile. Only for MP3, the one chatty decoder."""
+    if path.suffix.lower() != ".mp3":
+        yield
+        return
     try:
-        audio = soundfile.SoundFile(str(path))
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        yield
+        return
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _open(path: Path) -> soundfile.SoundFile:
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise AudioError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise AudioError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(mode):
+        raise AudioError(f"{path}: is a folder, expected an audio file")
+    if not stat.S_ISREG(mode):
+        # Opening a FIFO blocks until a writer comes: it would hang the whole replay.
+        raise AudioError(f"{path}: not a regular file (a FIFO, device or socket); skipped")
+    try:
+        with _decoder_quiet(path):
+            audio = soundfile.SoundFile(str(path))
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioError(f"{path}: not readable as audio ({_reason(exc)})") from None
     if audio.frames == 0:
@@ -225,12 +335,18 @@ def stream_audio(
     with _open(path) as audio:
         expected = audio.frames
         resampler = Resampler(audio.samplerate, sample_rate)
-        block_frames = max(1, int(block_s * audio.samplerate))
+        # Bounded however high the rate or many the channels (2 MiB of float32 a read).
+        block_frames = max(1, min(int(block_s * audio.samplerate), (1 << 19) // audio.channels))
         read = 0
         try:
             # read() rather than blocks(): blocks() pads a short file with zeros up to the
             # length its header promises, hiding a truncated mp3.
-            while len(block := audio.read(block_frames, dtype="float32", always_2d=True)):
+            while True:
+                with _decoder_quiet(path):
+                    block = audio.read(block_frames, dtype="float32", always_2d=True)
+                if not len(block):
+                    break
+                _check_samples(block, path, read)
                 read += len(block)
                 mono = block @ downmix_weights(block.shape[1]) if block.shape[1] > 1 else block[:, 0]
                 out = resampler.process(mono)
@@ -250,6 +366,17 @@ def stream_audio(
             yield tail
 
 
+def _check_samples(block: np.ndarray, path: Path, offset: int) -> None:
+    """AudioError for NaN, infinite or absurdly large samples (a float file written wrong)."""
+    lo, hi = float(block.min()), float(block.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise AudioError(f"{path}: non-finite samples (NaN or infinity) after sample {offset}; "
+                         "not audio")
+    if max(-lo, hi) > MAX_ABS_SAMPLE:
+        raise AudioError(f"{path}: samples of magnitude {max(-lo, hi):.3g} after sample "
+                         f"{offset} (full scale is 1): not audio")
+
+
 def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     """The whole file as mono float32 at ``sample_rate`` Hz (see :func:`stream_audio`)."""
     blocks = list(stream_audio(path, sample_rate))
@@ -261,9 +388,12 @@ def find_audio_files(paths: list[str | Path]) -> list[Path]:
     found: list[Path] = []
     for entry in map(Path, paths):
         if entry.is_dir():
-            found.extend(
-                sorted(p for p in entry.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
-            )
+            for p in sorted(p for p in entry.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS):
+                if p.is_file():
+                    found.append(p)
+                elif not p.is_dir():
+                    # A FIFO would block the run when opened; a socket or device is no file.
+                    log.warning("%s: not a regular file (a FIFO, device or socket); skipped", p)
         else:
             found.append(entry)
     return found

@@ -349,3 +349,105 @@ def test_a_stalled_publisher_starves_the_watchdog_and_says_so(tmp_path, monkeypa
             broker._proc.send_signal(signal.SIGCONT)
         sink.close()
         broker.stop()
+
+
+# -- hostile audio input ----------------------------------------------------------------------
+
+
+def test_a_fifo_in_a_replay_folder_is_named_and_skipped_not_waited_for(tone_bundle, tmp_path):
+    import numpy as np
+    import soundfile
+
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    soundfile.write(folder / "a.wav", np.zeros(16000, np.float32), 16000)
+    os.mkfifo(folder / "b.wav")  # opening it would block until a writer comes
+    result = subprocess.run(
+        [sys.executable, "-m", "device", "--model", str(tone_bundle), "--replay", str(folder)],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+        text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "b.wav: not a regular file" in result.stderr, result.stderr
+
+
+def _peak_rss_streaming(path: Path) -> tuple[int, int]:
+    """(samples out, peak RSS MiB) of a fresh process streaming ``path`` to 16 kHz."""
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the forking process
+    # (pytest, with TensorFlow loaded).
+    code = ("import re, sys; from device.audio import stream_audio; "
+            "n = sum(len(b) for b in stream_audio(sys.argv[1], 16000)); "
+            "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]; "
+            "print(n, int(hwm) // 1024)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], check=True, text=True,
+                         capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+                         timeout=300).stdout.split()
+    return int(out[0]), int(out[1])
+
+
+@pytest.mark.parametrize("rate", [8009, 44111, 96001, 383987])
+def test_any_rate_resamples_in_bounded_memory(rate, tmp_path):
+    """Primes and odd rates: no matrix the size of the rates' least common multiple (the
+    polyphase weights for 44111 -> 16000 Hz alone would be 5.6 GB); the process stays under
+    the daemon's 64 MiB RSS budget and makes exactly ceil(n * 16000 / rate) samples."""
+    import numpy as np
+    import soundfile
+
+    seconds = 20
+    x = (np.random.default_rng(rate).standard_normal(rate * seconds) * 0.1).astype(np.float32)
+    path = tmp_path / f"odd_{rate}.wav"
+    soundfile.write(path, x, rate, subtype="PCM_16")
+    del x
+    n, rss_mib = _peak_rss_streaming(path)
+    assert n == -(-rate * seconds * 16000 // rate)
+    assert rss_mib < 64, f"peak RSS {rss_mib} MiB at {rate} Hz"
+
+
+def test_the_direct_resampler_agrees_with_the_polyphase_one():
+    """The bounded-memory path (forced here on rates the polyphase path also serves) gives the
+    same signal, block sizes notwithstanding."""
+    import numpy as np
+
+    from device.audio import Resampler
+
+    class Direct(Resampler):
+        MAX_WEIGHT_VALUES = 0
+
+    rng = np.random.default_rng(1)
+    for rate in (44100, 22050, 48000, 12000):
+        x = rng.standard_normal(rate * 2).astype(np.float32)
+        poly, direct = Resampler(rate, 16000), Direct(rate, 16000)
+        assert direct.direct and not poly.direct
+        a = np.concatenate([poly.process(x[i:i + 1000]) for i in range(0, len(x), 1000)]
+                           + [poly.flush()])
+        b = np.concatenate([direct.process(x[i:i + 777]) for i in range(0, len(x), 777)]
+                           + [direct.flush()])
+        assert len(a) == len(b) == -(-len(x) * 16000 // rate)
+        assert np.abs(a - b).max() < 2e-3, rate
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 3e4])
+def test_non_finite_or_absurd_samples_are_an_error_for_that_file(value, tmp_path):
+    import numpy as np
+    import soundfile
+
+    from device.audio import AudioError, load_audio
+
+    x = np.zeros(48000, np.float32)
+    x[30000] = value
+    path = tmp_path / "broken.wav"
+    soundfile.write(path, x, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match="broken.wav: .*not audio"):
+        load_audio(path, 16000)
+
+
+def test_random_bytes_named_mp3_make_one_line_and_no_decoder_noise(tone_bundle, tmp_path):
+    path = tmp_path / "noise.mp3"
+    path.write_bytes(bytes(range(256)) * 80)  # not MPEG frames
+    result = subprocess.run(
+        [sys.executable, "-m", "device", "--model", str(tone_bundle), "--replay", str(path)],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+        text=True, timeout=120)
+    assert result.returncode in (1, 2), result.stderr
+    assert "noise.mp3" in result.stderr
+    for noise in ("Illegal Audio-MPEG-Header", "mpg123", "Note:", "Trying to resync"):
+        assert noise not in result.stderr, result.stderr
