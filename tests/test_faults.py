@@ -451,3 +451,98 @@ def test_random_bytes_named_mp3_make_one_line_and_no_decoder_noise(tone_bundle, 
     assert "noise.mp3" in result.stderr
     for noise in ("Illegal Audio-MPEG-Header", "mpg123", "Note:", "Trying to resync"):
         assert noise not in result.stderr, result.stderr
+
+
+# -- outbox damage ------------------------------------------------------------------------------
+
+
+def _killed_with_rows(path: Path, n: int) -> None:
+    """A process stores ``n`` rows in the outbox at ``path`` and is SIGKILLed: the rows are in
+    the write-ahead log, not yet in the main file."""
+    script = (
+        "import sys, time\n"
+        "from device.outbox import Outbox\n"
+        f"outbox = Outbox({str(path)!r}, max_rows=1000, max_bytes=10**6)\n"
+        f"for i in range({n}):\n"
+        "    outbox.put('t', '{\"seq\": %d}' % i)\n"
+        "print('stored', flush=True)\n"
+        "time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert proc.stdout.readline().strip() == "stored"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+def test_a_zero_length_outbox_is_said_and_moved_aside(tmp_path, caplog):
+    from device.outbox import Outbox
+
+    path = tmp_path / "outbox.sqlite"
+    path.write_bytes(b"")
+    with caplog.at_level("ERROR"):
+        outbox = Outbox(path, max_rows=10, max_bytes=10**6)
+    assert "the file is empty" in caplog.text and "moved aside" in caplog.text
+    assert [p.stat().st_size for p in tmp_path.glob("outbox.sqlite.corrupt-*")] == [0]
+    outbox.put("t", "{}")
+    assert outbox.depth == 1 and not outbox.in_memory
+
+
+def test_a_garbage_write_ahead_log_is_said_and_kept_the_rest_recovered(tmp_path, caplog):
+    from device.outbox import Outbox
+
+    path = tmp_path / "outbox.sqlite"
+    outbox = Outbox(path, max_rows=1000, max_bytes=10**6)
+    for i in range(5):
+        outbox.put("t", f'{{"seq": {i}}}')
+    outbox.close()  # checkpointed: these 5 are in the main file
+    _killed_with_rows(path, 3)  # 3 more live only in the -wal
+    wal = Path(str(path) + "-wal")
+    assert wal.stat().st_size > 0
+    with open(wal, "r+b") as f:
+        f.write(b"garbage!" * 4)  # the header sqlite would silently ignore the log for
+    with caplog.at_level("ERROR"):
+        outbox = Outbox(path, max_rows=1000, max_bytes=10**6)
+    assert "write-ahead log" in caplog.text and "lost" in caplog.text, caplog.text
+    assert list(tmp_path.glob("outbox.sqlite.corrupt-*-wal"))
+    assert outbox.depth == 5  # the main file's rows are all there
+
+
+def test_an_outbox_of_the_older_layout_is_migrated_not_a_crash(tmp_path):
+    import sqlite3
+
+    from device.outbox import SCHEMA_VERSION, Outbox
+
+    path = tmp_path / "outbox.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, "
+        "payload TEXT NOT NULL);"
+        "INSERT INTO outbox (topic, payload) VALUES ('t', '{\"seq\": 1}'), ('t', '{\"seq\": 2}');")
+    db.close()
+    outbox = Outbox(path, max_rows=1000, max_bytes=10**6)
+    assert outbox.depth == 2 and outbox.size_bytes == 2 * (1 + len('{"seq": 1}'))
+    assert [r.payload for r in outbox.peek()] == ['{"seq": 1}', '{"seq": 2}']
+    outbox.put("t", '{"seq": 3}')
+    outbox.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_an_outbox_from_a_newer_release_is_moved_aside_with_its_rows_recovered(tmp_path, caplog):
+    import sqlite3
+
+    from device.outbox import Outbox
+
+    path = tmp_path / "outbox.sqlite"
+    outbox = Outbox(path, max_rows=1000, max_bytes=10**6)
+    outbox.put("t", '{"seq": 1}')
+    outbox.close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    with caplog.at_level("ERROR"):
+        again = Outbox(path, max_rows=1000, max_bytes=10**6)
+    assert "schema version 99" in caplog.text and "1 queued events recovered" in caplog.text
+    assert [r.payload for r in again.peek()] == ['{"seq": 1}']
