@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -245,7 +246,13 @@ def _make_state_dir(cfg, *, health: Health | None = None) -> Path:
     (read-only card) is a degradation, not an error: everything in it waits in memory."""
     state = state_dir(cfg)
     try:
-        state.mkdir(parents=True, exist_ok=True)
+        # 0700: the outbox and clips say what was heard where and when. (systemd's
+        # StateDirectoryMode=0700 does the same for the service.)
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        mode = state.stat().st_mode & 0o777
+        if mode & 0o077 and state.stat().st_uid == os.geteuid():
+            state.chmod(0o700)
+            log.info("service.state_dir %s was mode %03o; now 0700", state, mode)
     except OSError as exc:
         if health is None:
             raise UsageError(f"service.state_dir: cannot create {state} ({exc.strerror})") from None
@@ -295,7 +302,9 @@ def _live(args, cfg, classifier) -> int:
         events=EventFactory(device_id=device, sequence=sequence),
     )
     stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP (a closed terminal, or `systemctl kill -s HUP`) ends the daemon like SIGTERM:
+    # events flushed, exit 0. Reloading happens by restarting (systemctl restart callwatch).
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
     try:
         source.open()

@@ -118,9 +118,14 @@ def read_password(mqtt_cfg: Any, *,
     if mqtt_cfg.password_file:
         path = Path(mqtt_cfg.password_file)
         try:
-            return path.read_text().rstrip("\r\n"), f"mqtt.password_file ({path})"
+            password = path.read_text().rstrip("\r\n")
+            mode = path.stat().st_mode
         except OSError as exc:
             raise ConfigError(f"mqtt.password_file: cannot read {path} ({exc.strerror})") from None
+        if mode & 0o077:
+            log.warning("mqtt.password_file %s can be read by group or others (mode %03o): "
+                        "chmod 600 it", path, mode & 0o777)
+        return password, f"mqtt.password_file ({path})"
     creds = env.get("CREDENTIALS_DIRECTORY")
     if creds:
         path = Path(creds) / mqtt_cfg.password_credential

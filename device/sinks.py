@@ -550,7 +550,7 @@ class ClipSink(_BaseSink):
         self.skipped = 0
         self.deleted = 0
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.enforce_budget()
         except OSError as exc:  # read-only at start: clips wait, detection does not
             log.warning("clip folder %s cannot be prepared now (%s); trying again at each clip",

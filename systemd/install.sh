@@ -16,6 +16,11 @@
 #   /etc/callwatch/mqtt_password             empty, mode 0600; never overwritten (LoadCredential=)
 #   /etc/systemd/system/callwatch.service    the unit
 #   /etc/systemd/system/callwatch.service.d/edgetpu.conf   with --edgetpu only
+#   /etc/systemd/system/callwatch.service.d/tls-key.conf   when /etc/callwatch/mqtt_client.key
+#                                            exists: the service (a DynamicUser, which cannot
+#                                            read a root-only key) gets it as the credential
+#                                            mqtt_client_key; set mqtt.tls.key_file to
+#                                            /run/credentials/callwatch.service/mqtt_client_key
 #
 # Options:
 #   --prefix DIR     venv and model location (default /opt/callwatch)
@@ -237,6 +242,21 @@ mkdir -p "$root$unitdir"
 sed "s#/opt/callwatch#$prefix#g" "$src/systemd/callwatch.service" >"$root$unit.new"
 mv "$root$unit.new" "$root$unit"
 chmod 0644 "$root$unit"
+if [ -f "$root$etc/mqtt_client.key" ]; then
+  chmod 0600 "$root$etc/mqtt_client.key"
+  mkdir -p "$root$dropin"
+  cat >"$root$dropin/tls-key.conf" <<'EOF'
+# The TLS client key stays root-only (0600) in /etc/callwatch; systemd hands the service a
+# copy only it can read. In config.yaml:
+#   mqtt.tls.key_file: /run/credentials/callwatch.service/mqtt_client_key
+[Service]
+LoadCredential=mqtt_client_key:/etc/callwatch/mqtt_client.key
+EOF
+  chmod 0644 "$root$dropin/tls-key.conf"
+  say "TLS client key: set mqtt.tls.key_file to /run/credentials/callwatch.service/mqtt_client_key"
+elif [ -f "$root$dropin/tls-key.conf" ]; then
+  rm -f "$root$dropin/tls-key.conf"
+fi
 if [ "$edgetpu" = 1 ]; then
   mkdir -p "$root$dropin"
   cat >"$root$dropin/edgetpu.conf" <<'EOF'

@@ -546,3 +546,58 @@ def test_an_outbox_from_a_newer_release_is_moved_aside_with_its_rows_recovered(t
         again = Outbox(path, max_rows=1000, max_bytes=10**6)
     assert "schema version 99" in caplog.text and "1 queued events recovered" in caplog.text
     assert [r.payload for r in again.peek()] == ['{"seq": 1}']
+
+
+# -- files and secrets --------------------------------------------------------------------------
+
+
+def test_state_is_private_outside_systemd_and_a_readable_password_file_is_flagged(
+        tone_bundle, tmp_path, caplog):
+    import numpy as np
+    import soundfile
+
+    from device.config import validate
+    from device.mqtt import read_password
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    state.chmod(0o755)
+    audio = tmp_path / "a.wav"
+    soundfile.write(audio, np.zeros(16000, np.float32), 16000)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"service": {"state_dir": str(state)},
+                                      "outputs": {"clips": {"enabled": True}}}))
+    env = {k: v for k, v in os.environ.items() if k != "INVOCATION_ID"}
+    result = subprocess.run(
+        [sys.executable, "-m", "device", "--config", str(config), "--model", str(tone_bundle),
+         "--replay", str(audio)], cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (state.stat().st_mode & 0o777) == 0o700
+    assert (state / "clips").stat().st_mode & 0o077 == 0
+
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o644)
+    section = validate({"mqtt": {"username": "u", "password_file": str(secret)}}).mqtt
+    with caplog.at_level("WARNING"):
+        assert read_password(section)[0] == "s3cret"
+    assert "can be read by group or others (mode 644): chmod 600" in caplog.text
+    caplog.clear()
+    secret.chmod(0o600)
+    read_password(section)
+    assert "chmod 600" not in caplog.text
+
+
+def test_sighup_ends_the_live_daemon_cleanly(tone_bundle, null_sink, tmp_path):  # noqa: F811
+    daemon = LiveDaemon(tmp_path, {
+        "detection": {"model": str(tone_bundle), "hop_s": 0.5},
+        "audio": {"device": "pulse"},
+        "service": {"state_dir": str(tmp_path / "state"), "device_id": DEVICE},
+    }, null_sink)
+    daemon.wait_listening()
+    daemon.process.send_signal(signal.SIGHUP)
+    assert daemon.process.wait(30) == 0, daemon.log()
+    daemon._reader.join(5)
+    daemon._log.close()
+    assert "stopped:" in daemon.log() and "Traceback" not in daemon.log()

@@ -185,3 +185,23 @@ def test_edgetpu_drop_in_verifies_and_stays_hardened(tmp_path: Path, bundle: Pat
     assert result.stderr == "" and result.returncode == 0, result.stderr
     # security reads the installed files themselves from the scratch root.
     assert exposure("--root", str(root), "callwatch.service") <= 2.5
+
+
+def test_a_tls_client_key_reaches_the_service_as_a_credential(tmp_path: Path, bundle: Path) -> None:
+    """The service runs as a DynamicUser that cannot read a root-only key: when
+    /etc/callwatch/mqtt_client.key exists, install.sh keeps it 0600 and adds a drop-in that
+    hands it to the service with LoadCredential=; without the key the drop-in goes away."""
+    root = tmp_path / "root"
+    (root / "etc/callwatch").mkdir(parents=True)
+    key = root / "etc/callwatch/mqtt_client.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    key.chmod(0o644)
+    result = run_install(root, str(bundle))
+    dropin = root / "etc/systemd/system/callwatch.service.d/tls-key.conf"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    text = dropin.read_text()
+    assert "LoadCredential=mqtt_client_key:/etc/callwatch/mqtt_client.key" in text
+    assert "/run/credentials/callwatch.service/mqtt_client_key" in result.stdout + result.stderr
+    key.unlink()
+    run_install(root)
+    assert not dropin.exists()
