@@ -5,6 +5,10 @@ port, TLS, user and password) and prints one line per message, for every device 
 broker: availability changes, events (each ``event_id`` once, however often QoS 1 delivers
 it) and health states. Ctrl-C (or SIGTERM) ends it with exit status 0.
 
+The broker is not trusted: any payload (wrong types, Infinity, deep nesting, not JSON) gives
+a line, never a crash, and control characters in topics, labels and sources are printed
+escaped (``\x1b``), so a message cannot drive the terminal.
+
     23:00:01 pi-garden   online
     23:00:01 pi-garden   state    rtf 0.0007  overflows 0  outbox 0  dropped 0  up 3600 s
     23:00:06 pi-garden   event    #7 call 2.50-5.00 s  peak 0.97  a.mp3  2026-11-22T23:00:05.500Z
@@ -14,6 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import signal
 import sys
 import time
@@ -27,8 +33,35 @@ SEEN_IDS = 10000
 """Event ids remembered for de-duplication."""
 
 
+MAX_FIELD = 120
+"""Characters of one printed field at most (a label, a source)."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(value: Any) -> str:
+    """``value`` as printable text: control characters (C0, C1, line and bidi controls)
+    escaped as ``\\xNN`` / ``\\uNNNN``, at most MAX_FIELD characters."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > MAX_FIELD:
+        text = text[:MAX_FIELD] + "..."
+    return _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
+
+
 def _number(value: Any, fmt: str) -> str:
-    return format(value, fmt) if isinstance(value, int | float) else "-"
+    """``value`` formatted, or "-" when it is not a finite number of the expected kind."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "-"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "-"
+        if fmt == "d":
+            if not value.is_integer():
+                return "-"
+            value = int(value)
+    try:
+        return format(value, fmt)
+    except (ValueError, OverflowError):
+        return "-"
 
 
 def format_state(state: dict) -> str:
@@ -37,18 +70,24 @@ def format_state(state: dict) -> str:
              f"overflows {_number(state.get('overflows'), 'd')}",
              f"outbox {_number(state.get('outbox_depth'), 'd')}",
              f"dropped {_number(state.get('dropped_events'), 'd')}"]
-    if isinstance(state.get("uptime_s"), int | float):
-        parts.append(f"up {state['uptime_s']:.0f} s")
-    if isinstance(state.get("cpu_temp_c"), int | float):
-        parts.append(f"cpu {state['cpu_temp_c']:.1f} C")
+    if _number(state.get("uptime_s"), ".0f") != "-":
+        parts.append(f"up {_number(state['uptime_s'], '.0f')} s")
+    if _number(state.get("cpu_temp_c"), ".1f") != "-":
+        parts.append(f"cpu {_number(state['cpu_temp_c'], '.1f')} C")
+    degraded = state.get("degraded")
+    if isinstance(degraded, dict) and degraded:
+        parts.append("degraded: " + clean(", ".join(map(str, degraded))))
+    stalled = state.get("stalled")
+    if isinstance(stalled, list) and stalled:
+        parts.append("STALLED: " + clean("; ".join(map(str, stalled))))
     return "  ".join(parts)
 
 
 def format_event(event: dict) -> str:
-    return (f"#{event.get('seq')} {event.get('label')} "
+    return (f"#{_number(event.get('seq'), 'd')} {clean(event.get('label'))} "
             f"{_number(event.get('start_s'), '.2f')}-{_number(event.get('end_s'), '.2f')} s  "
-            f"peak {_number(event.get('peak_score'), '.2f')}  {event.get('source')}  "
-            f"{event.get('start_utc')}")
+            f"peak {_number(event.get('peak_score'), '.2f')}  {clean(event.get('source'))}  "
+            f"{clean(event.get('start_utc'))}")
 
 
 class Monitor:
@@ -60,24 +99,31 @@ class Monitor:
         self._seen: OrderedDict[str, None] = OrderedDict()
 
     def line(self, device: str, kind: str, text: str = "") -> None:
-        print(f"{time.strftime('%H:%M:%S')} {device:<12} {kind:<8} {text}".rstrip(),
+        print(f"{time.strftime('%H:%M:%S')} {clean(device):<12} {clean(kind):<8} {text}".rstrip(),
               file=self.out, flush=True)
 
     def on_message(self, topic: str, payload: bytes) -> None:
+        """One line for a message of ``<prefix>/<device>/<kind>``; never raises."""
+        try:
+            self._on_message(topic, payload)
+        except Exception as exc:  # noqa: BLE001 - a hostile message must not end the monitor
+            self.line("?", "invalid", clean(f"{topic}: {type(exc).__name__}"))
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
         parts = topic.split("/")
         if len(parts) != len(self.prefix.split("/")) + 2:
             return
         device, kind = parts[-2], parts[-1]
         text = payload.decode("utf-8", errors="replace")
         if kind == "availability":
-            self.line(device, text or "(cleared)")
+            self.line(device, clean(text) or "(cleared)")
             return
         if kind not in ("events", "state"):
             return
         try:
             data = json.loads(text)
-        except ValueError:
-            self.line(device, kind, f"(not JSON: {text[:80]!r})")
+        except (ValueError, RecursionError):
+            self.line(device, kind, f"(not JSON: {text[:80]!r})")  # repr escapes controls
             return
         if not isinstance(data, dict):
             return

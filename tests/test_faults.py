@@ -601,3 +601,57 @@ def test_sighup_ends_the_live_daemon_cleanly(tone_bundle, null_sink, tmp_path): 
     daemon._reader.join(5)
     daemon._log.close()
     assert "stopped:" in daemon.log() and "Traceback" not in daemon.log()
+
+
+# -- a hostile broker -----------------------------------------------------------------------------
+
+
+def _json_values():
+    from hypothesis import strategies as st
+
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
+                        st.text(max_size=30))
+    return st.recursive(scalars, lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)),
+        max_leaves=20)
+
+
+def test_the_monitor_survives_any_payload_and_escapes_control_characters():
+    """Hypothesis: any topic under the prefix, any payload (JSON of any shape with the state
+    and event keys given wrong types, Infinity and NaN, raw bytes, nesting deeper than the
+    parser's recursion limit): the monitor prints lines, never raises, and never prints a
+    control character."""
+    hypothesis = pytest.importorskip("hypothesis")
+    import io
+    import re
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from device.monitor import Monitor
+
+    keys = ["seq", "label", "start_s", "end_s", "peak_score", "source", "start_utc", "event_id",
+            "realtime_factor", "overflows", "outbox_depth", "dropped_events", "uptime_s",
+            "cpu_temp_c", "degraded", "stalled"]
+    objects = st.dictionaries(st.sampled_from(keys), _json_values(), max_size=8)
+    payloads = st.one_of(
+        objects.map(lambda d: json.dumps(d).encode()),
+        _json_values().map(lambda v: json.dumps(v).encode()),
+        st.binary(max_size=200),
+        st.integers(1000, 200000).map(lambda n: b"[" * n + b"]" * n),
+        st.sampled_from([b'{"seq": 1.5}', b'{"overflows": Infinity}', b'{"seq": NaN}',
+                         b'{"label": "\\u001b[2J\\u0007bell", "event_id": "x"}']),
+    )
+    names = st.text(max_size=20).filter(lambda s: "/" not in s)
+    bad = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+    @settings(max_examples=300, deadline=None)
+    @given(device=names, kind=st.sampled_from(["events", "state", "availability", "x"]),
+           payload=payloads)
+    def check(device, kind, payload):
+        out = io.StringIO()
+        Monitor("callwatch", out).on_message(f"callwatch/{device}/{kind}", payload)
+        assert not bad.search(out.getvalue()), out.getvalue()
+
+    del hypothesis
+    check()
