@@ -21,21 +21,33 @@ model.json (format_version 1)::
       "recommended_hop_s": 0.5,
       "metrics": {...},                                 # test metrics of float and int8
       "variants": {"edgetpu": {"file": "model_edgetpu.tflite", "sha256": "..."}},
-      "callwatch_version": "0.1.0", "created_utc": "2026-11-22T23:00:00Z"
+      "callwatch_version": "0.1.0", "created_utc": "2026-11-22T23:00:00Z",
+      "manifest_sha256": "<hex>"                        # see seal_manifest
     }
+
+Integrity: ``sha256`` covers the model file and ``manifest_sha256`` covers every other key of
+the manifest (and so the model's hash too): an edit to a feature setting that keeps the input
+shape (fmin, fmax, log_floor) would silently change what the model hears, so it is refused.
+Tools that change a bundle on purpose (recalibration) reseal it with :func:`seal_manifest`.
+A bundle made before this key existed still loads, with a warning to re-run convert. Files
+named in the manifest must lie inside the bundle folder.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import importlib
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from device import __version__
 from device.features import FeatureParams, FeatureParamsError
+
+log = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = "callwatch-model"
 BUNDLE_VERSION = 1
@@ -191,6 +203,26 @@ def _check_types(m: dict, where: str) -> None:
             raise BundleError(f"{where}: {key} must be {expected}, got {m[key]!r}")
 
 
+def manifest_digest(manifest: dict) -> str:
+    """sha256 (hex) of the manifest's canonical JSON without its ``manifest_sha256`` key."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def seal_manifest(manifest: dict) -> dict:
+    """The manifest with ``manifest_sha256`` set for its current content."""
+    return {**manifest, "manifest_sha256": manifest_digest(manifest)}
+
+
+def _inside(folder: Path, name: str, where: str, key: str) -> Path:
+    """``folder/name`` resolved; BundleError when it leads outside ``folder``."""
+    target = (folder / name).resolve()
+    if not target.is_relative_to(folder.resolve()):
+        raise BundleError(f"{where}: {key} {name!r} points outside the bundle folder")
+    return target
+
+
 def load_bundle(path: str | Path) -> Bundle:
     """Load and validate a bundle from a run folder, a .tflite file or a model.json."""
     manifest_path = resolve_manifest(path)
@@ -247,7 +279,18 @@ def load_bundle(path: str | Path) -> Bundle:
     output_kind = m.get("output_kind", "logits")
     if output_kind not in OUTPUT_KINDS:
         raise BundleError(f"{where}: output_kind must be one of {OUTPUT_KINDS}, got {output_kind!r}")
-    model_path = (manifest_path.parent / m["model_file"]).resolve()
+    folder = manifest_path.parent
+    model_path = _inside(folder, m["model_file"], where, "model_file")
+    for name, entry in m.get("variants", {}).items():
+        _inside(folder, entry["file"], where, f"variants.{name}.file")
+    if "manifest_sha256" in m:
+        if m["manifest_sha256"] != manifest_digest(m):
+            raise BundleError(
+                f"{where}: changed after convert wrote it (manifest_sha256 does not match its "
+                "content); re-run convert, or recalibrate, rather than editing model.json")
+    else:
+        log.warning("%s has no manifest_sha256 (made before model.json was hashed): its "
+                    "settings are not covered by the integrity check; re-run convert", where)
     if Path(path).suffix == ".tflite" and Path(path).resolve() != model_path:
         # --model pointed at another .tflite in the folder (e.g. model_edgetpu.tflite): it
         # must be a variant the manifest knows.
@@ -327,6 +370,7 @@ def write_bundle(
         "callwatch_version": __version__,
         "created_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+    manifest = seal_manifest(manifest)
     manifest_path = folder / MANIFEST_NAME
     tmp = manifest_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")

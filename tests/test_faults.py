@@ -655,3 +655,70 @@ def test_the_monitor_survives_any_payload_and_escapes_control_characters():
 
     del hypothesis
     check()
+
+
+# -- model bundles ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bundle_folder(tone_bundle, tmp_path) -> Path:
+    import shutil
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(tone_bundle.parent, folder)
+    return folder
+
+
+def test_an_edited_feature_setting_that_keeps_the_shape_is_refused(bundle_folder):
+    from device.bundle import BundleError, load_bundle
+
+    path = bundle_folder / "model.json"
+    manifest = json.loads(path.read_text())
+    manifest["features"]["fmin"] = manifest["features"]["fmin"] + 50.0  # same input shape
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="changed after convert wrote it"):
+        load_bundle(bundle_folder)
+
+
+def test_a_bundle_from_before_the_manifest_hash_loads_with_a_warning(bundle_folder, caplog):
+    from device.bundle import load_bundle
+
+    path = bundle_folder / "model.json"
+    manifest = json.loads(path.read_text())
+    del manifest["manifest_sha256"]
+    path.write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING"):
+        assert load_bundle(bundle_folder).labels == ("tone",)
+    assert "no manifest_sha256" in caplog.text and "re-run convert" in caplog.text
+
+
+def test_a_model_file_outside_the_bundle_folder_is_refused(bundle_folder, tmp_path):
+    import shutil
+
+    from device.bundle import BundleError, load_bundle, seal_manifest
+
+    shutil.copy(bundle_folder / "model.tflite", tmp_path / "elsewhere.tflite")
+    path = bundle_folder / "model.json"
+    manifest = json.loads(path.read_text())
+    manifest["model_file"] = "../elsewhere.tflite"
+    path.write_text(json.dumps(seal_manifest(manifest)))
+    with pytest.raises(BundleError, match="points outside the bundle folder"):
+        load_bundle(bundle_folder)
+
+
+@pytest.mark.parametrize("text", ["[" * 100000 + "]" * 100000, '{"a":' * 50000 + "1" + "}" * 50000,
+                                  "\x00\xff", '"just a string"', "[]", "1e999"])
+def test_malformed_model_json_of_any_shape_is_exit_2_in_one_line(bundle_folder, tmp_path, text):
+    (bundle_folder / "model.json").write_text(text, encoding="utf-8", errors="surrogateescape")
+    audio = tmp_path / "a.wav"
+    import numpy as np
+    import soundfile
+
+    soundfile.write(audio, np.zeros(16000, np.float32), 16000)
+    result = subprocess.run(
+        [sys.executable, "-m", "device", "--model", str(bundle_folder), "--replay", str(audio)],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+        text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "WARNING" not in line]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "model.json" in lines[0], lines

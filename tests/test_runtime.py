@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from tinymodel import noise, tone
 
-from device.bundle import BundleError, load_bundle
+from device.bundle import BundleError, load_bundle, seal_manifest
 from device.features import logmel
 from device.runtime import load_classifier
 
@@ -29,7 +29,7 @@ def bundle_copy(tone_bundle: Path, tmp_path: Path):
     def edit(**changes) -> Path:
         manifest = json.loads((folder / "model.json").read_text())
         manifest.update(changes)
-        (folder / "model.json").write_text(json.dumps(manifest))
+        (folder / "model.json").write_text(json.dumps(seal_manifest(manifest)))
         return folder / "model.tflite"
 
     return edit

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from device.audio import AudioError, find_audio_files, stream_audio
-from device.bundle import MANIFEST_NAME, BundleError, load_bundle, resolve_manifest
+from device.bundle import MANIFEST_NAME, BundleError, load_bundle, resolve_manifest, seal_manifest
 from device.config import ConfigError, load_config
 from device.features import StreamingLogMel
 from device.runtime import load_classifier
@@ -95,6 +95,7 @@ def recalibrate_bundle(*, model: Path, background: list[Path], out: Path, false_
         shutil.copy2(source / name, out / name)
     manifest["thresholds"] = {label: thresholds[label] for label in bundle.labels}
     manifest["recalibration"] = record
+    manifest = seal_manifest(manifest)  # a deliberate change: model.json's hash follows it
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     load_bundle(out)  # the copy must be a bundle the device accepts
     return record
