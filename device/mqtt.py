@@ -373,12 +373,20 @@ class MqttSink:
             log.warning("mqtt: lost the connection to %s:%d (%s); events wait in the outbox",
                         self._cfg.host, self._cfg.port, reason_code)
             self._queue.put(("down",))
-        elif self._last_reason is None or self._last_reason.startswith(self._closed_early):
-            self._report(f"{self._closed_early} ({reason_code}): {self._closed_early_hint()}")
+        elif self._last_reason is None or self._last_reason.startswith(
+                (f"{self._where} accepted", f"{self._where} closed")):
+            # (A refused login also ends in a disconnect: its own message stands.)
+            if "keep alive" in str(reason_code).lower():
+                # We gave up waiting: the port took the TCP connection and said nothing.
+                self._report(f"{self._where} accepted the connection but never answered the "
+                             f"MQTT handshake ({reason_code}): {self._closed_early_hint()}")
+            else:
+                self._report(f"{self._where} closed the connection before accepting it "
+                             f"({reason_code}): {self._closed_early_hint()}")
 
     @property
-    def _closed_early(self) -> str:
-        return f"{self._cfg.host}:{self._cfg.port} closed the connection before accepting it"
+    def _where(self) -> str:
+        return f"{self._cfg.host}:{self._cfg.port}"
 
     def _closed_early_hint(self) -> str:
         if self._cfg.tls.enabled:

@@ -722,3 +722,80 @@ def test_malformed_model_json_of_any_shape_is_exit_2_in_one_line(bundle_folder, 
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if "WARNING" not in line]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "model.json" in lines[0], lines
+
+
+def test_a_host_that_never_answers_is_not_blamed_on_tls_when_tls_is_off(tmp_path, caplog):
+    """A plain connection to a port that accepts and then says nothing (a firewall, a TLS
+    port): the warning names the port and plain MQTT, not TLS files that are not in use."""
+    import socket
+    import threading
+
+    from device.config import validate
+    from device.health import Health
+    from device.mqtt import MqttSink
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)  # never answers, never closes
+
+    threading.Thread(target=accept, daemon=True).start()
+    health = Health()
+    cfg = validate({"mqtt": {"enabled": True, "host": "127.0.0.1",
+                             "port": server.getsockname()[1], "keepalive_s": 5,
+                             "reconnect_s": [0.2, 0.5]}})
+    with caplog.at_level("WARNING", logger="device.mqtt"):
+        sink = MqttSink(cfg, device_id=DEVICE, labels=["tone"], state_dir=tmp_path / "state",
+                        health=health.snapshot, storage=health.storage)
+        try:
+            deadline = time.monotonic() + 30
+            while "never answered" not in caplog.text:
+                assert time.monotonic() < deadline, caplog.text
+                time.sleep(0.2)
+        finally:
+            sink.close()
+            server.close()
+            for conn in held:
+                conn.close()
+    assert "cert_file" not in caplog.text and "key_file" not in caplog.text, caplog.text
+    assert "plain MQTT port" in caplog.text
+
+
+@pytest.mark.slow
+def test_kill_9_keeps_the_raven_table_and_counts_written_so_far(
+        tone_bundle, null_sink, recording, tmp_path):  # noqa: F811 - fixtures
+    daemon = LiveDaemon(tmp_path, {
+        "detection": {"model": str(tone_bundle), "hop_s": 0.5},
+        "audio": {"device": "pulse"},
+        "outputs": {"events_jsonl": "-", "raven_dir": str(tmp_path / "raven"),
+                    "counts_csv": str(tmp_path / "counts.csv")},
+        "service": {"state_dir": str(tmp_path / "state"), "device_id": DEVICE},
+    }, null_sink)
+    try:
+        daemon.wait_listening()
+        time.sleep(1.0)
+        play(null_sink, recording)
+        deadline = time.monotonic() + 10
+        while len(daemon.events) < len(TONES):
+            assert time.monotonic() < deadline, daemon.log()
+            time.sleep(0.1)
+        daemon.process.kill()  # a power cut, as far as the process can tell
+        daemon.process.wait(10)
+    finally:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+        daemon._log.close()
+    [table] = (tmp_path / "raven").glob("*.selections.txt")
+    rows = table.read_text().splitlines()
+    assert rows[0].startswith("Selection\t") and len(rows) == 1 + len(TONES), rows
+    assert [r.split("\t")[0] for r in rows[1:]] == [str(i) for i in range(1, len(TONES) + 1)]
+    counts = (tmp_path / "counts.csv").read_text().splitlines()
+    assert counts == ["source,tone", f"pulse,{len(TONES)}"], counts
