@@ -213,6 +213,11 @@ def test_a_state_folder_read_only_or_full_at_start_is_no_reason_to_stop(
             assert len(events) == len(TONES)
             assert subscriber.wait_for(lambda s: len(s.on(f"callwatch/{DEVICE}/events"))
                                        >= 2 * len(TONES), timeout_s=20)
+            delivered = {json.loads(m.payload)["event_id"]
+                         for m in subscriber.on(f"callwatch/{DEVICE}/events")}
+            print(f"faults survived: state {fault} at start:", json.dumps({
+                "before": len(first.stdout.splitlines()), "during": len(events),
+                "lost": len({e["event_id"] for e in events} - delivered)}))
             if fault == "read-only":
                 remount(state, "rw")
     finally:
@@ -301,6 +306,8 @@ def test_publishing_survives_thousands_of_failed_connects_then_delivers(tmp_path
         assert [json.loads(m.payload)["seq"] for m in subscriber.on(
             f"callwatch/{DEVICE}/events")][:2] == [1, 2]
         assert sink.counters["connects"] >= 1
+        print("faults survived: broker away for", sink.counters["connect_failures"],
+              "connects:", json.dumps({"during": 1, "after": 1, "lost": 0}))
     finally:
         sink.close()
         subscriber.close()
@@ -799,3 +806,5 @@ def test_kill_9_keeps_the_raven_table_and_counts_written_so_far(
     assert [r.split("\t")[0] for r in rows[1:]] == [str(i) for i in range(1, len(TONES) + 1)]
     counts = (tmp_path / "counts.csv").read_text().splitlines()
     assert counts == ["source,tone", f"pulse,{len(TONES)}"], counts
+    print("faults survived: kill -9:", json.dumps({"before": len(TONES),
+                                                   "in table": len(rows) - 1, "lost": 0}))
