@@ -335,8 +335,13 @@ def stream_audio(
     with _open(path) as audio:
         expected = audio.frames
         resampler = Resampler(audio.samplerate, sample_rate)
-        # Bounded however high the rate or many the channels (2 MiB of float32 a read).
+        # Reads are bounded however high the rate or many the channels (2 MiB of float32);
+        # what they give is gathered into blocks of about block_s at the output rate.
         block_frames = max(1, min(int(block_s * audio.samplerate), (1 << 19) // audio.channels))
+        capped = block_frames < int(block_s * audio.samplerate)
+        target = max(1, int(block_s * sample_rate)) if capped else 1
+        pending: list[np.ndarray] = []
+        pending_n = 0
         read = 0
         try:
             # read() rather than blocks(): blocks() pads a short file with zeros up to the
@@ -351,9 +356,15 @@ def stream_audio(
                 mono = block @ downmix_weights(block.shape[1]) if block.shape[1] > 1 else block[:, 0]
                 out = resampler.process(mono)
                 if len(out):
-                    yield out
+                    pending.append(out)
+                    pending_n += len(out)
+                if pending_n >= target:
+                    yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+                    pending, pending_n = [], 0
         except (soundfile.LibsndfileError, RuntimeError) as exc:
             raise AudioError(f"{path}: decoding failed after {read} samples ({_reason(exc)})") from None
+        if pending:
+            yield pending[0] if len(pending) == 1 else np.concatenate(pending)
         # libsndfile reports the length from the header; a file cut short reads fewer frames.
         # MP3 and Ogg lengths come from an estimate in the header: allow 1 % slack there.
         slack = expected // 100 if audio.format in ("MP3", "OGG", "MPEG") else 0

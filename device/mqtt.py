@@ -242,7 +242,6 @@ class MqttSink:
         self._failures = 0
         self._last_reason: str | None = None
         self._last_report = 0.0
-        self._reported_failures = 0
         self._progress_mono = time.monotonic()  # last PUBACK of an event, or the last connect
         self.counters = {"connects": 0, "connect_failures": 0, "disconnects": 0,
                          "events_published": 0, "outbox_write_errors": 0}
