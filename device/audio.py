@@ -260,7 +260,7 @@ def downmix_weights(channels: int) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _decoder_quiet(path: Path):
+def decoder_quiet(path: Path):
     """Keep libmpg123's notes ("Illegal Audio-MPEG-Header ...") off the console: it writes
     them to fd 2 itself. The log writes to its own duplicate of fd 2 (device.logsetup), so
     nothing of ours is lost meanwhile. Only for MP3, the one chatty decoder."""
@@ -295,7 +295,7 @@ def _open(path: Path) -> soundfile.SoundFile:
         # Opening a FIFO blocks until a writer comes: it would hang the whole replay.
         raise AudioError(f"{path}: not a regular file (a FIFO, device or socket); skipped")
     try:
-        with _decoder_quiet(path):
+        with decoder_quiet(path):
             audio = soundfile.SoundFile(str(path))
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioError(f"{path}: not readable as audio ({_reason(exc)})") from None
@@ -347,7 +347,7 @@ def stream_audio(
             # read() rather than blocks(): blocks() pads a short file with zeros up to the
             # length its header promises, hiding a truncated mp3.
             while True:
-                with _decoder_quiet(path):
+                with decoder_quiet(path):
                     block = audio.read(block_frames, dtype="float32", always_2d=True)
                 if not len(block):
                     break

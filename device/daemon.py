@@ -249,14 +249,19 @@ def _make_state_dir(cfg, *, health: Health | None = None) -> Path:
         # 0700: the outbox and clips say what was heard where and when. (systemd's
         # StateDirectoryMode=0700 does the same for the service.)
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        mode = state.stat().st_mode & 0o777
-        if mode & 0o077 and state.stat().st_uid == os.geteuid():
-            state.chmod(0o700)
-            log.info("service.state_dir %s was mode %03o; now 0700", state, mode)
     except OSError as exc:
         if health is None:
             raise UsageError(f"service.state_dir: cannot create {state} ({exc.strerror})") from None
         health.storage.failed("state folder", exc, fallback="state is kept in memory")
+        return state
+    try:
+        mode = state.stat().st_mode & 0o777
+        if mode & 0o077 and state.stat().st_uid == os.geteuid():
+            state.chmod(0o700)
+            log.info("service.state_dir %s was mode %03o; now 0700", state, mode)
+    except OSError as exc:  # a read-only card: its mode is what it is
+        log.warning("service.state_dir %s: cannot make it private (%s)", state,
+                    exc.strerror or exc)
     return state
 
 

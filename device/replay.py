@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device.audio import AUDIO_EXTENSIONS, AudioError
+from device.audio import AUDIO_EXTENSIONS, AudioError, decoder_quiet
 from device.bundle import load_bundle
 from device.events import Event, WindowScores
 from device.health import Health
@@ -76,9 +76,17 @@ def collect_recordings(
         if entry.is_dir():
             base = entry if single_folder else entry.absolute().parent
             for p in sorted(x for x in entry.rglob("*") if x.suffix.lower() in AUDIO_EXTENSIONS):
+                if p.is_dir():
+                    continue
                 found.append((p, p.absolute().relative_to(base.absolute()).as_posix()))
         else:
             found.append((entry, str(entry.absolute())))
+    # Only regular files: opening a FIFO blocks until a writer comes (the whole run would hang
+    # on it); a socket or device is no recording.
+    for path, _ in found:
+        if not path.is_file():
+            log.warning("%s: not a regular file (a FIFO, device or socket); skipped", path)
+    found = [(p, source) for p, source in found if p.is_file()]
     if not found:
         raise ReplayUsageError(
             f"{', '.join(paths)}: no audio files (wav, flac, ogg, opus, mp3) found"
@@ -89,7 +97,8 @@ def collect_recordings(
     clock = start_time
     for path, source in found:
         try:
-            duration = float(soundfile.info(str(path)).duration)
+            with decoder_quiet(path):
+                duration = float(soundfile.info(str(path)).duration)
         except Exception:  # unreadable: reported when it is analysed
             duration = 0.0
         if start_time is not None:

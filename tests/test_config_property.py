@@ -114,12 +114,13 @@ def test_a_config_the_checker_accepts_runs(values, tone_bundle, broker, one_tone
     from device.config import load_config
 
     cfg = load_config(path)
-    topic = f"{cfg.mqtt.topic_prefix}/{cfg.service.device_id or os.uname().nodename}/events"
+    device = cfg.service.device_id or os.uname().nodename
+    topic = f"{cfg.mqtt.topic_prefix}/{device}/replay/events"
     subscriber = Subscriber(broker, topic)
     try:
         result = subprocess.run(
             [sys.executable, "-m", "device", "--config", str(path), "--model", str(tone_bundle),
-             "--replay", str(one_tone), "--events-jsonl", "-"],
+             "--replay", str(one_tone), "--events-jsonl", "-", "--mqtt"],
             cwd=folder, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
             text=True, timeout=120)
         assert result.returncode == 0, result.stderr

@@ -170,7 +170,7 @@ def _replay(folder: Path, config: dict, audio: Path) -> subprocess.CompletedProc
     path.write_text(yaml.safe_dump(config))
     return subprocess.run(
         [sys.executable, "-m", "device", "--config", str(path), "--replay", str(audio),
-         "--events-jsonl", "-"],
+         "--events-jsonl", "-", "--mqtt"],
         cwd=folder, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
         timeout=180)
 
@@ -178,11 +178,12 @@ def _replay(folder: Path, config: dict, audio: Path) -> subprocess.CompletedProc
 @pytest.mark.parametrize("fault", ["read-only", "full"])
 def test_a_state_folder_read_only_or_full_at_start_is_no_reason_to_stop(
         fault, tone_bundle, recording, tmp_path):  # noqa: F811 - fixture
-    """A replay publishing to MQTT with its state on a tmpfs that is read-only (with an outbox
-    from an earlier run) or full from the start: every event reaches the broker, from memory,
-    and the outbox is neither called corrupt nor moved."""
+    """A replay publishing to MQTT (--mqtt) with its state on a tmpfs that is read-only (with
+    an outbox from an earlier run) or full from the start: every event reaches the broker, from
+    memory, and the outbox is neither called corrupt nor moved."""
     broker = Broker(tmp_path / "broker").start()
     subscriber = Subscriber(broker, f"callwatch/{DEVICE}/#")
+    topic = f"callwatch/{DEVICE}/replay/events"
     try:
         with tmpfs(tmp_path / "state", size="1m") as state:
             first = _replay(tmp_path, {
@@ -195,7 +196,7 @@ def test_a_state_folder_read_only_or_full_at_start_is_no_reason_to_stop(
                 remount(state, "ro")
             else:
                 fill(state)
-            before = sorted(p.name for p in state.iterdir())
+            before = sorted(p.name for p in (state / "replay").iterdir())
             result = _replay(tmp_path, {
                 "detection": {"model": str(tone_bundle), "hop_s": 0.5},
                 "service": {"state_dir": str(state), "device_id": DEVICE},
@@ -206,15 +207,14 @@ def test_a_state_folder_read_only_or_full_at_start_is_no_reason_to_stop(
             assert "unreadable" not in result.stderr, result.stderr
             assert "storage: outbox cannot write" in result.stderr or fault == "full", result.stderr
             assert "storage: " in result.stderr, result.stderr  # the degradation was said
-            after = sorted(p.name for p in state.iterdir())
+            after = sorted(p.name for p in (state / "replay").iterdir())
             assert not [n for n in after if "corrupt" in n or n.endswith(".tmp")], after
             assert set(before) <= set(after), (before, after)
             events = [json.loads(line) for line in result.stdout.splitlines()]
             assert len(events) == len(TONES)
-            assert subscriber.wait_for(lambda s: len(s.on(f"callwatch/{DEVICE}/events"))
-                                       >= 2 * len(TONES), timeout_s=20)
-            delivered = {json.loads(m.payload)["event_id"]
-                         for m in subscriber.on(f"callwatch/{DEVICE}/events")}
+            assert subscriber.wait_for(lambda s: len(s.on(topic)) >= 2 * len(TONES),
+                                       timeout_s=20), result.stderr
+            delivered = {json.loads(m.payload)["event_id"] for m in subscriber.on(topic)}
             print(f"faults survived: state {fault} at start:", json.dumps({
                 "before": len(first.stdout.splitlines()), "during": len(events),
                 "lost": len({e["event_id"] for e in events} - delivered)}))
