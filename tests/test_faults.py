@@ -805,6 +805,6 @@ def test_kill_9_keeps_the_raven_table_and_counts_written_so_far(
     assert rows[0].startswith("Selection\t") and len(rows) == 1 + len(TONES), rows
     assert [r.split("\t")[0] for r in rows[1:]] == [str(i) for i in range(1, len(TONES) + 1)]
     counts = (tmp_path / "counts.csv").read_text().splitlines()
-    assert counts == ["source,tone", f"pulse,{len(TONES)}"], counts
+    assert counts == ["source,site,tone", f"pulse,,{len(TONES)}"], counts
     print("faults survived: kill -9:", json.dumps({"before": len(TONES),
                                                    "in table": len(rows) - 1, "lost": 0}))
