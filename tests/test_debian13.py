@@ -80,7 +80,8 @@ def test_install_on_trixie_python313_replays_like_the_host(
     inside, host = workdir
     shutil.copytree(REPO, host / "src", ignore=shutil.ignore_patterns(*KEEP_OUT))
     shutil.copytree(tone_bundle.parent, host / "bundle")
-    recording(host / "calls.wav")
+    (host / "SiteA").mkdir()
+    recording(host / "SiteA" / "calls.wav")
     (host / "out").mkdir()
 
     inside_root = ["bash", str(REPO / "scripts" / "debian-root"), str(trixie_root), "--"]
@@ -93,20 +94,21 @@ def test_install_on_trixie_python313_replays_like_the_host(
     assert "version = 3.13" in (trixie_root / venv.relative_to("/") / "pyvenv.cfg").read_text()
     assert "installing the device profile" in install.stdout
 
-    replay = ["--replay", "calls.wav", "--events-jsonl", "out/events.jsonl",
+    replay = ["--replay", "SiteA", "--events-jsonl", "out/events.jsonl",
               "--scores-csv", "out/scores.csv", "--config", "/dev/null"]
-    # cwd inside the root: chroot, then cd, so that `source` names the same relative path.
+    # A folder: `source` is the path relative to it (calls.wav) in both.
     trixie_events, trixie_scores = replay_outputs(
         [*inside_root, "bash", "-c",
          f"cd {inside} && {venv}/bin/python -m device --model {inside}/stage/opt/callwatch/model "
          + " ".join(replay)], host / "out")
 
     (tmp_path / "out").mkdir()
-    shutil.copy(host / "calls.wav", tmp_path / "calls.wav")
+    shutil.copytree(host / "SiteA", tmp_path / "SiteA")
     host_events, host_scores = replay_outputs(
         ["bash", "-c", f"cd {tmp_path} && {sys.executable} -m device --model {tone_bundle} "
          + " ".join(replay)], tmp_path / "out")
 
     assert len(host_events) == 2, host_events  # the two tones: the comparison means something
+    assert host_events[0]["source"] == "calls.wav"  # relative to the folder replayed
     assert trixie_events == host_events
     assert trixie_scores == host_scores
