@@ -15,6 +15,7 @@ summary are written for the files finished, and the exit status is 128 + the sig
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import signal
@@ -99,9 +100,12 @@ def run_replay(
     manifest_path: Path | None = None,
     resume: bool = False,
     manifest_extra: dict | None = None,
+    executor: concurrent.futures.Executor | None = None,
 ) -> int:
     """Replay ``recordings``; print the summary on stderr. Returns 0 when every file was read,
-    1 when some failed, 128 + signal number when stopped by a signal."""
+    1 when some failed, 128 + signal number when stopped by a signal. ``executor``: run the
+    files there (``submit(analyse_file, recording, settings)``; ``--cluster``) instead of in
+    ``jobs`` processes."""
     bundle = classifier.bundle
     health = health or Health()
     features = bundle.features
@@ -163,7 +167,8 @@ def run_replay(
     try:
         started = time.perf_counter()
         results = _run_batch(todo, settings, queue=queue, sinks=sinks, writer=writer, seq=seq,
-                             health=health, jobs=jobs, stop=stop, progress=progress)
+                             health=health, jobs=jobs, stop=stop, progress=progress,
+                             executor=executor)
         progress.finish()
         return _summary(results, done, recordings, health=health,
                         wall_s=time.perf_counter() - started, signum=stop.signum,
@@ -172,7 +177,8 @@ def run_replay(
         stop.restore()  # only now: a second Ctrl-C while the outputs are written changes nothing
 
 
-def _run_batch(todo, settings, *, queue, sinks, writer, seq, health, jobs, stop, progress):
+def _run_batch(todo, settings, *, queue, sinks, writer, seq, health, jobs, stop, progress,
+               executor=None):
     """Analyse ``todo`` and hand each result to the sinks and the manifest, in file order;
     returns the results of the files finished. Closes the queue (every output) and the manifest."""
     results: list[FileResult] = []
@@ -186,7 +192,7 @@ def _run_batch(todo, settings, *, queue, sinks, writer, seq, health, jobs, stop,
         return event
 
     work = results_in_order(todo, settings, jobs=jobs, stop=stop, progress=progress,
-                    on_event=forward if settings.realtime else None)
+                    on_event=forward if settings.realtime else None, executor=executor)
     try:
         for result in work:
             if result.interrupted:

@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--mqtt", action="store_true", help="publish the replay's events to the "
                        "mqtt section's broker (on <prefix>/<device_id>/replay/events; without it a "
                        "replay never touches MQTT)")
+    batch.add_argument("--cluster", metavar="ADDRESS", help="analyse the files on the workers of "
+                       "a Dask scheduler (tcp://HOST:8786, or its --scheduler-file); the workers "
+                       "read the files by path; outputs are written here (pip install "
+                       "'callwatch[cluster]')")
     parser.add_argument("--version", action="version", version=f"callwatch {__version__}")
     return parser
 
@@ -107,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "--raven-table": args.raven_table, "--detections-csv": args.detections_csv,
         "--audacity-dir": args.audacity_dir, "--activity-dir": args.activity_dir,
         "--resume": args.resume, "--manifest": args.manifest, "--mqtt": args.mqtt,
+        "--cluster": args.cluster,
     }
     if not args.replay and any(replay_only.values()):
         used = ", ".join(k for k, v in replay_only.items() if v)
@@ -115,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--plot-out: only applies with --plot")
     if args.plot and args.replay:
         parser.error("--plot and --replay: choose one")
+    if args.cluster and (args.jobs != 1 or args.realtime):
+        parser.error("--cluster: the cluster's workers do the work; drop --jobs and --realtime")
     if args.min_conf is not None and not 0 < args.min_conf < 1:
         parser.error(f"--min-conf: must be between 0 and 1, got {args.min_conf}")
     if args.hop is not None and not 0.02 <= args.hop <= 60:

@@ -6,8 +6,8 @@ every output itself from the results, in file order. :func:`cluster_executor` gi
 tasks run on the workers of a Dask distributed scheduler (``dask.distributed`` is the optional
 extra ``pip install 'callwatch[cluster]'``; never on a recorder).
 
-- The model bundle (model.json and the model files it names) is scattered to every worker once
-  (a Dask future every task depends on, so a worker fetches it once and keeps it), written to a
+- The model bundle (model.json and the model files it names) goes to every worker once (a Dask
+  future every task depends on, so a worker fetches it once and keeps it), is written to a
   folder named by the model's sha256 in the worker's temporary folder, and loaded once per worker
   process (replay keeps the loaded classifier).
 - Audio is read by path on the workers: the archive must be at the same path on every worker
@@ -33,8 +33,10 @@ import tempfile
 import threading
 from pathlib import Path
 
-CONNECT_TIMEOUT_S = 30.0
-"""How long to wait for the scheduler, and for its first worker."""
+CONNECT_TIMEOUT_S = 10.0
+"""How long to try to reach the scheduler, s."""
+WORKERS_TIMEOUT_S = 60.0
+"""How long to wait for the scheduler's first worker, s."""
 
 
 class ClusterError(Exception):
@@ -66,6 +68,7 @@ def ship_bundle(model_path: Path) -> ShippedBundle:
 
 
 _installed: dict[str, str] = {}
+_stats = {"tasks": 0, "bundles_installed": 0}
 _install_lock = threading.Lock()
 _run_lock = threading.Lock()
 
@@ -83,6 +86,7 @@ def installed_bundle(bundle: ShippedBundle) -> str:
                     part.write_bytes(content)
                     part.replace(target)  # atomic: worker processes of one host share it
             _installed[bundle.sha256] = str(folder / bundle.model_name)
+            _stats["bundles_installed"] += 1
         return _installed[bundle.sha256]
 
 
@@ -91,6 +95,7 @@ def run_on_worker(fn, recording, settings, *, bundle: ShippedBundle):
 
     A file the worker cannot see fails here, naming the worker, rather than deep in a decoder.
     """
+    _stats["tasks"] += 1
     path = Path(recording.path)
     if not path.is_file():
         from device.replay import FileResult
@@ -105,6 +110,15 @@ def run_on_worker(fn, recording, settings, *, bundle: ShippedBundle):
         return fn(recording, local)
 
 
+def _bundle_task(bundle: ShippedBundle) -> ShippedBundle:
+    return bundle
+
+
+def stats() -> dict[str, int]:
+    """This worker process's counts: tasks run, bundles written (``client.run(stats)``)."""
+    return dict(_stats)
+
+
 class ClusterExecutor(concurrent.futures.Executor):
     """Runs ``submit(fn, recording, settings)`` as :func:`run_on_worker` tasks on the cluster.
 
@@ -114,14 +128,19 @@ class ClusterExecutor(concurrent.futures.Executor):
     def __init__(self, client, bundle: ShippedBundle) -> None:
         self.client = client
         self._inner = client.get_executor(pure=False)
-        # One copy per worker: every task depends on this future, so a worker fetches it once
-        # (from the client or a peer) and keeps it while the run lasts.
-        self._bundle = client.scatter(bundle, broadcast=True, hash=False)
+        # Every task depends on this future, so a worker fetches the bundle once (from a peer)
+        # and keeps it while the run lasts. A task rather than scattered data: the scheduler
+        # holds the recipe and makes it again if every worker that had it is lost.
+        self._bundle = client.submit(_bundle_task, bundle, pure=False)
+        self._closed = False
 
     def submit(self, fn, /, *args, **kwargs):
         return self._inner.submit(run_on_worker, fn, *args, bundle=self._bundle, **kwargs)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if cancel_futures:
             self.client.cancel(list(self._inner._futures))
         self._inner.shutdown(wait=wait and not cancel_futures)
@@ -129,7 +148,8 @@ class ClusterExecutor(concurrent.futures.Executor):
         self.client.close()
 
 
-def connect(address: str, *, timeout_s: float = CONNECT_TIMEOUT_S):
+def connect(address: str, *, timeout_s: float = CONNECT_TIMEOUT_S,
+            workers_timeout_s: float = WORKERS_TIMEOUT_S):
     """A Dask client of the scheduler at ``address`` (``tcp://HOST:PORT``, or a scheduler
     file as ``dask scheduler --scheduler-file`` writes it) with at least one worker."""
     try:
@@ -154,11 +174,11 @@ def connect(address: str, *, timeout_s: float = CONNECT_TIMEOUT_S):
             "running there?"
         ) from None
     try:
-        client.wait_for_workers(1, timeout=timeout_s)
+        client.wait_for_workers(1, timeout=workers_timeout_s)
     except (TimeoutError, OSError):
         client.close()
         raise ClusterError(
-            f"--cluster {address}: the scheduler has no workers after {timeout_s:.0f} s; start "
+            f"--cluster {address}: the scheduler has no workers after {workers_timeout_s:.0f} s; start "
             "some with `dask worker ADDRESS --nthreads 1`"
         ) from None
     return client

@@ -178,6 +178,14 @@ def _replay(args, cfg, classifier) -> int:
     manifest_path = _manifest_path(args, outputs, MANIFEST_NAME)
     if args.resume and manifest_path is None:
         raise UsageError("--resume: needs a file output (or --manifest FILE) to keep a manifest")
+    executor = None
+    if args.cluster:
+        from device.cluster import ClusterError, cluster_executor
+
+        try:
+            executor = cluster_executor(args.cluster, classifier.bundle.model_path)
+        except ClusterError as exc:
+            raise UsageError(str(exc)) from None
     try:
         extra = (
             _optional_sinks(
@@ -200,6 +208,7 @@ def _replay(args, cfg, classifier) -> int:
             manifest_path=manifest_path,
             resume=args.resume,
             manifest_extra={"rules": rules},
+            executor=executor,
         )
     except ManifestError as exc:
         raise UsageError(str(exc)) from None
@@ -207,6 +216,9 @@ def _replay(args, cfg, classifier) -> int:
         raise UsageError(
             f"{exc.filename or ''}: cannot write output ({exc.strerror or exc})"
         ) from None
+    finally:
+        if executor is not None:  # already shut down after a run; here after an early error
+            executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _plot(args, cfg, classifier) -> int:

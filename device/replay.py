@@ -316,11 +316,13 @@ def results_in_order(
     stop: Callable[[], bool],
     progress,
     on_event: Callable[[Event], Event] | None = None,
+    executor: concurrent.futures.Executor | None = None,
 ) -> Iterator[FileResult]:
-    """Results in file order: here (``on_event`` as in :func:`analyse_file`), or from ``jobs``
-    worker processes. ``progress.update(seconds)`` follows the file under way (here only).
+    """Results in file order: here (``on_event`` as in :func:`analyse_file`), from ``jobs``
+    worker processes, or from ``executor`` (``--cluster``: device/cluster.py), which is shut
+    down at the end. ``progress.update(seconds)`` follows the file under way (here only).
     Close the generator to end the workers early."""
-    if jobs <= 1 or len(todo) <= 1 or on_event is not None:
+    if executor is None and (jobs <= 1 or len(todo) <= 1 or on_event is not None):
         for recording in todo:
             if stop():
                 return
@@ -329,7 +331,7 @@ def results_in_order(
             )
         return
     context = multiprocessing.get_context("spawn")  # no fork of a process with threads
-    pool = concurrent.futures.ProcessPoolExecutor(
+    pool = executor or concurrent.futures.ProcessPoolExecutor(
         jobs, mp_context=context, initializer=_init_worker,
         initargs=(logging.getLogger().getEffectiveLevel(),),
     )

@@ -39,14 +39,14 @@ class DaskCluster:
     def address(self) -> str:
         return f"tcp://{self.host}:{self.port}"
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen:
+    def _spawn(self, name: str, *command: str) -> subprocess.Popen:
         log = (self.folder / f"{name}.log").open("ab")
-        proc = subprocess.Popen([*dask_command(), *args], stdout=log, stderr=log, cwd=self.folder)
+        proc = subprocess.Popen(command, stdout=log, stderr=log, cwd=self.folder)
         log.close()
         return proc
 
     def start(self, workers: int = 2, timeout_s: float = 60.0) -> DaskCluster:
-        self.scheduler = self._spawn("scheduler", "scheduler", "--host", self.host, "--port",
+        self.scheduler = self._spawn("scheduler", *dask_command(), "scheduler", "--host", self.host, "--port",
                                      str(self.port), "--no-dashboard")
         deadline = time.monotonic() + timeout_s
         while True:
@@ -59,14 +59,21 @@ class DaskCluster:
                 time.sleep(0.1)
         for _ in range(workers):
             self.add_worker()
-        self.wait_for_workers(workers, timeout_s)
+        if workers:
+            self.wait_for_workers(workers, timeout_s)
         return self
 
-    def add_worker(self) -> subprocess.Popen:
+    def add_worker(self, *, hide: Path | None = None) -> subprocess.Popen:
+        """One more worker; ``hide``: a folder this worker cannot see (an empty tmpfs over it,
+        in a mount namespace of its own: needs ``unshare -m``, i.e. root)."""
         i = len(self.workers)
-        proc = self._spawn(f"worker{i}", "worker", self.address, "--nthreads", "1", "--no-nanny",
-                           "--host", self.host, "--no-dashboard", "--name", f"w{i}",
-                           "--local-directory", str(self.folder / f"w{i}"))
+        command = [*dask_command(), "worker", self.address, "--nthreads", "1", "--no-nanny",
+                   "--host", self.host, "--no-dashboard", "--name", f"w{i}",
+                   "--local-directory", str(self.folder / f"w{i}")]
+        if hide is not None:
+            command = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs none "$0" && exec "$@"',
+                       str(hide), *command]
+        proc = self._spawn(f"worker{i}", *command)
         self.workers.append(proc)
         return proc
 
