@@ -8,6 +8,7 @@ bundle reaches each worker once.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -173,3 +174,28 @@ def _closed_port() -> int:
     from broker import free_port
 
     return free_port()
+
+
+def test_the_slurm_example_asks_for_one_thread_per_worker_process(tmp_path):
+    """examples/cluster/slurm.py (README): the job script Slurm would run, made offline."""
+    pytest.importorskip("dask_jobqueue", reason="the cluster extra: pip install '.[cluster]'")
+    import importlib.util
+
+    from test_replay import REPO
+
+    spec = importlib.util.spec_from_file_location("slurm_example",
+                                                  REPO / "examples" / "cluster" / "slurm.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    scheduler_file = tmp_path / "scheduler.json"
+    cluster = example.make_cluster(scheduler_file, port=0)
+    try:
+        script = cluster.job_script()
+        address = json.loads(scheduler_file.read_text())["address"]
+    finally:
+        cluster.close()
+    assert f"#SBATCH -A {example.ACCOUNT}" in script and f"#SBATCH -p {example.QUEUE}" in script
+    worker = next(line for line in script.splitlines() if "dask_worker" in line)
+    assert worker.startswith(sys.executable) and address in worker
+    assert "--nthreads 1" in worker and f"--nworkers {example.CORES_PER_JOB}" in worker
+    assert f"cd {REPO}" in script
