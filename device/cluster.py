@@ -90,24 +90,30 @@ def installed_bundle(bundle: ShippedBundle) -> str:
         return _installed[bundle.sha256]
 
 
-def run_on_worker(fn, recording, settings, *, bundle: ShippedBundle):
+def run_on_worker(fn, recording, settings, *, bundle: ShippedBundle, client_cwd: str):
     """A task: ``fn(recording, settings)`` with the settings' model replaced by the shipped one.
 
-    A file the worker cannot see fails here, naming the worker, rather than deep in a decoder.
+    A path relative to the client's folder is read from there (a worker's own folder is
+    another); messages keep the path as the client gave it, so outputs do not depend on where
+    the work ran. A file the worker cannot see fails here, naming the worker.
     """
     _stats["tasks"] += 1
-    path = Path(recording.path)
-    if not path.is_file():
+    path = os.path.join(client_cwd, recording.path)
+    if not os.path.isfile(path):
         from device.replay import FileResult
 
         return FileResult(
             recording.source,
-            error=f"{path}: not found on cluster worker {socket.gethostname()} (workers read "
-            "the files by path: mount the archive at the same path on every worker)",
+            error=f"{recording.path}: not found on cluster worker {socket.gethostname()} (as "
+            f"{path}; workers read the files by path: mount the archive at the same path on "
+            "every worker)",
         )
     local = dataclasses.replace(settings, model_path=installed_bundle(bundle))
     with _run_lock:  # one interpreter per worker process: one file at a time
-        return fn(recording, local)
+        result = fn(dataclasses.replace(recording, path=path), local)
+    if result.error and path != recording.path:
+        result.error = result.error.replace(path, recording.path)
+    return result
 
 
 def _bundle_task(bundle: ShippedBundle) -> ShippedBundle:
@@ -135,7 +141,8 @@ class ClusterExecutor(concurrent.futures.Executor):
         self._closed = False
 
     def submit(self, fn, /, *args, **kwargs):
-        return self._inner.submit(run_on_worker, fn, *args, bundle=self._bundle, **kwargs)
+        return self._inner.submit(run_on_worker, fn, *args, bundle=self._bundle,
+                                  client_cwd=os.getcwd(), **kwargs)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         if self._closed:

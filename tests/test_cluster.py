@@ -83,7 +83,8 @@ def worker_stats(dask: DaskCluster) -> dict[str, dict]:
 
 
 def test_cluster_writes_the_bytes_of_jobs_2_and_jobs_1(tone_bundle, cluster, tmp_path):
-    archive = make_archive(tmp_path / "archive")
+    make_archive(tmp_path / "archive")
+    archive = Path("archive")  # relative to the client's folder: the workers' is another
     config = write_config(tmp_path, tone_bundle)
     runs = {}
     for name, mode in {"cluster": ("--cluster", cluster.address), "jobs2": ("--jobs", "2"),
@@ -96,9 +97,14 @@ def test_cluster_writes_the_bytes_of_jobs_2_and_jobs_1(tone_bundle, cluster, tmp
     assert set(runs["cluster"]) == {*OUTPUT_FLAGS.values(), "callwatch-manifest.jsonl"}
     assert runs["cluster"] == runs["jobs2"] == runs["jobs1"]
     assert runs["cluster"]["events.jsonl"].count(b"\n") >= 6  # the tones were found
+    # The manifest is the client's: --resume of a finished cluster run analyses nothing again.
+    again = replay(config, archive, tmp_path / "cluster", "--cluster", cluster.address,
+                   "--resume", cwd=tmp_path)
+    assert "0 files" in again.stderr and "8 files done before" in again.stderr, again.stderr
+    assert outputs_of(tmp_path / "cluster")["events.jsonl"] == runs["cluster"]["events.jsonl"]
     # The bundle went to each worker once, whatever the number of files it analysed.
     stats = worker_stats(cluster)
-    assert sum(s["tasks"] for s in stats.values()) == 8
+    assert sum(s["tasks"] for s in stats.values()) == 8  # none by the resumed run
     assert all(s["bundles_installed"] == (1 if s["tasks"] else 0) for s in stats.values()), stats
 
 
