@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -67,9 +68,14 @@ def _replay(model: Path, archive: Path, out: Path, *mode: str) -> dict:
     command = [sys.executable, "-m", "device", "--model", str(model), "--replay", str(archive),
                "--events-jsonl", str(out / "events.jsonl"),
                "--detections-csv", str(out / "detections.csv"), *mode]
+    usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=out.parent)
     wall_s = time.perf_counter() - started
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # The command and its own children (--jobs workers): all the work of a local run, the
+    # client's share of a cluster run.
+    client_cpu_s = (usage.ru_utime - usage0.ru_utime) + (usage.ru_stime - usage0.ru_stime)
     summary = [line for line in result.stderr.splitlines() if line.startswith("replay: ")]
     if result.returncode != 0 or not summary:
         raise RuntimeError(f"replay {' '.join(mode)} failed ({result.returncode}): "
@@ -78,7 +84,8 @@ def _replay(model: Path, archive: Path, out: Path, *mode: str) -> dict:
     speed = float(re.search(r"(\d+)x real time", summary[0]).group(1))
     outputs = {p.name: p.read_bytes().replace(str(out).encode(), b"")
                for p in sorted(out.iterdir()) if p.is_file()}
-    return {"wall_s": wall_s, "hours": hours, "speed": speed, "outputs": outputs}
+    return {"wall_s": wall_s, "hours": hours, "speed": speed, "outputs": outputs,
+            "client_cpu_s": client_cpu_s}
 
 
 def _worker_cpu_s(client) -> float:
@@ -161,52 +168,58 @@ def run() -> str:
 def _section(runs: dict, shipping: dict, *, archive_note: str, model_note: str,
              same: bool) -> str:
     hours = runs["jobs 1"]["hours"]
-    rows = ["| run | wall, whole command | speed (audio / wall) | summary speed | worker CPU | "
-            "audio per worker CPU |", "|---|---:|---:|---:|---:|---:|"]
+    rows = ["| run | wall, whole command | speed (audio / wall) | summary speed | CPU of the "
+            "command | CPU of the workers | audio per CPU second of analysis |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
     labels = {"jobs 1": "`--jobs 1`", "jobs 2": "`--jobs 2`",
               "cluster 1": "`--cluster`, 1 worker", "cluster 2": "`--cluster`, 2 workers"}
     for key, run in runs.items():
-        cpu = run.get("worker_cpu_s")
+        workers = run.get("worker_cpu_s")
+        analysis = workers if workers is not None else run["client_cpu_s"]
         rows.append(
             f"| {labels[key]} | {run['wall_s']:.1f} s | {hours * 3600 / run['wall_s']:,.0f}x | "
-            f"{run['speed']:,.0f}x | {f'{cpu:.1f} s' if cpu else '-'} | "
-            + (f"{hours * 3600 / cpu:,.0f}x |" if cpu else "- |"))
+            f"{run['speed']:,.0f}x | {run['client_cpu_s']:.1f} s | "
+            f"{f'{workers:.1f} s' if workers is not None else '-'} | "
+            f"{hours * 3600 / analysis:,.0f}x |")
     one, two = runs["cluster 1"], runs["cluster 2"]
     efficiency = one["wall_s"] / (2 * two["wall_s"])
     per_worker = hours * 3600 / one["worker_cpu_s"]  # audio seconds per worker CPU second
-    wall_per_worker = hours * 3600 / one["wall_s"]
-    archive_rows = ["| workers | wall time for 100,000 h (at the 1-worker wall speed x workers "
-                    "x efficiency) |", "|---:|---:|"]
-    for n in (1, 16, 64, 256):
-        eff = 1.0 if n == 1 else efficiency
-        seconds = ARCHIVE_HOURS * 3600 / (wall_per_worker * n * eff)
-        archive_rows.append(f"| {n} | {seconds / 3600:,.1f} h |")
+    core_hours = ARCHIVE_HOURS / per_worker
+    archive_rows = ["| workers (one core each) | 100,000 h takes |", "|---:|---:|"]
+    for n in (1, 16, 64, 256, 1024):
+        eff = 1.0 if n == 1 else min(1.0, efficiency)
+        archive_rows.append(f"| {n} | {core_hours / (n * eff):,.1f} h |")
     return f"""## Replay on a Dask cluster: per-worker throughput, 1 -> 2 workers, shipping
 
 {preamble(NAME)}
 Archive: {archive_note}, {hours:.2f} h. Model: {model_note}. `python -m device --replay` as a
 subprocess, events JSONL and detections CSV written by the client; `--cluster` on a
 `distributed.LocalCluster` (worker processes with one thread each, on 127.0.0.1). Best of
-{REPEAT} runs by wall time. Outputs of every run equal `--jobs 1`'s byte for byte:
-{"yes" if same else "**NO**"}.
+{REPEAT} runs by wall time. CPU: user + system seconds of the command (with its `--jobs`
+processes) and of the Dask worker processes during the run. Outputs of every run equal
+`--jobs 1`'s byte for byte: {"yes" if same else "**NO**"}.
 
 {chr(10).join(rows)}
 
 Scaling from 1 to 2 workers: {efficiency:.0%} efficiency (wall time of 1 worker / (2 x wall time
-of 2 workers)), on a machine of 2 cores that the client, the scheduler and other work share:
-with 2 workers the cores are full, so this is a lower bound for workers on cores of their own.
-A worker analyses {per_worker:,.0f}x real time per CPU second.
+of 2 workers)). The machine has 2 cores, shared by the client, the scheduler, the workers and
+other work (see the load average): with 2 workers every core is taken, so this is a lower
+bound for workers on cores of their own. Per core, a worker analyses {per_worker:,.0f}x real
+time (audio / worker CPU), against {hours * 3600 / runs["jobs 1"]["client_cpu_s"]:,.0f}x for
+`--jobs 1` in one process: what Dask costs a worker besides the analysis (its event loop,
+heartbeats, moving results) is the difference.
 
 Shipping: the model bundle is {shipping['bundle_bytes'] / 1024:,.0f} KiB, sent to each worker
 once. A file's result (its events) is {shipping['result_per_h'] / 1024:,.1f} KiB per hour of
 audio here; with `--scores-csv` (every window's scores come back too)
 {shipping['result_scores_per_h'] / 1024:,.0f} KiB per hour. For 100,000 h that is
 {ARCHIVE_HOURS * shipping['result_scores_per_h'] / 2**30:,.1f} GiB through the client with
-scores, {ARCHIVE_HOURS * shipping['result_per_h'] / 2**20:,.0f} MiB without.
+scores, {ARCHIVE_HOURS * shipping['result_per_h'] / 2**20:,.0f} MiB without: the client writes
+outputs, it does not limit the cluster.
 
-What 100,000 h would take, from the 1-worker wall speed ({wall_per_worker:,.0f}x, start-up
-included) and the measured efficiency held constant (an assumption: the scheduler's cost per
-task is small beside a 3-minute file's):
+What 100,000 h takes: {core_hours:,.0f} core-hours at {per_worker:,.0f}x real time per worker,
+spread over N workers at the efficiency measured here (held constant, a pessimistic assumption
+for workers with cores of their own; the scheduler's cost per 3-minute file is small):
 
 {chr(10).join(archive_rows)}
 """

@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -73,9 +74,33 @@ _install_lock = threading.Lock()
 _run_lock = threading.Lock()
 
 
+def _undo_malloc_trim_threshold() -> None:
+    """Give glibc back its dynamic mmap threshold in a worker a Dask nanny started.
+
+    The nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` for its workers, which turns off glibc's
+    adaptive mmap threshold: every decoded block of audio (megabytes) is then a fresh mmap that
+    the kernel zeroes, and a worker spends as much system CPU as it analyses (measured: 3.9 s of
+    system time against 0.4 s, for 4 s of analysis). Large thresholds keep such blocks in the
+    heap, as in any other process.
+    """
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, 64 * 2**20)
+        libc.mallopt(m_trim_threshold, 128 * 2**20)
+    except (OSError, AttributeError):  # not glibc: nothing to undo
+        pass
+
+
 def installed_bundle(bundle: ShippedBundle) -> str:
     """On a worker: the local path of ``bundle``'s model, written there on first use."""
     with _install_lock:
+        if not _installed:
+            _undo_malloc_trim_threshold()
         if bundle.sha256 not in _installed:
             folder = Path(tempfile.gettempdir()) / "callwatch-bundles" / bundle.sha256
             folder.mkdir(parents=True, exist_ok=True)
