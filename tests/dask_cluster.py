@@ -46,6 +46,14 @@ class DaskCluster:
         return proc
 
     def start(self, workers: int = 2, timeout_s: float = 60.0) -> DaskCluster:
+        """Scheduler and ``workers`` workers, running; on any failure nothing is left running."""
+        try:
+            return self._start(workers, timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, workers: int, timeout_s: float) -> DaskCluster:
         self.scheduler = self._spawn("scheduler", *dask_command(), "scheduler", "--host", self.host, "--port",
                                      str(self.port), "--no-dashboard")
         deadline = time.monotonic() + timeout_s
