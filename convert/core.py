@@ -175,6 +175,7 @@ def _write_manifest(run: RunFolder, content: bytes, *, metrics: dict, variants: 
             recommended_hop_s=run.recommended_hop_s,
             metrics=metrics,
             variants=variants,
+            events=run.run_info.get("events"),  # the event rule thresholds were calibrated for
         )
         load_bundle(path)  # as the device will read it
     except BundleError as exc:

@@ -19,6 +19,11 @@ model.json (format_version 1)::
       "output_kind": "logits",                          # sigmoid applied after dequantizing
       "thresholds": {"capuchinbird": 0.62},             # probability units, per label
       "recommended_hop_s": 0.5,
+      "events": {                                       # the event rule it was calibrated for
+        "detection": {"hop_s": 0.5, "smoothing_windows": 1, "confirm_k": 1, "confirm_n": 1,
+                      "hysteresis": 0.1, "merge_gap_s": 0.0, "refractory_s": 0.0, "max_event_s": 60.0},
+        "extent": {"capuchinbird": {"rule": "trim", "trim_s": [1.2, 1.3], "calls": 40}}
+      },
       "metrics": {...},                                 # test metrics of float and int8
       "variants": {"edgetpu": {"file": "model_edgetpu.tflite", "sha256": "..."}},
       "callwatch_version": "0.1.0", "created_utc": "2026-11-22T23:00:00Z",
@@ -54,6 +59,20 @@ BUNDLE_VERSION = 1
 MANIFEST_NAME = "model.json"
 MODEL_NAME = "model.tflite"
 OUTPUT_KINDS = ("logits", "probabilities")
+EXTENT_RULES = ("trim", "centre", "windows")
+"""How an event's extent comes from its run of windows (device.detector): "trim" cuts the
+calibrated seconds (``trim_s``: [start, end]) off the run's span; "centre" lets each window stand
+for the hop at its centre ((window_s - hop_s) / 2 off each side); "windows" is the whole span of
+the windows that fired. A bundle without ``events`` (made before the rule was written down) gets
+"centre": which windows fire, and so thresholds and counts, do not depend on the rule."""
+EVENT_SETTINGS = ("hop_s", "smoothing_windows", "confirm_k", "confirm_n", "hysteresis", "merge_gap_s",
+                  "refractory_s", "max_event_s")
+"""The detection settings (config ``detection:``) that thresholds and trims were calibrated with."""
+
+
+def event_settings(detection) -> dict:
+    """The ``events.detection`` record of model.json from a config's ``detection`` section."""
+    return {key: getattr(detection, key) for key in EVENT_SETTINGS}
 
 
 class BundleError(Exception):
@@ -95,6 +114,9 @@ class Bundle:
     """Calibrated decision threshold per label, probability units."""
     recommended_hop_s: float
     metrics: dict = field(default_factory=dict)
+    events: dict = field(default_factory=dict)
+    """The event rule: {"detection": settings calibrated with, "extent": {label: {"rule",
+    "trim_s"}}}; empty for a bundle made before it was recorded (the centre rule)."""
     variants: dict = field(default_factory=dict)
     """Other files of the same model, e.g. {"edgetpu": {"file": ..., "sha256": ...}}."""
     manifest: dict = field(default_factory=dict)
@@ -103,6 +125,22 @@ class Bundle:
     @property
     def window_frames(self) -> int:
         return self.input_shape[1]
+
+    def extent_trims(self, hop_s: float) -> dict[str, tuple[float, float]]:
+        """Per label, seconds cut off the start and the end of an event's run of windows, for
+        windows every ``hop_s`` (see EXTENT_RULES)."""
+        extent = self.events.get("extent", {})
+        out = {}
+        for label in self.labels:
+            rule = extent.get(label, {"rule": "centre"})
+            if rule["rule"] == "trim":
+                out[label] = (float(rule["trim_s"][0]), float(rule["trim_s"][1]))
+            elif rule["rule"] == "windows":
+                out[label] = (0.0, 0.0)
+            else:
+                centre = max(0.0, (self.window_s - hop_s) / 2)
+                out[label] = (centre, centre)
+        return out
 
     def variant_path(self, name: str) -> Path | None:
         """Path of a verified variant (e.g. "edgetpu"), or None when the bundle has none."""
@@ -178,6 +216,14 @@ def _check_types(m: dict, where: str) -> None:
             isinstance(entry.get(k), str) for k in ("file", "sha256")
         )
 
+    def is_extent(entry) -> bool:
+        if not isinstance(entry, dict) or entry.get("rule") not in EXTENT_RULES:
+            return False
+        trim = entry.get("trim_s")
+        return entry["rule"] != "trim" or (
+            isinstance(trim, list) and len(trim) == 2 and all(_is_number(x) and x >= 0 for x in trim)
+        )
+
     checks = {
         "model_file": (lambda v: isinstance(v, str) and v != "", "a file name"),
         "sha256": (lambda v: isinstance(v, str), "a hex string"),
@@ -196,6 +242,11 @@ def _check_types(m: dict, where: str) -> None:
         "variants": (
             lambda v: isinstance(v, dict) and all(map(is_variant, v.values())),
             "a mapping name -> {file, sha256}",
+        ),
+        "events": (
+            lambda v: isinstance(v, dict) and isinstance(v.get("extent", {}), dict)
+            and all(map(is_extent, v.get("extent", {}).values())),
+            f"a mapping with extent: label -> {{rule: one of {EXTENT_RULES}, trim_s: [start, end] >= 0}}",
         ),
     }
     for key, (ok, expected) in checks.items():
@@ -317,6 +368,7 @@ def load_bundle(path: str | Path) -> Bundle:
         thresholds=thresholds,
         recommended_hop_s=float(m.get("recommended_hop_s", 0.5)),
         metrics=dict(m.get("metrics", {})),
+        events=dict(m.get("events", {})),
         variants=dict(m.get("variants", {})),
         manifest=m,
     )
@@ -338,6 +390,7 @@ def write_bundle(
     recommended_hop_s: float = 0.5,
     metrics: dict | None = None,
     variants: dict | None = None,
+    events: dict | None = None,
 ) -> Path:
     """Write model.json for ``folder/model_file`` (which must exist); returns the manifest path.
 
@@ -365,6 +418,7 @@ def write_bundle(
         "output_kind": output_kind,
         "thresholds": {label: float(thresholds[label]) for label in labels},
         "recommended_hop_s": float(recommended_hop_s),
+        **({"events": events} if events else {}),
         "metrics": metrics or {},
         "variants": variants or {},
         "callwatch_version": __version__,

@@ -1,22 +1,34 @@
 """From window scores to events: one state object per label, no audio needed to test it.
 
+This module is the one rule that turns window scores into events: the device runs it, and
+training's event metrics, threshold calibration, ``train.recalibrate`` and the benches run it
+too (:func:`detect`), with the detection settings the bundle ships.
+
 Each evaluated window (start_s, end_s, score) goes through, in order:
 
 1. smoothing: the mean of the last ``smoothing_windows`` scores;
 2. confirmation: an event opens when at least ``confirm_k`` of the last ``confirm_n``
-   windows reach the threshold and the current one does too; it starts at the start of the
-   first such window in those n;
+   windows reach the threshold and the current one does too; its run of windows starts at the
+   first such window in those n. The opening is reported at once (``closed=False``);
 3. hysteresis: an open event continues while the smoothed score stays at or above
-   ``threshold - hysteresis``; it ends at the end of its last window that did;
-4. ``max_event_s``: an event that would grow longer is closed and a new one starts with the
-   current window;
+   ``threshold - hysteresis``; its run ends with its last window that did;
+4. ``max_event_s``: an event whose extent would grow longer is closed at its current end and
+   a new event starts there (the pieces tile the time, they never overlap);
 5. merging: an event that begins at most ``merge_gap_s`` after the previous one ended
    (measured on the window grid: the time covered by windows below the threshold between
    them) is merged into it; 0 turns merging off;
 6. refractory time: for ``refractory_s`` after an event's last window, no new event opens.
 
-Times are those of the windows, seconds from the start of the source: a window ending at
-sample t covers [t - window_s, t]. The peak is the highest smoothed score in the event.
+The extent (where the call is, not which windows saw it): a run of windows whose first starts
+at f and whose last starts at l, each ``window_s`` long, covers [f, l + window_s]; a call
+inside it makes the model fire once enough of the call is in the window, so the event is that
+span trimmed: [f + start_trim_s, l + window_s - end_trim_s]. The trims come from the bundle
+(calibrated on annotated validation recordings, or the centre rule, (window_s - hop_s) / 2
+each side: each window stands for the hop at its centre). An extent shorter than one hop
+(a short run with large trims) is one hop centred on the trimmed span's middle.
+
+Times are seconds from the start of the source: a window ending at sample t covers
+[t - window_s, t]. The peak is the highest smoothed score in the event.
 """
 
 from __future__ import annotations
@@ -24,10 +36,12 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class DetectorParams:
-    """Post-processing settings for one label (detection section of the config)."""
+    """Post-processing settings for one label (detection section of the config, extent from the bundle)."""
 
     threshold: float
     """Probability a (smoothed) window score must reach, 0..1."""
@@ -38,6 +52,10 @@ class DetectorParams:
     merge_gap_s: float = 0.0
     refractory_s: float = 0.0
     max_event_s: float = 60.0
+    start_trim_s: float = 0.0
+    """Seconds from the start of the run's first window to the event start (0: the window's start)."""
+    end_trim_s: float = 0.0
+    """Seconds from the event end to the end of the run's last window (0: the window's end)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.threshold < 1:
@@ -48,33 +66,47 @@ class DetectorParams:
             )
         if self.smoothing_windows < 1:
             raise ValueError(f"smoothing_windows must be >= 1, got {self.smoothing_windows}")
+        if self.start_trim_s < 0 or self.end_trim_s < 0:
+            raise ValueError(f"trims must be >= 0, got {self.start_trim_s}, {self.end_trim_s}")
 
 
 @dataclass(frozen=True)
 class Detection:
-    """A finished event of one label, before it gets an id (see device.events.Event)."""
+    """An event of one label, before it gets an id (see device.events.Event)."""
 
     label: str
     start_s: float
     end_s: float
     peak_score: float
+    closed: bool = True
+    """True: the event is finished and this is its final extent and peak. False: it has just
+    opened (confirmed); its end and peak are so far, and it will be reported again, closed."""
+    number: int = 0
+    """Running number of the event in its label's detector: its opening and closing share it."""
 
 
 @dataclass
 class _Open:
     start_s: float
-    end_s: float
-    """End of the last window at or above the hysteresis level."""
+    """Event start (the first window's start plus the start trim, or a previous piece's end)."""
     last_window_start_s: float
+    """Start of the last window at or above the hysteresis level."""
     peak_score: float
+    number: int
 
 
 class LabelDetector:
-    """Event state of one label. Not thread-safe: one owner (the worker)."""
+    """Event state of one label. Not thread-safe: one owner (the worker).
 
-    def __init__(self, label: str, params: DetectorParams) -> None:
+    hop_s: seconds between window starts, when known in advance (the first windows of a source
+    cannot tell it); otherwise taken from the first two windows.
+    """
+
+    def __init__(self, label: str, params: DetectorParams, *, hop_s: float = 0.0) -> None:
         self.label = label
         self.params = params
+        self._given_hop_s = hop_s
+        self._numbers = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -87,15 +119,18 @@ class LabelDetector:
         """A closed event held back while the next one might still merge into it."""
         self._quiet_until_s = float("-inf")
         """Windows starting before this cannot open an event (refractory time)."""
-        self._hop_s = 0.0
+        self._hop_s = self._given_hop_s
+        self._window_s = 0.0
         self._last_start_s: float | None = None
 
     def update(self, start_s: float, end_s: float, score: float) -> list[Detection]:
-        """Feed one window (in time order); returns the events this window finished."""
+        """Feed one window (in time order); returns the events it opened (``closed=False``)
+        and those it finished, in that time order."""
         p = self.params
         if self._last_start_s is not None and not self._hop_s and start_s > self._last_start_s:
             self._hop_s = start_s - self._last_start_s
         self._last_start_s = start_s
+        self._window_s = end_s - start_s
         if len(self._scores) == self._scores.maxlen:
             self._score_sum -= self._scores[0]
         self._scores.append(score)
@@ -109,38 +144,50 @@ class LabelDetector:
         if event is not None:
             if smoothed < p.threshold - p.hysteresis:
                 done += self._close()
-            elif end_s - event.start_s > p.max_event_s:
-                # Too long: report what we have, carry on with a new event from this window.
-                done.append(self._detection(event))
-                self._open = _Open(start_s, end_s, start_s, smoothed)
+            elif self._end_after(start_s) - event.start_s > p.max_event_s + 1e-9:
+                # Too long: close it where it ends now; a new event carries on from there.
+                end = self._end_after(event.last_window_start_s)
+                done.append(self._detection(event, closed=True))
+                self._open = self._new(end, start_s, smoothed)
+                done.append(self._detection(self._open, closed=False))
             else:
-                event.end_s = end_s
                 event.last_window_start_s = start_s
                 event.peak_score = max(event.peak_score, smoothed)
         elif above and sum(a for _, a in self._history) >= p.confirm_k:
             first = next(s for s, a in self._history if a)
             pending, self._pending = self._pending, None
             if pending is not None and self._gap_s(pending, first) <= p.merge_gap_s:
-                self._open = _Open(
-                    pending.start_s, end_s, start_s, max(pending.peak_score, smoothed)
-                )
+                # Merged: the same event goes on (its opening was reported already).
+                pending.last_window_start_s = start_s
+                pending.peak_score = max(pending.peak_score, smoothed)
+                self._open = pending
             else:
                 if pending is not None:
-                    done.append(self._detection(pending))
-                self._open = _Open(first, end_s, start_s, smoothed)
+                    done.append(self._detection(pending, closed=True))
+                self._open = self._new(first + p.start_trim_s, start_s, smoothed)
+                done.append(self._detection(self._open, closed=False))
         elif self._pending is not None:
             done += self._release_pending(start_s)
         return done
 
     def finish(self) -> list[Detection]:
-        """The source ended: close the open event and release a held one; reset the state."""
+        """The source (or a segment of it) ended: close the open event and release a held one;
+        reset the state."""
         done = []
         if self._pending is not None:
-            done.append(self._detection(self._pending))
+            done.append(self._detection(self._pending, closed=True))
         if self._open is not None:
-            done.append(self._detection(self._open))
+            done.append(self._detection(self._open, closed=True))
         self._reset()
         return done
+
+    def _new(self, start_s: float, window_start_s: float, peak: float) -> _Open:
+        self._numbers += 1
+        return _Open(start_s, window_start_s, peak, self._numbers)
+
+    def _end_after(self, window_start_s: float) -> float:
+        """Event end when this is the run's last window."""
+        return window_start_s + self._window_s - self.params.end_trim_s
 
     def _gap_s(self, before: _Open, next_start_s: float) -> float:
         """Time covered only by windows below the threshold between two events (window grid)."""
@@ -153,7 +200,7 @@ class LabelDetector:
         if self.params.merge_gap_s > 0:
             self._pending = event  # (a pending event was absorbed when this one opened)
             return []
-        return [self._detection(event)]
+        return [self._detection(event, closed=True)]
 
     def _release_pending(self, now_start_s: float) -> list[Detection]:
         """Emit the held event once no later event can begin within merge_gap_s of it."""
@@ -161,19 +208,23 @@ class LabelDetector:
         earliest_next = candidates[0] if candidates else now_start_s + self._hop_s
         if self._gap_s(self._pending, earliest_next) > self.params.merge_gap_s:
             event, self._pending = self._pending, None
-            return [self._detection(event)]
+            return [self._detection(event, closed=True)]
         return []
 
-    def _detection(self, event: _Open) -> Detection:
-        return Detection(self.label, event.start_s, event.end_s, event.peak_score)
+    def _detection(self, event: _Open, *, closed: bool) -> Detection:
+        start, end = event.start_s, self._end_after(event.last_window_start_s)
+        if end - start < self._hop_s - 1e-9:  # a short run trimmed past itself: one hop at its middle
+            middle = (start + end) / 2
+            start, end = middle - self._hop_s / 2, middle + self._hop_s / 2
+        return Detection(self.label, start, end, event.peak_score, closed, event.number)
 
 
 class Detector:
     """One :class:`LabelDetector` per label, fed a whole score vector per window."""
 
-    def __init__(self, params: dict[str, DetectorParams]) -> None:
+    def __init__(self, params: dict[str, DetectorParams], *, hop_s: float = 0.0) -> None:
         self.labels = list(params)
-        self._by_label = [LabelDetector(label, params[label]) for label in self.labels]
+        self._by_label = [LabelDetector(label, params[label], hop_s=hop_s) for label in self.labels]
 
     def update(self, start_s: float, end_s: float, scores) -> list[Detection]:
         """scores: one probability per label, in ``labels`` order."""
@@ -189,11 +240,31 @@ class Detector:
         return done
 
 
+def detect(starts, scores, params: DetectorParams, *, window_s: float, hop_s: float,
+           label: str = "") -> list[Detection]:
+    """The finished events of one label along one recording, as the device makes them.
+
+    starts: (K,) window starts, seconds, increasing; scores: (K,) probabilities. Windows more
+    than one hop apart (by half a hop) are separated by a gap: the detector is finished there,
+    as the device finishes it when its audio is interrupted.
+    """
+    detector = LabelDetector(label, params, hop_s=hop_s)
+    out: list[Detection] = []
+    previous = None
+    for start, score in zip(np.asarray(starts, np.float64).tolist(), np.asarray(scores, np.float64).tolist()):
+        if previous is not None and start - previous > 1.5 * hop_s:
+            out += detector.finish()
+        previous = start
+        out += [d for d in detector.update(start, start + window_s, score) if d.closed]
+    return out + detector.finish()
+
+
 def detector_params(
-    *, labels: tuple[str, ...], bundle_thresholds: dict[str, float], detection
+    *, labels: tuple[str, ...], bundle_thresholds: dict[str, float], detection,
+    trims: dict[str, tuple[float, float]] | None = None,
 ) -> dict[str, DetectorParams]:
     """Per-label params: the bundle's calibrated threshold unless ``detection.thresholds``
-    overrides it.
+    overrides it, and the bundle's extent trims (``Bundle.extent_trims``; none: the windows' span).
 
     detection: the ``detection`` config section. Raises ValueError naming an override for a
     label the model does not have.
@@ -204,6 +275,7 @@ def detector_params(
             f"detection.thresholds.{unknown[0]}: not a label of the model "
             f"(labels: {', '.join(labels)})"
         )
+    trims = trims or {}
     return {
         label: DetectorParams(
             threshold=float(detection.thresholds.get(label, bundle_thresholds[label])),
@@ -214,6 +286,8 @@ def detector_params(
             merge_gap_s=detection.merge_gap_s,
             refractory_s=detection.refractory_s,
             max_event_s=detection.max_event_s,
+            start_trim_s=trims.get(label, (0.0, 0.0))[0],
+            end_trim_s=trims.get(label, (0.0, 0.0))[1],
         )
         for label in labels
     }

@@ -183,7 +183,8 @@ class Pipeline:
     def end_segment(self) -> None:
         """The audio is interrupted: close open events, save pending clips."""
         for detection in self.detector.finish():
-            self._emit(detection)
+            if detection.closed:
+                self._emit(detection)
         self._serve_clips(final=True)
 
     def end_source(self, *, pad_short: bool) -> None:
@@ -296,7 +297,8 @@ class Pipeline:
                 )
             )
         for detection in self.detector.update(start_s, end_s, scores):
-            self._emit(detection)
+            if detection.closed:
+                self._emit(detection)
         if self._arrival is not None:
             arrival_mono, written = self._arrival
             # When the window's last sample arrived, from the newest sample's arrival time.
@@ -469,16 +471,30 @@ def build_pipeline(
 
     Raises ValueError (one line naming the key) for a threshold override of an unknown label.
     """
+    from device.bundle import event_settings
     from device.detector import detector_params
 
     bundle = classifier.bundle
+    frame_rate = bundle.features.frame_rate
+    hop_s = max(1, round(cfg.detection.hop_s * frame_rate)) / frame_rate  # as Pipeline rounds it
     params = detector_params(
-        labels=bundle.labels, bundle_thresholds=bundle.thresholds, detection=cfg.detection
+        labels=bundle.labels,
+        bundle_thresholds=bundle.thresholds,
+        detection=cfg.detection,
+        trims=bundle.extent_trims(hop_s),
     )
+    calibrated = bundle.events.get("detection")
+    if calibrated and calibrated != event_settings(cfg.detection):
+        differ = [k for k, v in event_settings(cfg.detection).items() if calibrated.get(k) != v]
+        log.warning(
+            "detection settings differ from those the model's thresholds were calibrated with "
+            "(%s); events will not match the bundle's figures",
+            ", ".join(f"{k}: {calibrated.get(k)} in model.json" for k in differ),
+        )
     clips = cfg.outputs.clips
     return Pipeline(
         classifier=classifier,
-        detector=Detector(params),
+        detector=Detector(params, hop_s=hop_s),
         hop_s=cfg.detection.hop_s,
         queue=queue,
         events=events,

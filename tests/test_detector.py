@@ -17,8 +17,12 @@ def run(scores: list[float], **params) -> list[Detection]:
     detector = LabelDetector("call", DetectorParams(**params))
     events = []
     for k, score in enumerate(scores):
-        events += detector.update(k * HOP, k * HOP + WINDOW, score)
+        events += closed(detector.update(k * HOP, k * HOP + WINDOW, score))
     return events + detector.finish()
+
+
+def closed(detections: list[Detection]) -> list[Detection]:
+    return [d for d in detections if d.closed]
 
 
 def spans(events: list[Detection]) -> list[tuple[float, float]]:
@@ -39,10 +43,9 @@ def test_nothing_below_threshold_and_threshold_is_inclusive():
 
 def test_event_is_reported_when_it_closes_not_before():
     detector = LabelDetector("call", DetectorParams(threshold=0.5))
-    assert detector.update(0.0, 3.0, 0.9) == []
-    assert detector.update(0.5, 3.5, 0.9) == []
-    closed = detector.update(1.0, 4.0, 0.1)
-    assert spans(closed) == [(0.0, 3.5)]
+    assert closed(detector.update(0.0, 3.0, 0.9)) == []
+    assert closed(detector.update(0.5, 3.5, 0.9)) == []
+    assert spans(closed(detector.update(1.0, 4.0, 0.1))) == [(0.0, 3.5)]
 
 
 def test_event_open_at_the_end_is_closed_by_finish():
@@ -96,7 +99,7 @@ def test_merged_event_keeps_the_highest_peak():
 def test_held_event_is_released_once_no_merge_is_possible():
     detector = LabelDetector("call", DetectorParams(threshold=0.5, merge_gap_s=1.0))
     out = [
-        detector.update(k * HOP, k * HOP + WINDOW, s)
+        closed(detector.update(k * HOP, k * HOP + WINDOW, s))
         for k, s in enumerate([0.9, 0.1, 0.1, 0.1, 0.1])
     ]
     # Closed at window 1 and held; at window 3 (start 1.5 s) the earliest next event would
@@ -116,9 +119,14 @@ def test_refractory_time_blocks_new_events():
 
 def test_max_event_length_splits_long_events():
     events = run([0.9] * 10 + [0.1], max_event_s=4.0)
-    # Window k ends at k*0.5 + 3; the event from 0 can grow to end 4.0 (windows 0..2).
-    assert spans(events) == [(0.0, 4.0), (1.5, 5.5), (3.0, 7.0), (4.5, 7.5)]
+    # Window k ends at k*0.5 + 3; the event from 0 can grow to end 4.0 (windows 0..2); the
+    # next carries on from 4.0, without overlapping it, to the last window's end.
+    assert spans(events) == [(0.0, 4.0), (4.0, 7.5)]
     assert all(e.end_s - e.start_s <= 4.0 for e in events)
+    long = run([0.9] * 40 + [0.1], max_event_s=4.0, start_trim_s=1.0, end_trim_s=1.0)
+    assert all(a.end_s == b.start_s for a, b in zip(long, long[1:]))  # they tile
+    assert long[0].start_s == 1.0 and long[-1].end_s == 39 * HOP + WINDOW - 1.0
+    assert all(e.end_s - e.start_s <= 4.0 for e in long)
 
 
 def test_params_take_model_thresholds_unless_config_overrides():
@@ -143,3 +151,40 @@ def test_threshold_override_for_unknown_label_is_refused():
     cfg = validate({"detection": {"thresholds": {"owl": 0.8}}})
     with pytest.raises(ValueError, match=r"detection.thresholds.owl: not a label of the model"):
         detector_params(labels=("a",), bundle_thresholds={"a": 0.6}, detection=cfg.detection)
+
+
+def test_an_event_is_reported_when_it_opens_and_again_when_it_closes():
+    detector = LabelDetector("call", DetectorParams(threshold=0.5, confirm_k=2, confirm_n=2))
+    assert detector.update(0.0, 3.0, 0.9) == []  # not confirmed yet
+    opened = detector.update(0.5, 3.5, 0.9)
+    assert [(d.start_s, d.end_s, d.closed) for d in opened] == [(0.0, 3.5, False)]
+    assert detector.update(1.0, 4.0, 0.95) == []
+    final = detector.update(1.5, 4.5, 0.1)
+    assert [(d.start_s, d.end_s, d.peak_score, d.closed) for d in final] == [(0.0, 4.0, 0.95, True)]
+    assert final[0].number == opened[0].number
+    again = detector.update(2.0, 5.0, 0.9) + detector.update(2.5, 5.5, 0.9)
+    assert again[0].number == opened[0].number + 1 and not again[0].closed
+
+
+def test_a_merged_event_opens_once_and_closes_once():
+    detector = LabelDetector("call", DetectorParams(threshold=0.5, merge_gap_s=1.0), hop_s=HOP)
+    out = [d for k, s in enumerate([0.9, 0.1, 0.9, 0.1, 0.1, 0.1, 0.1])
+           for d in detector.update(k * HOP, k * HOP + WINDOW, s)] + detector.finish()
+    assert [(d.closed, d.number) for d in out] == [(False, 1), (True, 1)]
+    assert (out[1].start_s, out[1].end_s) == (0.0, 1.0 + WINDOW)
+
+
+def test_trims_localise_the_event_inside_its_windows():
+    # Five windows fire, covering 0..5 s; a call seen by all five is where they all overlap.
+    events = run([0.9] * 5 + [0.1], start_trim_s=2.0, end_trim_s=2.5)
+    assert spans(events) == [(2.0, 2.0 + WINDOW - 2.5)]
+    # The centre rule: each window stands for the hop at its centre.
+    centre = (WINDOW - HOP) / 2
+    assert spans(run([0.1, 0.9, 0.9, 0.1], start_trim_s=centre, end_trim_s=centre)) == [(1.75, 2.75)]
+
+
+def test_a_short_run_trimmed_past_itself_is_one_hop_at_its_middle():
+    detector = LabelDetector("call", DetectorParams(threshold=0.5, start_trim_s=2.5, end_trim_s=2.0), hop_s=HOP)
+    events = closed(detector.update(1.0, 4.0, 0.9) + detector.update(1.5, 4.5, 0.1))
+    # Trimmed: [3.5, 2.0]; middle 2.75.
+    assert spans(events) == [(2.5, 3.0)]

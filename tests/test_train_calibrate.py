@@ -5,12 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from device.detector import DetectorParams
 from train.calibrate import (
     alarm_rate,
     threshold_at_best_f1,
     threshold_at_false_alarms,
     threshold_at_precision,
 )
+
+
+PARAMS = DetectorParams(threshold=0.5)
+"""The device's detector, plain: no smoothing, confirmation, hysteresis or merging."""
 
 
 def test_separable_scores_get_a_threshold_between_the_classes():
@@ -84,7 +89,7 @@ def test_alarms_are_runs_of_overlapping_windows():
     scores[500] = 0.8       # one more
     scores[900:903] = 0.6   # and another, weaker
     src = np.array(["a.wav"] * len(starts))
-    rates, hours = alarm_rate(sources=src, starts=starts, scores=scores, window_s=3.0,
+    rates, hours = alarm_rate(sources=src, starts=starts, scores=scores, window_s=3.0, hop_s=0.5, params=PARAMS,
                               thresholds=np.array([0.5, 0.7, 0.85, 0.95]))
     assert hours == pytest.approx(1.0, abs=0.01)
     assert rates.tolist() == pytest.approx([3, 2, 1, 0], abs=0.01)
@@ -96,7 +101,8 @@ def test_threshold_at_false_alarms_allows_the_rate(per_hour, allowed):
     scores = np.full(len(starts), 0.05)
     scores[[100, 500, 900]] = [0.9, 0.8, 0.6]
     src = np.array(["a.wav"] * len(starts))
-    t = threshold_at_false_alarms(sources=src, starts=starts, scores=scores, window_s=3.0, per_hour=per_hour)
+    t = threshold_at_false_alarms(sources=src, starts=starts, scores=scores, window_s=3.0, hop_s=0.5,
+                                  per_hour=per_hour, params=PARAMS)
     assert (scores >= t.value).sum() == allowed
     assert t.achieved["false_alarms_per_hour"] <= per_hour + 1e-9
     assert 0 < t.value < 1
@@ -105,12 +111,14 @@ def test_threshold_at_false_alarms_allows_the_rate(per_hour, allowed):
 def test_windows_of_different_files_never_merge():
     starts = np.array([0.0, 0.5, 0.0, 0.5])
     src = np.array(["a", "a", "b", "b"])
-    rates, hours = alarm_rate(sources=src, starts=starts, scores=np.ones(4), window_s=3.0, thresholds=np.array([0.5]))
+    rates, hours = alarm_rate(sources=src, starts=starts, scores=np.ones(4), window_s=3.0, hop_s=0.5,
+                              thresholds=np.array([0.5]), params=PARAMS)
     assert rates[0] * hours == pytest.approx(2)
 
 
 def test_a_detector_stuck_on_counts_once_per_max_event():
     starts = np.arange(0, 3600, 0.5)
     rates, _ = alarm_rate(sources=np.array(["a"] * len(starts)), starts=starts, scores=np.ones(len(starts)),
-                          window_s=3.0, thresholds=np.array([0.5]), max_event_s=60.0)
+                          window_s=3.0, hop_s=0.5, thresholds=np.array([0.5]),
+                          params=DetectorParams(threshold=0.5, max_event_s=60.0))
     assert rates[0] == pytest.approx(60, abs=1)

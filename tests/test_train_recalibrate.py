@@ -13,9 +13,11 @@ import pytest
 import soundfile
 
 from device.bundle import load_bundle
+from device.config import validate
 from train.recalibrate import recalibrate_bundle
 
 SR = 16000
+DETECTION = validate({}).detection
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -47,7 +49,7 @@ def test_recalibration_writes_a_copy_meeting_the_rate(bundle_dir, tmp_path):
     out = tmp_path / "recalibrated"
     # 120 s of background: 60 alarms per hour allows 2 of the 4 bursts.
     record = recalibrate_bundle(model=bundle_dir, background=[background.parent], out=out,
-                                false_alarms_per_hour=60.0, log=lambda m: None)
+                                false_alarms_per_hour=60.0, detection=DETECTION, log=lambda m: None)
     assert (bundle_dir / "model.json").read_text() == before  # the original is untouched
     copy = load_bundle(out)
     new, old = copy.thresholds["tone"], load_bundle(bundle_dir).thresholds["tone"]
@@ -57,7 +59,7 @@ def test_recalibration_writes_a_copy_meeting_the_rate(bundle_dir, tmp_path):
     assert new > old
     assert json.loads((out / "model.json").read_text())["recalibration"]["false_alarms_per_hour"] == 60.0
     strict = recalibrate_bundle(model=bundle_dir, background=[background], out=tmp_path / "strict",
-                                false_alarms_per_hour=0.0, log=lambda m: None)
+                                false_alarms_per_hour=0.0, detection=DETECTION, log=lambda m: None)
     assert strict["labels"]["tone"]["achieved"]["false_alarms_per_hour"] == 0.0
     assert load_bundle(tmp_path / "strict").thresholds["tone"] > new
 

@@ -4,16 +4,20 @@ Thresholds are probabilities (sigmoid of the logit), chosen on validation data, 
 A threshold sits halfway between the last score it accepts and the next lower one, so a score
 equal to it is not a coin toss between two neighbouring windows.
 
-False alarms are counted as the device counts events: consecutive overlapping windows above
-the threshold in one recording make one alarm. The rate is alarms per hour of the audio the
-negative windows cover.
+False alarms are the events the device's own detector (``device.detector``) makes of negative
+windows, with the detection settings the bundle ships (smoothing, k-of-n, hysteresis, merging,
+refractory time, longest event). The rate is alarms per hour of the audio the negative windows
+cover. The extent trims, the other thing the detector takes from the bundle, are calibrated
+here too (:func:`calibrate_extent`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+
+from device.detector import DetectorParams, detect
 
 LOWEST, HIGHEST = 1e-6, 1 - 1e-6
 """Thresholds stay inside (0, 1), as model.json requires."""
@@ -115,57 +119,110 @@ def threshold_at_best_f1(y: np.ndarray, scores: np.ndarray) -> Threshold:
                                                  "tolerance": float(tolerance)})
 
 
-def alarm_rate(*, sources: np.ndarray, starts: np.ndarray, scores: np.ndarray, window_s: float,
-               thresholds: np.ndarray, max_event_s: float = 60.0) -> tuple[np.ndarray, float]:
+def covered_hours(sources: np.ndarray, starts: np.ndarray, window_s: float) -> float:
+    """Hours of audio that windows (sources, starts: (N,)) cover, overlaps counted once."""
+    if len(starts) == 0:
+        return 0.0
+    order = np.lexsort((starts, sources))
+    src, st = np.asarray(sources)[order], np.asarray(starts, np.float64)[order]
+    same = np.r_[False, (src[1:] == src[:-1]) & (st[1:] <= st[:-1] + window_s + 1e-6)]
+    added = np.where(same, np.minimum(np.r_[0.0, np.diff(st)], window_s), window_s)
+    return float(added.sum()) / 3600
+
+
+def _timelines(sources: np.ndarray, starts: np.ndarray, scores: np.ndarray):
+    """(starts, scores) of each source, in time order."""
+    order = np.lexsort((starts, sources))
+    src, st, sc = np.asarray(sources)[order], np.asarray(starts, np.float64)[order], np.asarray(scores)[order]
+    cuts = np.flatnonzero(src[1:] != src[:-1]) + 1
+    return list(zip(np.split(st, cuts), np.split(sc, cuts)))
+
+
+def alarm_rate(*, sources: np.ndarray, starts: np.ndarray, scores: np.ndarray, window_s: float, hop_s: float,
+               thresholds: np.ndarray, params: DetectorParams) -> tuple[np.ndarray, float]:
     """(alarms per hour for each threshold, hours of audio covered) for negative windows.
 
-    sources/starts/scores: (N,) per window; an alarm is a run of windows of one source, each
-    overlapping the previous, all scoring >= the threshold. A run longer than ``max_event_s``
-    counts once per started ``max_event_s``, as the device closes and reopens such events
-    (otherwise a detector stuck on would count as one alarm).
+    sources/starts/scores: (N,) per window. An alarm is an event the device's detector
+    (``params``, its threshold replaced by each of ``thresholds``) makes of one source's
+    windows; windows more than a hop apart are a gap in the audio (as where positive windows
+    were left out), where the detector is finished as the device finishes it.
     """
-    order = np.lexsort((starts, sources))
-    src, st, sc = sources[order], np.asarray(starts, np.float64)[order], scores[order]
-    n = len(sc)
-    same_run = np.r_[False, (src[1:] == src[:-1]) & (st[1:] <= st[:-1] + window_s + 1e-6)]
-    # Covered time: each window adds what does not overlap the previous one of its source.
-    added = np.where(same_run, np.minimum(np.r_[0.0, np.diff(st)], window_s), window_s)
-    hours = float(added.sum()) / 3600
-    thresholds = np.asarray(thresholds, np.float64)
-    counts = np.zeros(len(thresholds))
-    index = np.arange(n)
-    for b0 in range(0, len(thresholds), 64):  # blocks bound the (thresholds x windows) memory
-        above = sc[None, :] >= thresholds[b0:b0 + 64, None]
-        previous = np.c_[np.zeros((len(above), 1), bool), above[:, :-1]]
-        begins = above & ~(previous & same_run[None, :])
-        first = np.maximum.accumulate(np.where(begins, index, 0), axis=1)
-        segment = np.floor((st[None, :] - st[first]) / max_event_s + 1e-9)
-        reopened = above & ~begins & (segment > np.c_[np.zeros((len(above), 1)), segment[:, :-1]])
-        counts[b0:b0 + 64] = begins.sum(axis=1) + reopened.sum(axis=1)
+    hours = covered_hours(np.asarray(sources), np.asarray(starts, np.float64), window_s)
+    timelines = _timelines(np.asarray(sources), np.asarray(starts, np.float64), np.asarray(scores, np.float64))
+    counts = np.array([sum(len(detect(st, sc, replace(params, threshold=_inside(t)), window_s=window_s, hop_s=hop_s))
+                           for st, sc in timelines) for t in np.asarray(thresholds, np.float64)], np.float64)
     return counts / max(hours, 1e-9), hours
 
 
+def _inside(value: float) -> float:
+    return float(np.clip(value, LOWEST, HIGHEST))
+
+
 def threshold_at_false_alarms(*, sources: np.ndarray, starts: np.ndarray, scores: np.ndarray,
-                              window_s: float, per_hour: float, max_event_s: float = 60.0) -> Threshold:
-    """Lowest threshold at which negative audio (every higher threshold too) gives at most
-    ``per_hour`` alarms per hour."""
+                              window_s: float, hop_s: float, per_hour: float,
+                              params: DetectorParams) -> Threshold:
+    """Lowest threshold at which negative audio (every higher candidate threshold too) gives at
+    most ``per_hour`` alarms per hour, alarms counted by the device's detector with ``params``.
+
+    Candidates lie between the distinct scores (at most ``_MAX_CANDIDATES``, by quantile),
+    tried from the highest down until one gives too many alarms.
+    """
     scores = np.asarray(scores, np.float64)
     if len(scores) == 0:
         return Threshold(0.5, "default", {}, "no negative audio to calibrate on; 0.5 used")
     distinct = np.unique(scores)[::-1]
     if len(distinct) > _MAX_CANDIDATES:
         distinct = np.unique(np.quantile(scores, np.linspace(0, 1, _MAX_CANDIDATES)))[::-1]
-    # Highest candidate first; thresholds above every score give no alarms at all.
-    rates, hours = alarm_rate(sources=np.asarray(sources), starts=np.asarray(starts, np.float64),
-                              scores=scores, window_s=window_s, thresholds=distinct, max_event_s=max_event_s)
-    bad = np.flatnonzero(rates > per_hour + 1e-9)
-    if len(bad) == 0:  # even the lowest score is fine
-        k = len(distinct) - 1
-        value, rate = float(np.clip(distinct[k] / 2, LOWEST, HIGHEST)), float(rates[k])
-    elif bad[0] == 0:
-        value, rate = _between(1.0, distinct[0]), 0.0
-    else:
-        k = bad[0] - 1
-        value, rate = _between(distinct[k], distinct[k + 1]), float(rates[k])
+    sources, starts = np.asarray(sources), np.asarray(starts, np.float64)
+    hours = covered_hours(sources, starts, window_s)
+    timelines = _timelines(sources, starts, scores)
+
+    def rate_at(value: float) -> float:
+        params_at = replace(params, threshold=value)
+        alarms = sum(len(detect(st, sc, params_at, window_s=window_s, hop_s=hop_s)) for st, sc in timelines)
+        return alarms / max(hours, 1e-9)
+
+    # Each candidate sits between one distinct score and the next lower (below the lowest: at
+    # half of it); the rate is measured at the very value returned, since smoothing and
+    # hysteresis compare other numbers than the raw scores with it.
+    candidates = [_between(distinct[j], distinct[j + 1]) for j in range(len(distinct) - 1)]
+    candidates.append(_inside(distinct[-1] / 2))
+    value = _between(1.0, distinct[0])
+    rate = rate_at(value)
+    for candidate in candidates:  # highest first
+        candidate_rate = rate_at(candidate)
+        if candidate_rate > per_hour + 1e-9:
+            break
+        value, rate = candidate, candidate_rate
     note = "" if hours >= 0.5 else f"only {hours * 60:.1f} min of negative audio: the rate is a rough estimate"
+    if rate > per_hour + 1e-9:
+        note = f"scores at the top of the range: even the highest threshold gives {rate:.1f} per hour"
     return Threshold(value, "false_alarms", {"false_alarms_per_hour": rate, "hours": hours}, note)
+
+
+def calibrate_extent(recordings: list[tuple[list, list]], *, window_s: float, hop_s: float,
+                     min_calls: int = 5) -> dict:
+    """Extent trims (``device.detector``) from events made with no trim (the windows' span)
+    and the annotated calls of the same recordings.
+
+    recordings: per recording, (events, calls), each a list of (start_s, end_s). Only
+    one-to-one pairs count (an event touching exactly one call that touches no other event):
+    the trims are the medians of (call start - event start) and of (event end - call end).
+    With fewer than ``min_calls`` such pairs, the centre rule ((window_s - hop_s) / 2 each side).
+    Returns {"rule": "trim" or "centre", "trim_s": [start, end], "calls": pairs used}.
+    """
+    def touching(a, b):
+        return min(a[1], b[1]) - max(a[0], b[0]) > 1e-6
+
+    starts, ends = [], []
+    for events, calls in recordings:
+        for e in events:
+            mine = [c for c in calls if touching(e, c)]
+            if len(mine) == 1 and sum(touching(other, mine[0]) for other in events) == 1:
+                starts.append(mine[0][0] - e[0])
+                ends.append(e[1] - mine[0][1])
+    centre = (window_s - hop_s) / 2
+    if len(starts) < min_calls:
+        return {"rule": "centre", "trim_s": [centre, centre], "calls": len(starts)}
+    trim = [float(np.clip(np.median(x), 0.0, window_s)) for x in (starts, ends)]
+    return {"rule": "trim", "trim_s": [round(trim[0], 3), round(trim[1], 3)], "calls": len(starts)}

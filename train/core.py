@@ -4,7 +4,7 @@
 directly. A run folder holds (the contract ``python -m convert`` reads)::
 
     model.keras        Keras 3 model, input (None, frames, n_mels, 1) log-mel dB, output logits
-    run.json           labels, features, window_s, thresholds, recommended_hop_s, calibration, metrics
+    run.json           labels, features, window_s, thresholds, recommended_hop_s, events, calibration, metrics
     calibration.npy    float32 (N, frames, n_mels, 1) training windows for int8 quantization
     test_windows.npz   x, y, source, start_s of the test split
     split.csv  metrics.json  config.resolved.yaml  report.md  plots/*.png  errors.csv
@@ -28,7 +28,14 @@ from device.features import FeatureParams
 from train import report
 from train.augment import AugmentParams
 from train.cache import recording_features
-from train.calibrate import threshold_at_best_f1, threshold_at_false_alarms, threshold_at_precision
+from device.bundle import event_settings
+from device.detector import DetectorParams, detect, detector_params
+from train.calibrate import (
+    calibrate_extent,
+    threshold_at_best_f1,
+    threshold_at_false_alarms,
+    threshold_at_precision,
+)
 from train.datasets import DatasetError, Inventory, Recording, load_datasets
 from train.evaluate import (
     clip_level,
@@ -46,7 +53,7 @@ from train.split import (
     split_recordings,
     write_split_csv,
 )
-from train.windows import WindowSampler, evaluation_windows, window_labels
+from train.windows import WindowSampler, evaluation_windows, merged_regions, window_labels
 
 Log = Callable[[str], None]
 MAIN_FOLD = "fold1"
@@ -106,9 +113,10 @@ def _timelines(model, recordings: list[Recording], prepared: Prepared, window_s:
 
 
 def calibrate_thresholds(*, cfg: Section, labels: list[str], y: np.ndarray, scores: np.ndarray,
-                         timelines: dict, recordings: list[Recording], window_s: float,
-                         max_event_s: float = 60.0) -> dict:
-    """{label: Threshold} on validation data, by ``cfg.calibration.method``."""
+                         timelines: dict, recordings: list[Recording], window_s: float, hop_s: float,
+                         detection: dict[str, DetectorParams]) -> dict:
+    """{label: Threshold} on validation data, by ``cfg.calibration.method``; false alarms are
+    counted by the device's detector with ``detection`` (per label; thresholds replaced)."""
     out = {}
     for i, label in enumerate(labels):
         if cfg.calibration.method == "precision":
@@ -131,10 +139,33 @@ def calibrate_thresholds(*, cfg: Section, labels: list[str], y: np.ndarray, scor
                     starts.append(start)
                     negatives.append(score)
         out[label] = threshold_at_false_alarms(sources=np.array(sources), starts=np.array(starts),
-                                               scores=np.array(negatives), window_s=window_s,
+                                               scores=np.array(negatives), window_s=window_s, hop_s=hop_s,
                                                per_hour=cfg.calibration.false_alarms_per_hour,
-                                               max_event_s=max_event_s)
+                                               params=detection[label])
     return out
+
+
+def calibrate_events(*, detection: Section, labels: list[str], thresholds: dict[str, float], timelines: dict,
+                     recordings: list[Recording], window_s: float, hop_s: float, log: Log = print
+                     ) -> tuple[dict[str, DetectorParams], dict]:
+    """The event rule the bundle ships: the detection settings (the config's ``detection``
+    section) and, per label, the extent trims calibrated on the annotated validation recordings.
+    Returns (detector params per label, the ``events`` record of run.json / model.json)."""
+    untrimmed = detector_params(labels=tuple(labels), bundle_thresholds=thresholds, detection=detection)
+    extent = {}
+    for i, label in enumerate(labels):
+        pairs = []
+        for r in recordings:
+            if r.kind == "selections" and r.name in timelines:
+                starts, scores = timelines[r.name]
+                events = detect(starts, scores[:, i], untrimmed[label], window_s=window_s, hop_s=hop_s)
+                pairs.append(([(d.start_s, d.end_s) for d in events], merged_regions(r, label)))
+        extent[label] = calibrate_extent(pairs, window_s=window_s, hop_s=hop_s)
+        log(f"event extent {label}: {extent[label]['rule']} rule, trims {extent[label]['trim_s']} s "
+            f"({extent[label]['calls']} validation calls)")
+    trims = {label: tuple(e["trim_s"]) for label, e in extent.items()}
+    params = detector_params(labels=tuple(labels), bundle_thresholds=thresholds, detection=detection, trims=trims)
+    return params, {"detection": event_settings(detection), "extent": extent}
 
 
 def train_split(*, config: Section, prepared: Prepared, split: dict[str, str], out: Path,
@@ -198,14 +229,19 @@ def train_split(*, config: Section, prepared: Prepared, split: dict[str, str], o
         val_x, val_y, val_recordings = calibration_x[..., None], calibration_y, parts["train"]
     else:
         val_x, val_y, val_recordings = validation.x, validation.y, parts["validation"]
-    val_timelines = (_timelines(model, val_recordings, prepared, window_s, hop_s)
-                     if cfg.calibration.method == "false_alarms" else {})
+    val_timelines = _timelines(model, [r for r in val_recordings if cfg.calibration.method == "false_alarms"
+                                       or r.kind == "selections"], prepared, window_s, hop_s)
+    detection = detector_params(labels=tuple(labels), bundle_thresholds=dict.fromkeys(labels, 0.5),
+                                detection=config.detection)
     thresholds = calibrate_thresholds(cfg=cfg, labels=labels, y=val_y, scores=predict_probabilities(model, val_x),
                                       timelines=val_timelines, recordings=val_recordings, window_s=window_s,
-                                      max_event_s=config.detection.max_event_s)
+                                      hop_s=hop_s, detection=detection)
     threshold_values = {label: t.value for label, t in thresholds.items()}
     for label, t in thresholds.items():
         log(f"threshold {label}: {t.value:.4f} ({t.method}, {t.achieved}){' - ' + t.note if t.note else ''}")
+    detection, events_rule = calibrate_events(detection=config.detection, labels=labels, thresholds=threshold_values,
+                                              timelines=val_timelines, recordings=val_recordings,
+                                              window_s=window_s, hop_s=hop_s, log=log)
 
     test = windows["test"]
     test_scores = predict_probabilities(model, test.x)
@@ -220,8 +256,7 @@ def train_split(*, config: Section, prepared: Prepared, split: dict[str, str], o
     timeline_recordings = [r for r in parts["test"] if r.kind != "clips"]
     if timeline_recordings:
         metrics["events"] = event_metrics(_timelines(model, timeline_recordings, prepared, window_s, hop_s),
-                                          timeline_recordings, labels, threshold_values, window_s,
-                                          max_event_s=config.detection.max_event_s)
+                                          timeline_recordings, labels, detection, window_s, hop_s)
 
     keep = np.random.default_rng([cfg.seed, 1]).permutation(len(calibration_x))[:cfg.calibration_windows]
     np.save(out / "calibration.npy", calibration_x[keep][..., None].astype(np.float32))
@@ -229,7 +264,7 @@ def train_split(*, config: Section, prepared: Prepared, split: dict[str, str], o
              source=test.source.astype(str), start_s=test.start_s.astype(float))
     run_info = {
         "labels": labels, "features": params.to_dict(), "window_s": float(window_s),
-        "thresholds": threshold_values, "recommended_hop_s": float(hop_s),
+        "thresholds": threshold_values, "recommended_hop_s": float(hop_s), "events": events_rule,
         "calibration": {"method": cfg.calibration.method,
                         "target": (cfg.calibration.target_precision if cfg.calibration.method == "precision"
                                    else "best F1" if cfg.calibration.method == "f1"

@@ -6,9 +6,11 @@
 - chunk (long recordings): back-to-back ``window_s`` chunks from the start of each recording,
   labelled by the tables (ambiguous chunks left out), and per recording the number of positive
   chunks predicted against the number in the table (Pearson correlation over recordings);
-- event (long recordings): windows every ``hop_s`` along the whole recording, runs above the
-  threshold merged into events; an event that touches an annotation is a hit, one that touches
-  only unannotated background is a false alarm; an annotation no event touches is a miss.
+- event (long recordings): windows every ``hop_s`` along the whole recording, turned into events
+  by the device's own detector (``device.detector.detect``) with the settings the bundle ships;
+  an event that touches an annotation is a hit, one that touches only unannotated background is
+  a false alarm; an annotation no event touches is a miss; and how well events localise calls
+  (F1 at IoU >= 0.3, onset and offset errors).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from collections.abc import Callable
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from train.calibrate import alarm_rate
+from device.detector import DetectorParams, detect
+from train.calibrate import covered_hours
 from train.datasets import Recording
 from train.windows import WindowSet, crop, floor_db, merged_regions, tile_starts, window_labels
 
@@ -103,33 +106,66 @@ def timeline_scores(predict: Predict, features: np.ndarray, *, params, window_s:
     return starts, np.concatenate(out)
 
 
-def events_from_scores(starts: np.ndarray, scores: np.ndarray, threshold: float,
-                       window_s: float) -> list[tuple[float, float, float]]:
-    """(start_s, end_s, peak) of runs of overlapping windows scoring >= threshold."""
-    events: list[list[float]] = []
-    for start, score in zip(starts, scores):
-        if score < threshold:
-            continue
-        if events and start <= events[-1][1] + 1e-6:
-            events[-1][1] = start + window_s
-            events[-1][2] = max(events[-1][2], float(score))
-        else:
-            events.append([float(start), float(start) + window_s, float(score)])
-    return [tuple(e) for e in events]
-
-
 def _touches(a: tuple[float, float], b: tuple[float, float]) -> bool:
     return min(a[1], b[1]) - max(a[0], b[0]) > 1e-6
 
 
+def iou(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Intersection over union of two time spans."""
+    inter = min(a[1], b[1]) - max(a[0], b[0])
+    return max(0.0, inter) / max(max(a[1], b[1]) - min(a[0], b[0]), 1e-9)
+
+
+def match_events(events: list[tuple[float, float]], calls: list[tuple[float, float]], *,
+                 min_iou: float = 0.3) -> list[tuple[int, int]]:
+    """(event index, call index) pairs, one to one, greedily by highest IoU, each >= ``min_iou``
+    (the DCASE few-shot bioacoustic event metric's matching)."""
+    pairs = sorted(((iou(e, c), i, j) for i, e in enumerate(events) for j, c in enumerate(calls)
+                    if _touches(e, c)), reverse=True)
+    used_e, used_c, out = set(), set(), []
+    for value, i, j in pairs:
+        if value >= min_iou and i not in used_e and j not in used_c:
+            used_e.add(i)
+            used_c.add(j)
+            out.append((i, j))
+    return sorted(out)
+
+
+def localisation(events: list[tuple[float, float]], calls: list[tuple[float, float]], *,
+                 min_iou: float = 0.3) -> dict:
+    """Event F1 at IoU >= ``min_iou`` and the onset / offset errors (event - call, seconds) of the
+    matched pairs, of one recording's events against its calls."""
+    pairs = match_events(events, calls, min_iou=min_iou)
+    return {"tp": len(pairs), "fp": len(events) - len(pairs), "fn": len(calls) - len(pairs),
+            "onset_errors": [events[i][0] - calls[j][0] for i, j in pairs],
+            "offset_errors": [events[i][1] - calls[j][1] for i, j in pairs]}
+
+
+def summarise_localisation(parts: list[dict]) -> dict:
+    """Pooled :func:`localisation` of several recordings: F1 and median absolute errors."""
+    tp, fp, fn = (sum(p[k] for p in parts) for k in ("tp", "fp", "fn"))
+    onset = np.abs([x for p in parts for x in p["onset_errors"]])
+    offset = np.abs([x for p in parts for x in p["offset_errors"]])
+    return {**rates(tp, fp, fn), "tp": tp, "fp": fp, "fn": fn,
+            "median_onset_error_s": float(np.median(onset)) if len(onset) else None,
+            "median_offset_error_s": float(np.median(offset)) if len(offset) else None}
+
+
 def event_metrics(timelines: dict[str, tuple[np.ndarray, np.ndarray]], recordings: list[Recording],
-                  labels: list[str], thresholds: dict[str, float], window_s: float,
-                  max_event_s: float = 60.0) -> dict:
-    """Event-level precision / recall / F1 and false alarms per hour of background, per label."""
+                  labels: list[str], params: dict[str, DetectorParams], window_s: float,
+                  hop_s: float) -> dict:
+    """Event-level figures per label, from the events the device's detector makes of the window
+    scores (``params``: the detection settings and extents the bundle ships):
+
+    - an event that touches an annotation is a hit, one that touches only unannotated
+      background a false alarm (per hour of background: the audio that windows without any
+      annotation cover); an annotation no event touches is a miss;
+    - ``localisation``: F1 at IoU >= 0.3 against the annotations, median onset/offset errors.
+    """
     out = {}
     for i, label in enumerate(labels):
         hits = false_alarms = found = regions_total = 0
-        negative_sources, negative_starts, negative_scores = [], [], []
+        negative_sources, negative_starts, parts = [], [], []
         for r in recordings:
             if r.name not in timelines:
                 continue
@@ -137,30 +173,28 @@ def event_metrics(timelines: dict[str, tuple[np.ndarray, np.ndarray]], recording
             regions = merged_regions(r, label)
             others = [(s, e) for other in labels if other != label for s, e in merged_regions(r, other)]
             excused = regions + others + list(r.ignored)
-            events = events_from_scores(starts, scores[:, i], thresholds[label], window_s)
+            events = [(d.start_s, d.end_s) for d in detect(starts, scores[:, i], params[label],
+                                                           window_s=window_s, hop_s=hop_s, label=label)]
             for event in events:
-                if any(_touches(event[:2], region) for region in regions):
+                if any(_touches(event, region) for region in regions):
                     hits += 1
-                elif not any(_touches(event[:2], region) for region in excused):
+                elif not any(_touches(event, region) for region in excused):
                     false_alarms += 1
             regions_total += len(regions)
-            found += sum(any(_touches(region, event[:2]) for event in events) for region in regions)
-            for start, score in zip(starts, scores[:, i]):
+            found += sum(any(_touches(region, event) for event in events) for region in regions)
+            parts.append(localisation(events, regions))
+            for start in starts:
                 y, ambiguous = window_labels(r, start, window_s, labels)
                 if not y.any() and not ambiguous:
                     negative_sources.append(r.name)
                     negative_starts.append(start)
-                    negative_scores.append(score)
-        rate, hours = (alarm_rate(sources=np.array(negative_sources), starts=np.array(negative_starts),
-                                  scores=np.array(negative_scores), window_s=window_s,
-                                  thresholds=np.array([thresholds[label]]), max_event_s=max_event_s)
-                       if negative_scores else (np.array([np.nan]), 0.0))
+        hours = covered_hours(np.array(negative_sources), np.array(negative_starts, np.float64), window_s)
         precision = hits / (hits + false_alarms) if hits + false_alarms else None
         recall = found / regions_total if regions_total else None
         f1 = (2 * precision * recall / (precision + recall)
               if precision is not None and recall is not None and precision + recall > 0 else None)
         out[label] = {"events_hit": hits, "false_alarm_events": false_alarms, "annotations": regions_total,
                       "annotations_found": found, "precision": precision, "recall": recall, "f1": f1,
-                      "false_alarms_per_hour": None if np.isnan(rate[0]) else float(rate[0]),
-                      "background_hours": hours}
+                      "false_alarms_per_hour": false_alarms / hours if hours > 0 else None,
+                      "background_hours": hours, "localisation": summarise_localisation(parts)}
     return out

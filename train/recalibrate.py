@@ -8,7 +8,8 @@ differs. Record an hour or so at the new site when the target species is not cal
 need to be labelled), and this command runs the bundle's int8 model over it exactly as the
 device would (the device's own front end and LiteRT classifier, windows every ``hop_s``), then
 sets each label's threshold to the lowest value giving at most N false alarms per hour there
-(an alarm = a run of overlapping windows above the threshold, as the detector merges them).
+(an alarm = an event of the device's own detector, with the detection settings the bundle
+was calibrated with, or the config's for a bundle that does not record them).
 
 It writes a COPY of the bundle (model files unchanged, model.json with the new thresholds and
 a ``recalibration`` record) into ``--out``; the original is never modified.
@@ -23,12 +24,21 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from device.audio import AudioError, find_audio_files, stream_audio
-from device.bundle import MANIFEST_NAME, BundleError, load_bundle, resolve_manifest, seal_manifest
+from device.bundle import (
+    MANIFEST_NAME,
+    BundleError,
+    event_settings,
+    load_bundle,
+    resolve_manifest,
+    seal_manifest,
+)
 from device.config import ConfigError, load_config
+from device.detector import detector_params
 from device.features import StreamingLogMel
 from device.runtime import load_classifier
 from train.calibrate import alarm_rate, threshold_at_false_alarms
@@ -51,9 +61,12 @@ def score_background(classifier, path: Path, *, hop_s: float) -> tuple[np.ndarra
 
 
 def recalibrate_bundle(*, model: Path, background: list[Path], out: Path, false_alarms_per_hour: float,
-                       hop_s: float | None = None, max_event_s: float = 60.0, log=print) -> dict:
+                       detection, hop_s: float | None = None, log=print) -> dict:
     """Write a copy of the bundle at ``model`` into ``out`` with thresholds recalibrated on
-    ``background`` (files or folders of audio without target calls). Returns the record."""
+    ``background`` (files or folders of audio without target calls). Returns the record.
+
+    detection: the config's ``detection`` section; alarms are the events the device's detector
+    makes with those settings (the bundle's own, ``events.detection``, when it has them)."""
     bundle = load_bundle(model)
     source = resolve_manifest(model).parent
     out = Path(out)
@@ -63,6 +76,9 @@ def recalibrate_bundle(*, model: Path, background: list[Path], out: Path, false_
     if not files:
         raise AudioError(f"{', '.join(map(str, background))}: no audio files to recalibrate on")
     hop_s = hop_s or bundle.recommended_hop_s
+    settings = {**event_settings(detection), **bundle.events.get("detection", {}), "thresholds": {}}
+    params = detector_params(labels=bundle.labels, bundle_thresholds=bundle.thresholds,
+                             detection=SimpleNamespace(**settings), trims=bundle.extent_trims(hop_s))
     classifier = load_classifier(bundle)
     sources, starts, scores = [], [], []
     for path in files:
@@ -77,11 +93,10 @@ def recalibrate_bundle(*, model: Path, background: list[Path], out: Path, false_
     thresholds = {}
     for i, label in enumerate(bundle.labels):
         old = bundle.thresholds[label]
-        old_rate, hours = alarm_rate(sources=sources, starts=starts, scores=scores[:, i],
-                                     window_s=bundle.window_s, thresholds=np.array([old]), max_event_s=max_event_s)
-        new = threshold_at_false_alarms(sources=sources, starts=starts, scores=scores[:, i],
-                                        window_s=bundle.window_s, per_hour=false_alarms_per_hour,
-                                        max_event_s=max_event_s)
+        old_rate, hours = alarm_rate(sources=sources, starts=starts, scores=scores[:, i], window_s=bundle.window_s,
+                                     hop_s=hop_s, thresholds=np.array([old]), params=params[label])
+        new = threshold_at_false_alarms(sources=sources, starts=starts, scores=scores[:, i], window_s=bundle.window_s,
+                                        hop_s=hop_s, per_hour=false_alarms_per_hour, params=params[label])
         thresholds[label] = new.value
         record["labels"][label] = {"old_threshold": old, "old_false_alarms_per_hour": float(old_rate[0]),
                                    **new.to_dict()}
@@ -123,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--false-alarms-per-hour must be >= 0 and --hop-s > 0")
         recalibrate_bundle(model=Path(args.model), background=[Path(p) for p in args.background],
                            out=Path(args.out), false_alarms_per_hour=rate, hop_s=args.hop_s,
-                           max_event_s=config.detection.max_event_s)
+                           detection=config.detection)
     except (BundleError, AudioError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
