@@ -2,10 +2,10 @@
 
 One Home Assistant *device* per detector (``service.device_id``), with
 
-- one entity per model label, reading the events topic: an ``event`` entity (event type = the
-  label, attributes peak_score, start_utc, event_id, seq, source), or a ``binary_sensor``
-  (device class ``sound``) that turns on with an event of its label and off after
-  ``mqtt.discovery.off_delay_s``;
+- one entity per model label, reading the events topic: an ``event`` entity that fires when an
+  event of its label opens (event type = the label, attributes peak_score, start_utc, event_id,
+  seq, source), or a ``binary_sensor`` (device class ``sound``) that turns on when an event of
+  its label opens and off when it closes (events are sent at both, schema 2);
 - diagnostic sensors reading the state topic: real-time factor (processing seconds per second
   of audio), audio overflows, outbox depth and dropped events.
 
@@ -22,7 +22,6 @@ entity whose label left the model (or whose entity kind changed) is removed on t
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -56,13 +55,11 @@ def discovery_configs(
     device_id: str,
     labels: list[str],
     entity: str,
-    off_delay_s: float,
 ) -> dict[str, dict]:
     """Config topic -> config payload for every entity of one detector.
 
     ``prefix``: the discovery prefix (``homeassistant``). ``base_topic``: ``<topic_prefix>/
-    <device_id>``. ``entity``: ``"event"`` or ``"binary_sensor"``. ``off_delay_s``: seconds a
-    binary_sensor stays on (rounded up to whole seconds, as Home Assistant wants).
+    <device_id>``. ``entity``: ``"event"`` or ``"binary_sensor"``.
     """
     node = f"callwatch_{object_id(device_id)}"
     availability = {
@@ -85,6 +82,7 @@ def discovery_configs(
     configs: dict[str, dict] = {}
     for label in labels:
         match = f"value_json.label == {json.dumps(label)}"
+        opening = f"{match} and value_json.state != 'closed'"
         config = {
             **common,
             "name": label,
@@ -95,12 +93,13 @@ def discovery_configs(
             attributes = ", ".join(f"'{key}': value_json.{key}" for key in EVENT_ATTRIBUTES)
             config["event_types"] = [label]
             fields = f"{{'event_type': value_json.label, {attributes}}}"
-            config["value_template"] = f"{{% if {match} %}}{{{{ {fields} | tojson }}}}{{% endif %}}"
+            config["value_template"] = f"{{% if {opening} %}}{{{{ {fields} | tojson }}}}{{% endif %}}"
             config["icon"] = "mdi:bird"
         else:
             config["device_class"] = "sound"
-            config["value_template"] = f"{{% if {match} %}}ON{{% endif %}}"
-            config["off_delay"] = max(1, math.ceil(off_delay_s))
+            config["value_template"] = (
+                f"{{% if {match} %}}{{{{ 'OFF' if value_json.state == 'closed' else 'ON' }}}}{{% endif %}}"
+            )
         configs[f"{prefix}/{entity}/{node}/{object_id(label)}/config"] = config
     for key, name, unit, state_class, icon in DIAGNOSTIC_SENSORS:
         config = {

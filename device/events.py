@@ -12,12 +12,19 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
-EVENT_SCHEMA = 2
+EVENT_SCHEMA = 3
+"""2 added site, time_source and replay; 3 added ``state``: an event is sent when it opens and
+again when it closes."""
+OPEN, CLOSED = "open", "closed"
 
 
 @dataclass(frozen=True)
 class Event:
-    """One detection: a run of windows of one label above its threshold, merged."""
+    """One detection: where a call of one label is, from the windows of the model that saw it.
+
+    The MQTT sink sends it twice, with the same ``event_id`` and ``seq``: when it opens
+    (``state`` "open": start known, end and peak so far) and when it closes (``state``
+    "closed": the final start, end and peak). Files (JSONL, Raven, counts) keep closed ones."""
 
     event_id: str
     """Unique id (UUID4 hex); a subscriber drops repeats of an id that QoS 1 may deliver."""
@@ -53,7 +60,14 @@ class Event:
     'audiomoth' (the WAV comment), 'filename'; None when the recording's time is unknown."""
     replay: bool = False
     """True for events of a replayed file: never a detection happening now."""
+    state: str = CLOSED
+    """"open": the call is going on (sent at onset; end_s and peak_score so far); "closed":
+    finished, with its final extent and peak."""
     schema: int = EVENT_SCHEMA
+
+    @property
+    def closed(self) -> bool:
+        return self.state == CLOSED
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -86,8 +100,12 @@ class Sink(Protocol):
     keep the event, as the MQTT outbox does) and must not drop an event silently.
     """
 
+    wants_open_events: bool
+    """Whether on_event also receives events as they open (``state`` "open"); sinks without
+    it receive closed events only."""
+
     def on_event(self, event: Event) -> None:
-        """One finished event."""
+        """One event: closed, or also open ones for a sink that wants them."""
 
     def on_scores(self, scores: WindowScores) -> None:
         """One evaluated window (sinks that do not need scores ignore it)."""

@@ -130,13 +130,14 @@ class Monitor:
         if kind == "state":
             self.line(device, "state", format_state(data))
             return
-        event_id = str(data.get("event_id"))
+        # An event comes twice, opening and closing (schema 2); older daemons send it once.
+        event_id = f"{data.get('event_id')}/{data.get('state', 'closed')}"
         if event_id in self._seen:
             return  # a QoS 1 repeat
         self._seen[event_id] = None
         while len(self._seen) > SEEN_IDS:
             self._seen.popitem(last=False)
-        self.line(device, "event", format_event(data))
+        self.line(device, "open" if data.get("state") == "open" else "event", format_event(data))
 
 
 def _interrupt(signum: int, frame: Any) -> None:

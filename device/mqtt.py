@@ -198,6 +198,10 @@ def _finite(value: Any) -> Any:
 class MqttSink:
     """The ``device.events.Sink`` that publishes to MQTT (see the module docstring)."""
 
+    wants_open_events = True
+    """Events are published as they open (a dashboard sees the call while it happens) and
+    again, same event_id, when they close."""
+
     def __init__(self, cfg: Any, *, device_id: str, labels: list[str], state_dir: Path,
                  health: Callable[[], dict], replay: bool = False,
                  storage=None) -> None:
@@ -556,7 +560,7 @@ class MqttSink:
         d = self._cfg.discovery
         configs = discovery_configs(prefix=d.prefix, base_topic=self._topics.base,
                                     device_id=self._device_id, labels=self._labels,
-                                    entity=d.entity, off_delay_s=d.off_delay_s)
+                                    entity=d.entity)
         stale = load_published(self._state_dir) - configs.keys()
         self._discovery_topics = set(configs)
         self._discovery_removals = set()

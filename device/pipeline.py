@@ -20,14 +20,14 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from device.audio import Resampler
 from device.clock import clock_synced, utc_iso
 from device.detector import Detection, Detector
-from device.events import Event, WindowScores
+from device.events import CLOSED, OPEN, Event, WindowScores
 from device.features import StreamingLogMel
 from device.health import Health
 from device.paths import Sequence
@@ -68,18 +68,22 @@ class EventFactory:
         t0_mono: float,
         site: str | None = None,
         time_source: str | None = "clock",
+        opened: Event | None = None,
     ) -> Event:
         """t0_wall / t0_mono: wall-clock and monotonic time of the source's time 0 (t0_wall
-        None: unknown, the event's start_utc is None)."""
+        None: unknown, the event's start_utc is None). opened: the event this detection closes,
+        as sent when it opened (the closing one keeps its id and seq)."""
         start_s = round(detection.start_s, 3)
-        if self.replay:
+        if opened is not None:
+            event_id = opened.event_id
+        elif self.replay:
             key = f"{self.id_salt}\0{self.device_id}\0{source}\0{detection.label}\0{start_s:.3f}"
             event_id = uuid.uuid5(uuid.NAMESPACE_URL, key).hex
         else:
             event_id = uuid.uuid4().hex
         return Event(
             event_id=event_id,
-            seq=self.sequence.next(),
+            seq=opened.seq if opened is not None else self.sequence.next(),
             device_id=self.device_id,
             label=detection.label,
             start_s=start_s,
@@ -92,6 +96,7 @@ class EventFactory:
             site=site,
             time_source=time_source if t0_wall is not None else None,
             replay=self.replay,
+            state=CLOSED if detection.closed else OPEN,
         )
 
 
@@ -142,6 +147,8 @@ class Pipeline:
         self._time_source: str | None = "clock"
         self._source_windows = 0
         self._clips_pending: list[tuple[Event, int, int]] = []
+        self._opened: dict[tuple[str, int], Event] = {}
+        """Events sent as open, by (label, detector's event number), until they close."""
         self.ring: RingBuffer | None = None
         self.capture_rate = self.params.sample_rate
         self._arrival: tuple[float, int] | None = None
@@ -183,8 +190,7 @@ class Pipeline:
     def end_segment(self) -> None:
         """The audio is interrupted: close open events, save pending clips."""
         for detection in self.detector.finish():
-            if detection.closed:
-                self._emit(detection)
+            self._emit(detection)
         self._serve_clips(final=True)
 
     def end_source(self, *, pad_short: bool) -> None:
@@ -297,8 +303,7 @@ class Pipeline:
                 )
             )
         for detection in self.detector.update(start_s, end_s, scores):
-            if detection.closed:
-                self._emit(detection)
+            self._emit(detection)
         if self._arrival is not None:
             arrival_mono, written = self._arrival
             # When the window's last sample arrived, from the newest sample's arrival time.
@@ -312,10 +317,11 @@ class Pipeline:
             health.hop_latency.add(max(0.0, time.monotonic() - arrived))
 
     def _emit(self, detection: Detection) -> None:
+        """Send an opening event at once; a closing one with the id and seq of its opening."""
         if detection.end_s > self.audio_end_s:  # the zero-padded window of a short file
-            detection = Detection(
-                detection.label, detection.start_s, self.audio_end_s, detection.peak_score
-            )
+            detection = replace(detection, end_s=max(detection.start_s, self.audio_end_s))
+        key = (detection.label, detection.number)
+        opened = self._opened.pop(key, None) if detection.closed else None
         event = self.events.make(
             detection,
             source=self.source,
@@ -323,7 +329,12 @@ class Pipeline:
             t0_mono=self._t0_mono,
             site=self._site,
             time_source=self._time_source,
+            opened=opened,
         )
+        if not detection.closed:
+            self._opened[key] = event
+            self.queue.put_event(event)
+            return
         self.health.events += 1
         self.queue.put_event(event)
         if self.clips is not None:

@@ -119,7 +119,8 @@ class SinkQueue:
         for sink in self.sinks:
             try:
                 if kind == "event":
-                    sink.on_event(payload)
+                    if payload.closed or getattr(sink, "wants_open_events", False):
+                        sink.on_event(payload)
                 elif kind == "scores":
                     sink.on_scores(payload)
                 elif kind == "source_end":
@@ -169,6 +170,7 @@ class _BaseSink:
     """Default no-op methods of the Sink protocol."""
 
     wants_scores = False
+    wants_open_events = False
 
     def on_event(self, event: Event) -> None:
         pass

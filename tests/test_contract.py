@@ -23,7 +23,7 @@ SCHEMA_FILE = Path(__file__).resolve().parents[1] / "docs" / "event.schema.json"
 
 EVENT_KEYS = ["schema", "event_id", "seq", "device_id", "label", "start_s", "end_s",
               "peak_score", "source", "start_utc", "clock_synced", "mono_s", "site", "time_source",
-              "replay"]
+              "replay", "state"]
 STATE_KEYS = {"device_id", "time_utc", "outbox_depth", "outbox_dropped", "dropped_events", "mqtt"}
 STATE_MQTT_KEYS = {"connects", "connect_failures", "disconnects", "events_published",
                    "outbox_write_errors", "connected", "sink_uptime_s", "version"}
@@ -33,7 +33,7 @@ def test_event_json_keys_are_frozen():
     event = sample_event(3)
     assert list(json.loads(event.to_json())) == EVENT_KEYS
     assert Event.from_json(event.to_json()) == event
-    assert EVENT_SCHEMA == 2
+    assert EVENT_SCHEMA == 3
 
 
 def test_topics_are_frozen():
@@ -106,6 +106,8 @@ def test_schema_file_matches_the_event():
     ({"time_source": "guess"}, "$.time_source: not one of"),
     ({"replay": None}, "$.replay: not boolean"),
     ({"site": 3}, "$.site: not string or null"),
+    ({"state": "half"}, "$.state: not one of"),
+    ({"schema": 2}, "$.schema: not 3"),
 ])
 def test_schema_refuses_what_the_contract_does_not_allow(change, error):
     schema = json.loads(SCHEMA_FILE.read_text())

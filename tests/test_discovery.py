@@ -16,7 +16,7 @@ BASE = "callwatch/pi-1"
 
 def configs(entity: str = "event", labels=("capuchin", "frog call")) -> dict[str, dict]:
     return discovery_configs(prefix="homeassistant", base_topic=BASE, device_id="pi-1",
-                             labels=list(labels), entity=entity, off_delay_s=9.5)
+                             labels=list(labels), entity=entity)
 
 
 def test_one_device_an_entity_per_label_and_diagnostic_sensors():
@@ -42,10 +42,10 @@ def test_one_device_an_entity_per_label_and_diagnostic_sensors():
     assert sensor["state_topic"] == f"{BASE}/state" and sensor["entity_category"] == "diagnostic"
 
 
-def test_binary_sensor_variant_has_an_off_delay():
+def test_binary_sensor_variant_needs_no_off_delay():
     found = configs("binary_sensor", labels=["capuchin"])
     config = found["homeassistant/binary_sensor/callwatch_pi-1/capuchin/config"]
-    assert config["off_delay"] == 10 and config["device_class"] == "sound"
+    assert "off_delay" not in config and config["device_class"] == "sound"
     assert config["state_topic"] == f"{BASE}/events"
 
 
@@ -57,7 +57,8 @@ def render(template: str, payload: dict) -> str:
 
 
 def test_templates_select_their_own_label():
-    event = sample_event(7, label="frog call").to_dict()
+    event = {**sample_event(7, label="frog call").to_dict(), "state": "open"}
+    closed = {**event, "state": "closed"}
     found = configs()
 
     def template(kind: str, name: str) -> str:
@@ -69,6 +70,10 @@ def test_templates_select_their_own_label():
     assert render(template("event", "capuchin"), event) == ""  # HA ignores an empty result
     assert render(template("binary_sensor", "frog_call"), event) == "ON"
     assert render(template("binary_sensor", "capuchin"), event) == ""
+    # The event entity fires at onset only; the binary sensor turns off when the event closes.
+    assert render(template("event", "frog_call"), closed) == ""
+    assert render(template("binary_sensor", "frog_call"), closed) == "OFF"
+    assert render(template("binary_sensor", "capuchin"), closed) == ""
 
     depth = found["homeassistant/sensor/callwatch_pi-1/outbox_depth/config"]["value_template"]
     assert render(depth, {"outbox_depth": 3}) == "3"

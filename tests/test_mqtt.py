@@ -391,10 +391,16 @@ def test_replay_publishes_exactly_the_jsonl_events(broker, tmp_path, tone_bundle
     assert daemon.wait() == 0, "".join(daemon.lines)
     jsonl = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert len(jsonl) == 5 and all(e["replay"] for e in jsonl)
-    assert sub.wait_for(lambda s: len(s.on(REPLAY_EVENTS)) >= 5, 5)
-    assert received(sub, REPLAY_EVENTS) == jsonl
+    assert sub.wait_for(lambda s: len(s.on(REPLAY_EVENTS)) >= 10, 5)
+    # Each event twice: when it opens, then closed, exactly as the JSONL has it.
+    got = received(sub, REPLAY_EVENTS)
+    assert [e for e in got if e["state"] == "closed"] == jsonl
+    assert [e["event_id"] for e in got] == [e["event_id"] for e in jsonl for _ in range(2)]
+    assert [e["state"] for e in got] == ["open", "closed"] * 5
+    for opened, closed in zip(got[::2], got[1::2]):
+        assert opened["start_s"] == closed["start_s"] and opened["end_s"] <= closed["end_s"]
     # A replay never speaks for the live recorder: no availability, state or live events.
-    assert [m.topic for m in sub.messages] == [REPLAY_EVENTS] * 5
+    assert [m.topic for m in sub.messages] == [REPLAY_EVENTS] * 10
 
 
 @pytest.mark.slow
@@ -414,10 +420,10 @@ def test_replay_through_a_broker_restart_loses_nothing(broker, tmp_path, tone_bu
     assert len(jsonl) == 4
     ids = {e["event_id"] for e in jsonl}
     assert sub.wait_for(lambda s: {e["event_id"] for e in received(s, REPLAY_EVENTS)} >= ids, 10)
-    first: dict[str, dict] = {}
+    first: dict[tuple, dict] = {}
     for event in received(sub, REPLAY_EVENTS):
-        assert first.setdefault(event["event_id"], event) == event
-    assert list(first.values()) == jsonl
+        assert first.setdefault((event["event_id"], event["state"]), event) == event
+    assert [e for e in first.values() if e["state"] == "closed"] == jsonl
 
 
 def test_daemon_killed_with_the_broker_down_delivers_after_restart(tmp_path, tone_bundle):
@@ -434,7 +440,7 @@ def test_daemon_killed_with_the_broker_down_delivers_after_restart(tmp_path, ton
                     max_bytes=10**8)
     queued = [json.loads(row.payload) for row in outbox.peek(limit=100)]
     outbox.close()
-    assert [e["seq"] for e in queued[:2]] == [1, 2]
+    assert [e["seq"] for e in queued if e["state"] == "closed"][:2] == [1, 2]
 
     broker.start()
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -143,6 +144,31 @@ def test_scores_are_only_made_when_a_sink_wants_them(tmp_path):
         [JsonlSink(str(tmp_path / "e.jsonl")), LogSink()], maxsize=10, block=True
     ).wants_scores
     assert SinkQueue([ScoresCsvSink(tmp_path / "s.csv")], maxsize=10, block=True).wants_scores
+
+
+def test_open_events_reach_only_the_sinks_that_want_them(tmp_path):
+    """MQTT publishes an event as it opens; files, tables and counts keep finished events."""
+
+    class Opens:
+        wants_open_events = True
+
+        def __init__(self) -> None:
+            self.events: list[Event] = []
+
+        def on_event(self, e: Event) -> None:
+            self.events.append(e)
+
+        def close(self) -> None:
+            pass
+
+    opens, path = Opens(), tmp_path / "e.jsonl"
+    queue = SinkQueue([opens, JsonlSink(str(path))], maxsize=10, block=True).start()
+    opened = dataclasses.replace(event(1), state="open")
+    queue.put_event(opened)
+    queue.put_event(dataclasses.replace(opened, state="closed", end_s=opened.end_s + 1))
+    queue.close()
+    assert [e.state for e in opens.events] == ["open", "closed"]
+    assert [Event.from_json(line).state for line in path.read_text().splitlines()] == ["closed"]
 
 
 def test_jsonl_sink_writes_one_event_per_line_and_appends(tmp_path):
