@@ -71,14 +71,14 @@ def recording(tmp_path_factory) -> Path:
 class Daemon:
     """``python -m device`` listening to the null sink's monitor."""
 
-    def __init__(self, folder: Path, model: Path, sink: str) -> None:
+    def __init__(self, folder: Path, model: Path, sink: str, detection: dict | None = None) -> None:
         self.events = folder / "events.jsonl"
         self.log = folder / "daemon.log"
         config = folder / "config.yaml"
         config.write_text(
             yaml.safe_dump(
                 {
-                    "detection": {"model": str(model), "hop_s": HOP_S},
+                    "detection": {"model": str(model), "hop_s": HOP_S, **(detection or {})},
                     "audio": {"device": "pulse"},
                     "outputs": {"events_jsonl": str(self.events)},
                     "service": {"state_dir": str(folder / "state"), "device_id": "live-test"},
@@ -125,10 +125,10 @@ class Daemon:
         return [json.loads(line) for line in self.events.read_text().splitlines()]
 
 
-def replay_events(folder: Path, model: Path, recording: Path) -> list[dict]:
+def replay_events(folder: Path, model: Path, recording: Path, detection: dict | None = None) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     config = folder / "replay.yaml"
-    config.write_text(yaml.safe_dump({"detection": {"model": str(model), "hop_s": HOP_S}}))
+    config.write_text(yaml.safe_dump({"detection": {"model": str(model), "hop_s": HOP_S, **(detection or {})}}))
     result = subprocess.run(
         [
             sys.executable,
@@ -183,6 +183,36 @@ def test_live_capture_gives_the_events_of_replay_and_sigterm_exits_0(
         assert abs((a["mono_s"] - played_at) - b["start_s"]) <= HOP_S + 0.5
     assert [e["seq"] for e in live] == [1, 2, 3]
     assert (tmp_path / "state" / "seq").read_text().strip() == "3"
+
+
+@pytest.mark.slow
+def test_long_calls_split_at_max_event_s_tile_live_as_in_replay(tone_bundle, null_sink, tmp_path):
+    """A call longer than detection.max_event_s comes out as pieces that tile its extent
+    (each starts where the previous ended, never overlapping it), with the same boundaries
+    live and in replay, within one hop."""
+    x = noise(12.0, SR)
+    x[int(2.0 * SR) : int(9.0 * SR)] += tone(2000, 7.0, SR)
+    recording = tmp_path / "long.wav"
+    soundfile.write(recording, x, SR)
+    detection = {"max_event_s": 2.0}
+    daemon = Daemon(tmp_path, tone_bundle, null_sink, detection)
+    daemon.wait_listening()
+    time.sleep(1.0)
+    play = _run("paplay", f"--device={null_sink}", str(recording), timeout=60)
+    assert play.returncode == 0, play.stderr
+    time.sleep(2.5)
+    assert daemon.stop(signal.SIGTERM) == 0, daemon.log.read_text()
+    live = daemon.read_events()
+    replayed = replay_events(tmp_path, tone_bundle, recording, detection)
+    assert len(replayed) >= 3, replayed  # about 7 s of call in pieces of at most 2 s
+    for events in (live, replayed):
+        assert all(e["end_s"] - e["start_s"] <= 2.0 + 1e-6 for e in events), events
+        assert all(a["end_s"] == b["start_s"] for a, b in zip(events, events[1:])), events
+    assert len(live) == len(replayed), (live, replayed)
+    offset = float(np.median([a["start_s"] - b["start_s"] for a, b in zip(live, replayed)]))
+    for a, b in zip(live, replayed):
+        assert abs(a["start_s"] - offset - b["start_s"]) <= HOP_S, (live, replayed)
+        assert abs(a["end_s"] - offset - b["end_s"]) <= HOP_S, (live, replayed)
 
 
 def test_sigint_during_a_call_flushes_the_open_event_and_exits_0(tone_bundle, null_sink, tmp_path):
