@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -466,7 +467,10 @@ def test_monitor_lines_drop_repeated_event_ids():
     out = io.StringIO()
     monitor = Monitor("callwatch", out)
     event = sample_event(7)
+    opened = dataclasses.replace(event, end_s=14.5, state="open")
     monitor.on_message("callwatch/dev1/availability", b"online")
+    monitor.on_message("callwatch/dev1/events", opened.to_json().encode())
+    monitor.on_message("callwatch/dev1/events", opened.to_json().encode())  # a QoS 1 repeat
     monitor.on_message("callwatch/dev1/events", event.to_json().encode())
     monitor.on_message("callwatch/dev1/events", event.to_json().encode())  # a QoS 1 repeat
     monitor.on_message("callwatch/dev1/state", json.dumps(
@@ -477,6 +481,8 @@ def test_monitor_lines_drop_repeated_event_ids():
     lines = [line.split(" ", 1)[1] for line in out.getvalue().splitlines()]  # without the time
     assert lines == [
         "dev1         online",
+        "dev1         open     #7 tone 14.00-14.50 s  peak 0.93  test.wav  "
+        "2026-11-22T23:00:00.500Z",
         "dev1         event    #7 tone 14.00-15.50 s  peak 0.93  test.wav  "
         "2026-11-22T23:00:00.500Z",
         "dev1         state    rtf 0.0012  overflows 2  outbox 5  dropped 0  up 61 s",
