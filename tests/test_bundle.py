@@ -147,6 +147,19 @@ def test_write_bundle_refuses_a_missing_model_file(tmp_path):
         )
 
 
+def test_the_extent_rule_comes_from_the_bundle_and_old_bundles_get_the_centre_rule(bundle_dir):
+    old = load_bundle(bundle_dir)  # made without an events record
+    assert old.events == {}
+    centre = (old.window_s - 0.5) / 2
+    assert old.extent_trims(0.5) == {"tone": (centre, centre)}
+    events = {"detection": {"hop_s": 0.5, "hysteresis": 0.1},
+              "extent": {"tone": {"rule": "trim", "trim_s": [0.3, 0.2], "calls": 12}}}
+    edit_manifest(bundle_dir, lambda m: m.update(events=events))
+    assert load_bundle(bundle_dir).extent_trims(0.5) == {"tone": (0.3, 0.2)}
+    edit_manifest(bundle_dir, lambda m: m.update(events={"extent": {"tone": {"rule": "windows"}}}))
+    assert load_bundle(bundle_dir).extent_trims(0.5) == {"tone": (0.0, 0.0)}
+
+
 # --- refusals -------------------------------------------------------------------------------
 
 
@@ -199,6 +212,9 @@ def test_another_tflite_that_is_not_in_the_manifest(bundle_dir):
         (lambda m: m.update(output_kind="softmax"), ["output_kind must be one of"]),
         (lambda m: m.update(input_quantization={"scale": 0.1}), ["input_quantization"]),
         (lambda m: m.update(variants={"edgetpu": {"file": "x.tflite"}}), ["variants must be"]),
+        (lambda m: m.update(events={"extent": {"tone": {"rule": "guess"}}}), ["events must be"]),
+        (lambda m: m.update(events={"extent": {"tone": {"rule": "trim", "trim_s": [0.2]}}}), ["events must be"]),
+        (lambda m: m.update(events={"extent": {"tone": {"rule": "trim", "trim_s": [-1, 0]}}}), ["events must be"]),
         (lambda m: m.update(format_version=2), ["format_version 2", "upgrade callwatch"]),
         (lambda m: m.update(format="something-else"), ["not a callwatch model manifest"]),
         (lambda m: m.pop("sha256"), ["missing key(s) sha256"]),

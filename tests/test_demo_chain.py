@@ -47,6 +47,9 @@ def test_demo_trains_converts_and_replays_the_soundscape_calls(tmp_path):
     _run("-m", "convert", "--int8", "runs/demo", cwd=tmp_path)
     manifest = json.loads((run / "model.json").read_text())
     assert manifest["input_dtype"] == manifest["output_dtype"] == "int8"
+    # The event rule the thresholds were calibrated for travels with the model.
+    assert manifest["events"]["detection"]["hop_s"] == config["detection"]["hop_s"]
+    assert manifest["events"]["extent"]["call"]["rule"] in ("trim", "centre")
 
     replay = _run("-m", "device", "--config", "config.yaml", "--replay", "demo/replay",
                   "--model", "runs/demo", "--events-jsonl", "-", cwd=tmp_path)
@@ -66,3 +69,6 @@ def test_demo_trains_converts_and_replays_the_soundscape_calls(tmp_path):
     stray = [e for e in events
              if not any(e["start_s"] <= end and begin <= e["end_s"] for begin, end in calls)]
     assert len(stray) <= 1, f"events with no call: {stray}"
+    # Events say where the calls are (0.5-0.8 s each), not which 3 s windows saw them.
+    durations = sorted(e["end_s"] - e["start_s"] for e in events)
+    assert durations[len(durations) // 2] < 3.0, events

@@ -75,6 +75,7 @@ def test_train_writes_the_run_folder_contract(tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["labels"] == ["call"] and run["features"] == params.to_dict() and run["window_s"] == 3.0
     assert 0 < run["thresholds"]["call"] < 1 and run["recommended_hop_s"] == 0.5
+    assert run["events"]["detection"]["hop_s"] == 0.5 and run["events"]["extent"]["call"]["rule"] in ("trim", "centre")
     assert run["calibration"]["method"] == "precision" and run["calibration"]["target"] == 0.9
     assert set(run["metrics"]["float"]["call"]) >= {"roc_auc", "pr_auc", "precision", "recall", "f1"}
     calibration = np.load(out / "calibration.npy")
