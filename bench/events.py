@@ -223,7 +223,7 @@ def capuchin_rows() -> list[str]:
     features: dict = {}
     windows_y, windows_p, events_p, counts = [], [], [], {"table": [], "windows": [], "events": []}
     for fold in folds:
-        for y, from_windows, from_events in fold_chunks(fold, recordings, features):
+        for y, from_windows, from_events in fold_chunks(fold, config.detection, recordings, features):
             windows_y += y
             windows_p += from_windows
             events_p += from_events
@@ -251,13 +251,13 @@ def capuchin_rows() -> list[str]:
             f"(target >= 0.995: {'met' if r('events') >= 0.995 else 'not met'}) |"]
 
 
-def fold_chunks(fold: Path, recordings: dict, features: dict):
+def fold_chunks(fold: Path, detection, recordings: dict, features: dict):
     """Per test recording of ``fold``: (chunk truth, chunk from windows, chunk from events) lists.
-    ``features``: name -> log-mel frames, filled as recordings are read (shared by the folds)."""
+    ``detection``: the run's detection settings; ``features``: name -> log-mel frames, filled
+    as recordings are read (shared by the folds)."""
     import keras
     import numpy as np
 
-    from device.config import load_config
     from device.detector import detect
     from device.features import FeatureParams
     from train.cache import recording_features
@@ -266,7 +266,6 @@ def fold_chunks(fold: Path, recordings: dict, features: dict):
     from train.fit import predict_probabilities
     from train.windows import window_labels
 
-    config = load_config(fold / "config.resolved.yaml")
     run = json.loads((fold / "run.json").read_text())
     labels, window_s, thresholds = run["labels"], run["window_s"], run["thresholds"]
     feature_params = FeatureParams.from_dict(run["features"])
@@ -281,7 +280,7 @@ def fold_chunks(fold: Path, recordings: dict, features: dict):
                                window_s=window_s, hop_s=HOP_S, duration_s=r.duration_s)
 
     validation = [r for name, r in recordings.items() if split.get(name) == "validation"]
-    params, _ = calibrate_events(detection=config.detection, labels=labels, thresholds=thresholds,
+    params, _ = calibrate_events(detection=detection, labels=labels, thresholds=thresholds,
                                  timelines={r.name: timeline(r) for r in validation}, recordings=validation,
                                  window_s=window_s, hop_s=HOP_S, log=lambda m: None)
     label = labels[0]
