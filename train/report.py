@@ -202,6 +202,12 @@ def write_report(out: Path, *, summary: dict, test: WindowSet, scores: np.ndarra
                   f"calls, {e['false_alarm_events']} false alarms ({_fmt(e['false_alarms_per_hour'], 1)} per hour "
                   f"of background over {e['background_hours']:.2f} h); precision {_fmt(e['precision'])}, recall "
                   f"{_fmt(e['recall'])}, F1 {_fmt(e['f1'])}."]
+        where = e.get("localisation")
+        if where:
+            lines += ["", f"Where the events are ({label}, the device's detector with the bundle's extent rule): "
+                      f"F1 {_fmt(where['f1'])} at IoU >= 0.3 against the annotations, median onset error "
+                      f"{_fmt(where['median_onset_error_s'], 2)} s, offset error "
+                      f"{_fmt(where['median_offset_error_s'], 2)} s."]
     if summary.get("command"):
         lines += ["", "## Reproduce", "", f"`{summary['command']}` (the full configuration is in "
                   "`config.resolved.yaml`; seeds are pinned)."]
