@@ -219,7 +219,7 @@ SCHEMA: dict = {
             "enabled": Key(True, "Publish Home Assistant MQTT discovery messages"),
             "prefix": Key("homeassistant", "Home Assistant discovery prefix", min=1),
             "entity": Key("event", "Entity per label: 'event' or 'binary_sensor'", choices=("event", "binary_sensor")),
-            "off_delay_s": Key(10.0, "Unused since event schema 2 (the binary_sensor turns off when its event closes); kept so older configs load", min=1, max=86400),
+            "off_delay_s": Key(10.0, "Unused since event schema 3 (the binary_sensor turns off when its event closes); kept so older configs load", min=1, max=86400),
         },
     },
     "outputs": {

@@ -441,3 +441,37 @@ def test_device_id_and_state_dir_resolution(tmp_path, monkeypatch):
     assert state_dir(cfg) == Path("/var/lib/callwatch")
     cfg = validate({"service": {"device_id": "pi-7", "state_dir": str(tmp_path / "s")}})
     assert device_id(cfg) == "pi-7" and state_dir(cfg) == tmp_path / "s"
+
+
+def test_an_event_goes_out_when_it_opens_and_again_when_it_closes(classifier):
+    """A sink that wants open events (MQTT) gets each event at onset, then closed with the
+    same id and seq; the other sinks (Collect here stands for JSONL) get closed events only."""
+
+    class Opens(Collect):
+        wants_open_events = True
+
+    pipeline, queue, closed_only, _ = make(classifier)
+    opens = Opens()
+    queue.sinks.append(opens)
+    ring = RingBuffer(30 * SR)
+    pipeline.begin_source("test.wav", t0_wall=0.0, t0_mono=0.0)
+    pipeline.begin_segment(ring, capture_rate=SR)
+    x = tones_signal(12.0, [(2.0, 1.5), (7.0, 2.5)])
+    seen_open_before_close = []
+    for pos in range(0, len(x), 1600):
+        ring.write(x[pos : pos + 1600])
+        pipeline.consume()
+        queue.drain()
+        states = [e.state for e in opens.events]
+        if "open" in states and "closed" not in states:
+            seen_open_before_close.append(pos / SR)
+    pipeline.end_source(pad_short=True)
+    queue.close()
+    assert [e.state for e in opens.events] == ["open", "closed", "open", "closed"]
+    assert [e.state for e in closed_only.events] == ["closed", "closed"]
+    for opened, closed in zip(opens.events[::2], opens.events[1::2]):
+        assert (opened.event_id, opened.seq) == (closed.event_id, closed.seq)
+        assert opened.start_s == closed.start_s and opened.end_s <= closed.end_s
+    assert [e.event_id for e in closed_only.events] == [e.event_id for e in opens.events[1::2]]
+    # The first call was announced while it was still sounding (it ends at 3.5 s).
+    assert seen_open_before_close and seen_open_before_close[0] < 3.5
