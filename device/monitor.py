@@ -2,7 +2,7 @@
 
 Subscribes to ``<mqtt.topic_prefix>/#`` with the connection settings of config.yaml (host,
 port, TLS, user and password) and prints one line per message, for every device on the
-broker: availability changes, events (each ``event_id`` once, however often QoS 1 delivers
+broker: availability changes, events (each opening and closing once, however often QoS 1 delivers
 it) and health states. Ctrl-C (or SIGTERM) ends it with exit status 0.
 
 The broker is not trusted: any payload (wrong types, Infinity, deep nesting, not JSON) gives
