@@ -61,6 +61,18 @@ def _feature_keys() -> dict:
         "fmin": Key(100.0, "Lowest mel band edge, Hz", min=0),
         "fmax": Key(8000.0, "Highest mel band edge, Hz (<= sample_rate / 2)", min=1),
         "log_floor": Key(1e-10, "Power floor before the log (dB floor = 10 log10 of it)", min=1e-20, max=0.5),
+        "front_end": Key("logmel", "Model input: 'logmel' (dB of the mel power; the model subtracts "
+                         "each band's mean) or 'pcen' (per-channel energy normalisation: each band "
+                         "divided by its own recent level, streaming state on the device)",
+                         choices=("logmel", "pcen")),
+        "pcen_time_constant_s": Key(0.4, "PCEN: how long each band's background level is "
+                                    "averaged over, seconds", min=0.01, max=60),
+        "pcen_gain": Key(0.98, "PCEN: exponent of the background level (1 = fully gain-normalised)",
+                         min=0, max=1),
+        "pcen_bias": Key(2.0, "PCEN: bias added before the root compression", min=1e-6, max=100),
+        "pcen_power": Key(0.5, "PCEN: root compression exponent", min=0.01, max=1),
+        "pcen_eps": Key(1e-10, "PCEN: floor of the background level, mel power (bands quieter "
+                        "than this are not amplified)", min=1e-20, max=1),
     }
 
 

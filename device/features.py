@@ -1,13 +1,25 @@
-"""The log-mel front end: defined once, used by training, conversion checks and the device.
+"""The front end (log-mel or PCEN): defined once, used by training, conversion checks and the device.
 
 Pure NumPy/SciPy, float32. Framing is not centred (frame ``i`` covers samples
 ``[i * hop_length, i * hop_length + n_fft)``), so a stream can reproduce it exactly: a frame
 exists as soon as its last sample has arrived. No per-clip normalisation happens here.
 
-Two entry points share one implementation:
+Two front ends share the mel power spectrum (floored at ``log_floor``):
 
-- :func:`logmel` turns a whole signal into frames (training, replay of short files, tests);
-- :class:`StreamingLogMel` takes chunks of any size and returns only the frames each chunk
+- ``logmel``: 10 log10 of it, dB;
+- ``pcen``: per-channel energy normalisation (Lostanlen et al. 2019, "Per-Channel Energy
+  Normalization: Why and How", the definition of ``librosa.pcen``): each band divided by a
+  causal first-order smoothing of itself raised to ``pcen_gain``, then root-compressed. It
+  follows each band's background level over ``pcen_time_constant_s``, so a recorder's gain, a
+  site's steady noise and the distance of a call move it far less than they move log-mel. The
+  smoother's state is carried from frame to frame (and across pushes); it starts at the first
+  frame's own power (librosa's steady-state start), so a stream and a whole file agree.
+
+Two entry points per front end share one implementation:
+
+- :func:`features` (and :func:`logmel`) turns a whole signal into frames (training, replay of
+  short files, tests);
+- :class:`StreamingFrontEnd` takes chunks of any size and returns only the frames each chunk
   completes, so the cost of a hop grows with the hop, not with the model window.
 """
 
@@ -22,6 +34,8 @@ from functools import cached_property
 import numpy as np
 
 FEATURE_KIND = "logmel-v1"
+FRONT_ENDS = ("logmel", "pcen")
+_PCEN_FIELDS = ("pcen_time_constant_s", "pcen_gain", "pcen_bias", "pcen_power", "pcen_eps")
 _BLOCK_FRAMES = 128
 """Frames per block in :func:`logmel`. NumPy's FFT (float32 since NumPy 2) is ~5x slower per
 frame on 512-frame blocks than on 64-128 here; small blocks also keep the intermediates in the
@@ -56,6 +70,19 @@ class FeatureParams:
     """Power below which the spectrogram is clipped before the log (amin of librosa's power_to_db)."""
     kind: str = FEATURE_KIND
     """Name and version of the feature recipe; a device refuses bundles made for another."""
+    front_end: str = "logmel"
+    """'logmel' (dB of the mel power) or 'pcen' (per-channel energy normalisation of it).
+    Bundles written before this field existed are log-mel."""
+    pcen_time_constant_s: float = 0.4
+    """PCEN: time constant of each band's smoother, seconds (librosa's default)."""
+    pcen_gain: float = 0.98
+    """PCEN: exponent alpha of the smoother in the denominator (1 = fully gain-normalised)."""
+    pcen_bias: float = 2.0
+    """PCEN: bias delta added before the root compression."""
+    pcen_power: float = 0.5
+    """PCEN: root compression exponent r."""
+    pcen_eps: float = 1e-10
+    """PCEN: added to the smoother, mel power units: bands quieter than this are not amplified."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -90,6 +117,18 @@ class FeatureParams:
             )
         if not 0 < self.log_floor < 1:
             problems.append(f"log_floor: must be in (0, 1), got {self.log_floor}")
+        if self.front_end not in FRONT_ENDS:
+            problems.append(f"front_end: this device computes {' or '.join(FRONT_ENDS)}, got {self.front_end!r}")
+        if not self.pcen_time_constant_s > 0:
+            problems.append(f"pcen_time_constant_s: must be > 0, got {self.pcen_time_constant_s}")
+        if not 0 <= self.pcen_gain <= 1:
+            problems.append(f"pcen_gain: must be 0..1, got {self.pcen_gain}")
+        if not self.pcen_bias > 0:
+            problems.append(f"pcen_bias: must be > 0, got {self.pcen_bias}")
+        if not 0 < self.pcen_power <= 1:
+            problems.append(f"pcen_power: must be in (0, 1], got {self.pcen_power}")
+        if not self.pcen_eps > 0:
+            problems.append(f"pcen_eps: must be > 0, got {self.pcen_eps}")
         if problems:
             raise FeatureParamsError("; ".join(problems))
 
@@ -111,7 +150,19 @@ class FeatureParams:
         return cls(**values)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every setting; a log-mel front end leaves out the PCEN ones (and ``front_end``), so its
+        model.json reads exactly as before PCEN existed and older devices still load it."""
+        values = dataclasses.asdict(self)
+        if self.front_end == "logmel":
+            for name in ("front_end",) + _PCEN_FIELDS:
+                del values[name]
+        return values
+
+    @property
+    def pcen_smoothing(self) -> float:
+        """Smoother coefficient s per frame, from the time constant as ``librosa.pcen`` derives it."""
+        t_frames = self.pcen_time_constant_s * self.frame_rate
+        return float((np.sqrt(1 + 4 * t_frames**2) - 1) / (2 * t_frames**2))
 
     @property
     def frame_rate(self) -> float:
@@ -134,6 +185,16 @@ class FeatureParams:
         window = 0.5 - 0.5 * np.cos(2 * np.pi * n / self.win_length)
         pad = self.n_fft - self.win_length
         return np.pad(window, (pad // 2, pad - pad // 2)).astype(np.float32)
+
+    @cached_property
+    def _pcen_kernel(self) -> tuple[np.ndarray, np.ndarray]:
+        """(L, p), float64: for a block of n frames, smoother = L[:n, :n] @ power + p[:n] * previous,
+        L[j, k] = s (1 - s)^(j - k) for k <= j, p[j] = (1 - s)^(j + 1)."""
+        s = self.pcen_smoothing
+        j = np.arange(_BLOCK_FRAMES)
+        lag = j[:, None] - j[None, :]
+        kernel = np.where(lag >= 0, s * (1 - s) ** np.maximum(lag, 0), 0.0)
+        return kernel, (1 - s) ** (j + 1)
 
     @cached_property
     def _mel_basis_t(self) -> np.ndarray:
@@ -173,8 +234,8 @@ def mel_filterbank(params: FeatureParams) -> np.ndarray:
     return weights.astype(np.float32)
 
 
-def _frames_to_logmel(frames: np.ndarray, params: FeatureParams) -> np.ndarray:
-    """(n, n_fft) float32 sample frames -> (n, n_mels) float32 log-mel in dB."""
+def _frames_to_mel_power(frames: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """(n, n_fft) float32 sample frames -> (n, n_mels) float32 mel power, floored at log_floor."""
     spectrum = np.fft.rfft(frames * params._window, axis=-1)
     # |X|^2 before the filterbank: half the multiply-adds of filtering the interleaved
     # (re, im) view, and ~20 % faster for a 0.5 s push (25 frames).
@@ -182,9 +243,52 @@ def _frames_to_logmel(frames: np.ndarray, params: FeatureParams) -> np.ndarray:
     power += np.square(spectrum.imag)
     mel = power @ params._mel_basis_t
     np.maximum(mel, params.log_floor, out=mel)
+    return mel
+
+
+def _frames_to_logmel(frames: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """(n, n_fft) float32 sample frames -> (n, n_mels) float32 log-mel in dB."""
+    mel = _frames_to_mel_power(frames, params)
     np.log(mel, out=mel)  # natural log and a scale: several times faster than log10 here
     mel *= _DB_PER_NEPER
     return mel
+
+
+def pcen_smooth(power: np.ndarray, params: FeatureParams, previous: np.ndarray | None) -> np.ndarray:
+    """Each band's smoothed power M, float64 (n, n_mels), of (n, n_mels) mel power:
+    M[t] = (1 - s) M[t - 1] + s E[t], starting from ``previous`` (the smoother after the last
+    frame before these), or at E[0] when None (a new stream). Blocks of at most 128 frames, each
+    one matrix product, so a stream's cost grows with its chunks and whole files stay fast."""
+    power = np.asarray(power, np.float64)
+    out = np.empty(power.shape, np.float64)
+    kernel, decay = params._pcen_kernel
+    state = power[0] if previous is None and len(power) else previous
+    for start in range(0, len(power), _BLOCK_FRAMES):
+        block = power[start:start + _BLOCK_FRAMES]
+        n = len(block)
+        out[start:start + n] = kernel[:n, :n] @ block + decay[:n, None] * state
+        state = out[start + n - 1]
+    return out
+
+
+def pcen_from_power(power: np.ndarray, smooth: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """PCEN, float32 (n, n_mels): (E / (eps + M)^alpha + delta)^r - delta^r, as librosa.pcen."""
+    power = np.asarray(power, np.float64)
+    gain = np.exp(-params.pcen_gain * np.log(params.pcen_eps + smooth))
+    value = power * gain + params.pcen_bias
+    if params.pcen_power == 0.5:
+        np.sqrt(value, out=value)
+    else:
+        np.power(value, params.pcen_power, out=value)
+    value -= params.pcen_bias ** params.pcen_power
+    return value.astype(np.float32)
+
+
+def pcen_of_logmel(logmel_db: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """PCEN (n, n_mels) float32 of a whole recording's log-mel dB frames (as cached by training):
+    the same frames :func:`features` gives for the file, up to the dB round trip (~1e-6)."""
+    power = np.power(10.0, np.asarray(logmel_db, np.float64) / 10.0)
+    return pcen_from_power(power, pcen_smooth(power, params, None), params)
 
 
 def logmel(samples: np.ndarray, params: FeatureParams) -> np.ndarray:
@@ -215,17 +319,47 @@ def logmel(samples: np.ndarray, params: FeatureParams) -> np.ndarray:
     return out
 
 
-class StreamingLogMel:
-    """Log-mel over a stream: each :meth:`push` returns the frames that its chunk completes.
+def _mel_power(samples: np.ndarray, params: FeatureParams) -> np.ndarray:
+    samples = np.ascontiguousarray(samples, dtype=np.float32)
+    if samples.ndim != 1:
+        raise ValueError(f"features expect mono samples, got shape {samples.shape}")
+    n = params.n_frames(len(samples))
+    if n == 0:
+        return np.zeros((0, params.n_mels), np.float32)
+    step = samples.itemsize
+    frames = np.ndarray(
+        (n, params.n_fft), np.float32, buffer=samples, strides=(params.hop_length * step, step)
+    )
+    out = np.empty((n, params.n_mels), np.float32)
+    for start in range(0, n, _BLOCK_FRAMES):
+        out[start:start + _BLOCK_FRAMES] = _frames_to_mel_power(frames[start:start + _BLOCK_FRAMES], params)
+    return out
 
-    Keeps at most ``n_fft - 1`` pending samples between calls, so the work per call is
-    proportional to the chunk, never to the model window. The frames it returns are those of
-    :func:`logmel` on the concatenated stream. Not thread-safe: one owner.
+
+def features(samples: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """The model's input frames of a whole signal, by ``params.front_end``: float32
+    (n_frames, n_mels), log-mel dB (:func:`logmel`) or PCEN (a stream started at sample 0)."""
+    if params.front_end == "logmel":
+        return logmel(samples, params)
+    power = _mel_power(samples, params)
+    if len(power) == 0:
+        return power
+    return pcen_from_power(power, pcen_smooth(power, params, None), params)
+
+
+class StreamingFrontEnd:
+    """The front end over a stream: each :meth:`push` returns the frames that its chunk completes.
+
+    Keeps at most ``n_fft - 1`` pending samples between calls (and, for PCEN, the smoother's
+    n_mels values), so the work per call is proportional to the chunk, never to the model
+    window. The frames it returns are those of :func:`features` on the concatenated stream.
+    Not thread-safe: one owner.
     """
 
     def __init__(self, params: FeatureParams) -> None:
         self.params = params
         self._pending = np.zeros(0, np.float32)
+        self._smooth: np.ndarray | None = None
         self.frames_emitted = 0
         """Frames returned so far; frame ``k`` ends at sample ``k * hop_length + n_fft``."""
 
@@ -239,12 +373,25 @@ class StreamingLogMel:
         if n == 0:
             self._pending = buffer.copy()
             return np.zeros((0, self.params.n_mels), np.float32)
-        out = logmel(buffer[: (n - 1) * self.params.hop_length + self.params.n_fft], self.params)
+        complete = buffer[: (n - 1) * self.params.hop_length + self.params.n_fft]
+        if self.params.front_end == "logmel":
+            out = logmel(complete, self.params)
+        else:
+            power = _mel_power(complete, self.params)
+            smooth = pcen_smooth(power, self.params, self._smooth)
+            self._smooth = smooth[-1].copy()
+            out = pcen_from_power(power, smooth, self.params)
         self._pending = buffer[n * self.params.hop_length :].copy()
         self.frames_emitted += n
         return out
 
     def reset(self) -> None:
-        """Forget pending samples (after a gap in the audio, e.g. a reopened microphone)."""
+        """Forget pending samples and the PCEN smoother (after a gap in the audio, e.g. a
+        reopened microphone): the next frame starts a new stream."""
         self._pending = np.zeros(0, np.float32)
+        self._smooth = None
         self.frames_emitted = 0
+
+
+StreamingLogMel = StreamingFrontEnd
+"""The name from before PCEN: a stream of whichever front end the params name."""

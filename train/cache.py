@@ -8,6 +8,7 @@ parameter, so an edited file or a changed front end is recomputed, never reused.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,6 +23,8 @@ CACHE_VERSION = 1
 
 
 def _key(path: Path, params: FeatureParams) -> str:
+    # Log-mel dB whatever the front end (PCEN is computed from it, train.frontend): one entry.
+    params = dataclasses.replace(params, front_end="logmel")
     stat = path.stat()
     blob = json.dumps([CACHE_VERSION, str(path.resolve()), stat.st_size, stat.st_mtime_ns,
                        params.to_dict()], sort_keys=True)
@@ -29,7 +32,8 @@ def _key(path: Path, params: FeatureParams) -> str:
 
 
 def recording_features(path: Path, params: FeatureParams, cache_dir: Path | None) -> np.ndarray:
-    """(frames, n_mels) float32 log-mel dB of a whole file (``device.features.logmel``).
+    """(frames, n_mels) float32 log-mel dB of a whole file (``device.features.logmel``), whatever
+    ``params.front_end`` says (:mod:`train.frontend` turns it into the model's inputs).
 
     Raises :class:`device.audio.AudioError` (one line naming the file) when it cannot be read.
     """

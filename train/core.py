@@ -45,6 +45,7 @@ from train.evaluate import (
     timeline_scores,
 )
 from train.fit import fit, predict_probabilities
+from train.frontend import context_frames, recording_inputs, window_inputs
 from train.hard_negatives import apply_hard_negatives
 from train.split import (
     check_disjoint,
@@ -69,6 +70,14 @@ class Prepared:
     """Recording name -> (frames, n_mels) float32 log-mel dB of the whole file."""
     params: FeatureParams
     data_root: Path
+    inputs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    """Recording name -> (frames, n_mels) model inputs of the whole file (log-mel: the features
+    themselves; PCEN: computed from them on first use, :mod:`train.frontend`)."""
+
+    def inputs_of(self, name: str) -> np.ndarray:
+        if name not in self.inputs:
+            self.inputs[name] = recording_inputs(self.features[name], self.params)
+        return self.inputs[name]
 
 
 def prepare_data(*, train_cfg: Section, data_root: Path, cache_dir: Path | None, log: Log = print) -> Prepared:
@@ -106,7 +115,7 @@ def split_for(cfg: Section, recordings: list[Recording], *, test_groups: list[st
 
 def _timelines(model, recordings: list[Recording], prepared: Prepared, window_s: float,
                hop_s: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    return {r.name: timeline_scores(lambda x: predict_probabilities(model, x), prepared.features[r.name],
+    return {r.name: timeline_scores(lambda x: predict_probabilities(model, x), prepared.inputs_of(r.name),
                                     params=prepared.params, window_s=window_s, hop_s=hop_s,
                                     duration_s=r.duration_s)
             for r in recordings}
@@ -202,8 +211,11 @@ def train_split(*, config: Section, prepared: Prepared, split: dict[str, str], o
     sampler = WindowSampler(recordings=parts["train"], features=prepared.features, labels=labels, params=params,
                             window_s=window_s, shift_s=cfg.augment.time_shift_s, negatives_per_minute=rates,
                             max_positive_ratio=cfg.max_positive_ratio, min_windows=cfg.windows_per_epoch,
-                            negatives_beside_calls=cfg.negatives_beside_calls)
-    windows = {name: evaluation_windows(recordings=parts[name], features=prepared.features, labels=labels,
+                            negatives_beside_calls=cfg.negatives_beside_calls,
+                            context_frames=context_frames(params))
+    windows = {name: evaluation_windows(recordings=parts[name],
+                                        features={r.name: prepared.inputs_of(r.name) for r in parts[name]},
+                                        labels=labels,
                                         params=params, window_s=window_s, clip_hop_s=hop_s)
                for name in ("validation", "test")}
     log(f"windows per epoch: {sampler.positives_per_epoch} positive, {sampler.negatives_per_epoch} negative; "
@@ -218,11 +230,12 @@ def train_split(*, config: Section, prepared: Prepared, split: dict[str, str], o
     history = fit(model, sampler=sampler, validation=windows["validation"],
                   augment_params=AugmentParams.from_config(cfg.augment), epochs=cfg.epochs,
                   patience=cfg.patience, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-                  seed=cfg.seed, log=log)
+                  seed=cfg.seed, to_inputs=lambda x: window_inputs(x, params), log=log)
     train_seconds = time.monotonic() - began
     model.save(out / "model.keras")
 
     calibration_x, calibration_y = sampler.epoch(np.random.default_rng([cfg.seed, 0]))
+    calibration_x = window_inputs(calibration_x, params)
     validation = windows["validation"]
     if len(validation) == 0:  # nothing held out: calibrate on unaugmented training windows
         inventory.warn("validation split empty: thresholds calibrated on training windows (optimistic)")

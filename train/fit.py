@@ -76,13 +76,16 @@ def fit(
     batch_size: int,
     learning_rate: float,
     seed: int,
+    to_inputs: Callable[[np.ndarray], np.ndarray] | None = None,
     log: Callable[[str], None] = print,
 ) -> History:
     """Train ``model`` in place (best weights restored) and return its history.
 
     Seeded, with TensorFlow's deterministic kernels: the same config, data and thread count give
     the same weights (multi-threaded reductions would otherwise add up in whatever order the
-    threads finish, and one ulp in the first epoch grows into a different model)."""
+    threads finish, and one ulp in the first epoch grows into a different model).
+
+    ``to_inputs`` turns the augmented dB crops into model inputs (:func:`train.frontend.window_inputs`)."""
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
@@ -99,6 +102,8 @@ def fit(
         x, y = sampler.epoch(rng)
         x, y = augment(x, y, params=augment_params, rng=rng, floor=sampler.floor,
                        backgrounds=sampler.mixing_windows)
+        if to_inputs is not None:
+            x = to_inputs(x)
         fitted = model.fit(x[..., None], y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
         loss = float(fitted.history["loss"][-1])
         if len(validation):

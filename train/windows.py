@@ -131,8 +131,11 @@ class WindowSampler:
 
     def __init__(self, *, recordings: list[Recording], features: dict[str, np.ndarray], labels: list[str],
                  params: FeatureParams, window_s: float, shift_s: float, negatives_per_minute: list[float],
-                 max_positive_ratio: float, min_windows: int = 0, negatives_beside_calls: bool = False) -> None:
+                 max_positive_ratio: float, min_windows: int = 0, negatives_beside_calls: bool = False,
+                 context_frames: int = 0) -> None:
         """recordings: the training split. negatives_per_minute[i]: rate for recordings[i].
+        context_frames: each window also carries this many frames before it (for a front end with
+        state, :mod:`train.frontend`); before the file's start they repeat its first frame.
         min_windows: draw rounds of fresh crops until an epoch has at least this many windows.
         negatives_beside_calls: every epoch, also the windows just before and just after each
         annotated call in a long recording (when nothing else is annotated there; up to
@@ -140,6 +143,7 @@ class WindowSampler:
         self.recordings, self.features, self.labels = recordings, features, labels
         self.params, self.window_s = params, window_s
         self.frames = params.window_frames(window_s)
+        self.context = context_frames
         self.floor = floor_db(params)
         self.max_positive_ratio = max_positive_ratio
         self.min_windows = min_windows
@@ -223,15 +227,20 @@ class WindowSampler:
         return picks
 
     def window(self, index: int, start_s: float) -> np.ndarray:
-        """(frames, n_mels) float32 window of recording ``index`` starting at ``start_s``."""
+        """(context + frames, n_mels) float32 dB window of recording ``index`` starting at ``start_s``."""
         frame = round(start_s * self.params.frame_rate)
-        return crop(self.features[self.recordings[index].name], frame, self.frames, self.floor)
+        out = crop(self.features[self.recordings[index].name], frame - self.context,
+                   self.context + self.frames, self.floor)
+        before = self.context - frame  # context rows before the file starts
+        if 0 < before <= self.context:
+            out[:before] = out[before]  # a smoother starting there holds the first frame's level
+        return out
 
     def epoch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """x (N, frames, n_mels) float32 dB, y (N, n_labels) float32, unaugmented, shuffled."""
+        """x (N, context + frames, n_mels) float32 dB, y (N, n_labels) float32, unaugmented, shuffled."""
         picks = self._draw(rng)
         order = rng.permutation(len(picks))
-        x = np.empty((len(picks), self.frames, self.params.n_mels), np.float32)
+        x = np.empty((len(picks), self.context + self.frames, self.params.n_mels), np.float32)
         y = np.zeros((len(picks), len(self.labels)), np.float32)
         for row, k in enumerate(order):
             index, start = picks[k]
@@ -240,8 +249,8 @@ class WindowSampler:
         return x, y
 
     def mixing_windows(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """(n, frames, n_mels) background windows (negative material of the training split)."""
-        out = np.empty((n, self.frames, self.params.n_mels), np.float32)
+        """(n, context + frames, n_mels) background windows (negative material of the training split)."""
+        out = np.empty((n, self.context + self.frames, self.params.n_mels), np.float32)
         if not self.mix_sources:
             out[:] = self.floor
             return out
