@@ -130,6 +130,10 @@ SCHEMA: dict = {
                          "k >= 2 holds out a k-th of the groups in turn, the main run's test split being "
                          "the first fold; reports each fold, the spread and the pooled out-of-fold figures. "
                          "0: off", min=0, max=20, types=(int,)),
+            "final": Key(False, "After cross-validation (leave_one_group_out or folds), train the "
+                         "model to deploy on every recording: as many epochs as the folds kept "
+                         "(their median), thresholds calibrated on their pooled held-out scores; "
+                         "the folds' figures are its estimate of accuracy (--final)"),
         },
         "negatives_per_minute": Key(10.0, "Background windows sampled per minute of unannotated recording", min=0, max=600),
         "negatives_beside_calls": Key(True, "Also train on the windows just before and just after each "
@@ -152,6 +156,14 @@ SCHEMA: dict = {
             "freq_shift_bands": Key(0, "Largest random shift along the mel axis, bands (pitch "
                                     "differences between individuals); 0 = off", min=0, max=16),
             "mixup_alpha": Key(0.0, "Mixup Beta(alpha, alpha); 0 = off", min=0, max=2),
+            "eq_db": Key(0.0, "Random colouring of the call before the background is mixed in: "
+                         "largest tilt over the mel bands, dB (plus a ripple of half that); 0 = off",
+                         min=0, max=24),
+            "reverb_p": Key(0.0, "Probability of a synthetic reverberant tail (before mixing)", min=0, max=1),
+            "reverb_rt60_s": Key([0.2, 1.2], "Range of the reverberation's 60 dB decay time in the lowest "
+                                 "band, seconds (the highest band's is half)", item=float),
+            "reverb_drr_db": Key([0.0, 15.0], "Range of the direct-to-reverberant energy ratio, dB",
+                                 item=float),
         },
         "model": {
             "filters": Key([16, 24, 32, 48], "Channels of the convolution blocks", item=int),
@@ -452,6 +464,14 @@ def _cross_checks(cfg: Section) -> None:
         pair = cfg.train.augment[name]
         if len(pair) != 2 or pair[0] > pair[1]:
             raise ConfigError(f"train.augment.{name}: must be [low, high] with low <= high, got {pair}")
+    rt60 = cfg.train.augment.reverb_rt60_s
+    if len(rt60) != 2 or not 0.01 <= rt60[0] <= rt60[1] <= 10:
+        raise ConfigError(f"train.augment.reverb_rt60_s: must be [low, high] seconds with 0.01 <= low <= high "
+                          f"<= 10, got {rt60}")
+    drr = cfg.train.augment.reverb_drr_db
+    if len(drr) != 2 or not -20 <= drr[0] <= drr[1] <= 60:
+        raise ConfigError(f"train.augment.reverb_drr_db: must be [low, high] dB with -20 <= low <= high <= 60, "
+                          f"got {drr}")
     if cfg.detection.confirm_k > cfg.detection.confirm_n:
         raise ConfigError(f"detection.confirm_k: must be <= confirm_n ({cfg.detection.confirm_n}), got {cfg.detection.confirm_k}")
     for label, value in cfg.detection.thresholds.items():

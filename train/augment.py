@@ -5,6 +5,13 @@ on average, the sum of their power spectra, so ``10 log10(10^(a/10) + g 10^(b/10
 log-mel of the mixture up to the random phase cross-term. Working on cached features instead
 of waveforms keeps an epoch to a fraction of a second instead of re-running the front end.
 
+- colouring (``eq_db``): a random smooth gain curve over the mel bands (a tilt and a ripple,
+  microphone and habitat), before the background is mixed in: a curve on the whole window would
+  be undone by the model's per-band mean, but the call's colour against another site's
+  background is not;
+- reverberation (``reverb_p``): a synthetic exponential tail per band, shorter for higher bands
+  (air and foliage absorb them first), at a random RT60 and direct-to-reverberant ratio, added
+  in the power domain before mixing;
 - background mixing at a random SNR (total window power of the clean window over the added
   background), from background recordings and negative stretches of the training split;
 - gain in dB (everything above the padding floor moves together);
@@ -38,6 +45,14 @@ class AugmentParams:
     freq_mask_bands: int = 4
     freq_shift_bands: int = 0
     mixup_alpha: float = 0.0
+    eq_db: float = 0.0
+    """Largest tilt (and half the largest ripple) of the random colouring, dB; 0 = off."""
+    reverb_p: float = 0.0
+    """Probability of a synthetic reverberant tail."""
+    reverb_rt60_s: tuple[float, float] = (0.2, 1.2)
+    """Range of the lowest band's 60 dB decay time, seconds (the highest band's is half)."""
+    reverb_drr_db: tuple[float, float] = (0.0, 15.0)
+    """Range of the direct-to-reverberant energy ratio, dB."""
 
     @classmethod
     def from_config(cls, section) -> AugmentParams:
@@ -45,7 +60,8 @@ class AugmentParams:
                    gain_db=tuple(section.gain_db), time_masks=section.time_masks,
                    time_mask_frames=section.time_mask_frames, freq_masks=section.freq_masks,
                    freq_mask_bands=section.freq_mask_bands, freq_shift_bands=section.freq_shift_bands,
-                   mixup_alpha=section.mixup_alpha)
+                   mixup_alpha=section.mixup_alpha, eq_db=section.eq_db, reverb_p=section.reverb_p,
+                   reverb_rt60_s=tuple(section.reverb_rt60_s), reverb_drr_db=tuple(section.reverb_drr_db))
 
 
 def _power(db: np.ndarray) -> np.ndarray:
@@ -58,6 +74,40 @@ def mix_at_snr(x: np.ndarray, background: np.ndarray, snr_db: np.ndarray, floor:
     gain = signal.sum(axis=(1, 2)) / np.maximum(noise.sum(axis=(1, 2)), 1e-30) / 10 ** (snr_db / 10)
     mixed = signal + gain[:, None, None].astype(np.float32) * noise
     return np.maximum(10 * np.log10(np.maximum(mixed, 1e-30)), floor).astype(np.float32)
+
+
+def colour(x: np.ndarray, eq_db: float, rng: np.random.Generator, floor: float) -> np.ndarray:
+    """(n, frames, n_mels) dB windows, each with a random smooth gain curve over the bands: a
+    tilt of up to +-eq_db from the lowest to the highest band plus a cosine ripple of up to
+    +-eq_db / 2 (1 to 3 half periods). Padding (the floor) stays the floor."""
+    n, _, bands = x.shape
+    position = np.linspace(-1.0, 1.0, bands)
+    tilt = rng.uniform(-eq_db, eq_db, size=(n, 1))
+    ripple = rng.uniform(-eq_db / 2, eq_db / 2, size=(n, 1))
+    periods = rng.integers(1, 4, size=(n, 1))
+    phase = rng.uniform(0, 2 * np.pi, size=(n, 1))
+    curve = (tilt * position + ripple * np.cos(np.pi * periods * position + phase)).astype(np.float32)
+    return np.where(x > floor, np.maximum(x + curve[:, None, :], floor), x)
+
+
+def reverberate(x: np.ndarray, *, rt60_s: np.ndarray, drr_db: np.ndarray, frame_rate: float,
+                floor: float) -> np.ndarray:
+    """(n, frames, n_mels) dB windows plus an exponential tail per band: power
+    P + g sum_k a^k P[t - k], with a per frame from the band's RT60 (``rt60_s[i]`` for the lowest
+    band, half of it for the highest) and g giving the tail ``drr_db[i]`` dB less energy than the
+    direct sound."""
+    n, frames, bands = x.shape
+    power = _power(x)
+    rt60 = rt60_s[:, None] * np.linspace(1.0, 0.5, bands)[None, :]  # (n, bands)
+    a = np.power(10.0, -6.0 / (rt60 * frame_rate)).astype(np.float32)  # 60 dB in rt60 seconds
+    g = (np.power(10.0, -drr_db / 10)[:, None] * (1 - a) / a).astype(np.float32)
+    tail = np.zeros((n, bands), np.float32)
+    out = power.copy()
+    above = np.maximum(power - np.float32(10 ** (floor / 10)), 0)  # digital silence has no echo
+    for t in range(1, frames):
+        tail = a * (tail + above[:, t - 1])
+        out[:, t] += g * tail
+    return np.maximum(10 * np.log10(np.maximum(out, 1e-30)), floor).astype(np.float32)
 
 
 def shift_bands(window: np.ndarray, shift: int) -> np.ndarray:
@@ -74,15 +124,26 @@ def augment(
     rng: np.random.Generator,
     floor: float,
     backgrounds: Callable[[int, np.random.Generator], np.ndarray] | None = None,
+    frame_rate: float = 50.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Augmented copies of a batch: x (n, frames, n_mels) dB, y (n, n_labels).
 
     ``backgrounds(k, rng)`` returns k (frames, n_mels) dB windows to mix in; None disables mixing.
-    The same generator state gives the same output.
+    ``frame_rate``: frames per second (for reverberation times). The same generator state gives
+    the same output; colouring and reverberation draw from it only when enabled, so a config
+    without them augments exactly as before they existed.
     """
     x = x.copy()
     y = y.copy()
     n, frames, bands = x.shape
+    if params.eq_db > 0:
+        x = colour(x, params.eq_db, rng, floor)
+    if params.reverb_p > 0:
+        chosen = np.flatnonzero(rng.random(n) < params.reverb_p)
+        if len(chosen):
+            x[chosen] = reverberate(x[chosen], rt60_s=rng.uniform(*params.reverb_rt60_s, size=len(chosen)),
+                                    drr_db=rng.uniform(*params.reverb_drr_db, size=len(chosen)),
+                                    frame_rate=frame_rate, floor=floor)
     if backgrounds is not None and params.background_p > 0:
         chosen = np.flatnonzero(rng.random(n) < params.background_p)
         if len(chosen):

@@ -1,6 +1,6 @@
 """python -m train: argument parsing and exit codes (0 done, 1 failure at run time, 2 bad input).
 
-    python -m train [--config FILE] [--data-root DIR] [--out DIR] [--folds [K]]
+    python -m train [--config FILE] [--data-root DIR] [--out DIR] [--folds [K]] [--final]
                     [--hard-negatives FILE ...] [--no-cache]
 
 Recalibrating a converted bundle for a new site is ``python -m train.recalibrate`` (see there).
@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also cross-validate (folds/<fold>/): without K, leave-one-group-out, "
                         "as train.split.leave_one_group_out; with K >= 2, group K-fold, as "
                         "train.split.folds")
+    parser.add_argument("--final", action="store_true",
+                        help="after cross-validation, train the model to deploy on every recording "
+                        "(into --out; folds in folds/<fold>/), with the folds' median epoch count and "
+                        "thresholds from their pooled held-out scores, as train.split.final")
     parser.add_argument("--hard-negatives", nargs="+", metavar="FILE", default=[],
                         help="events JSONL files or Raven tables of false positives to add as "
                         "negatives (added to train.hard_negatives)")
@@ -93,7 +97,8 @@ def _main(argv: list[str] | None) -> int:
                             cache_dir=None if args.no_cache else "config",
                             folds=True if args.folds == "groups" else None,
                             k_folds=args.folds if isinstance(args.folds, int) else None,
-                            hard_negatives=args.hard_negatives, command=command, log=log)
+                            hard_negatives=args.hard_negatives, command=command,
+                            final=True if args.final else None, log=log)
     except (DatasetError, AudioError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -80,6 +80,35 @@ class Prepared:
         return self.inputs[name]
 
 
+@dataclass
+class HeldOut:
+    """One fold's test split as its own model scored it (an out-of-fold sample)."""
+
+    windows: WindowSet
+    scores: np.ndarray
+    """(N, n_labels) probabilities of ``windows`` by the fold's model, which never trained on them."""
+    timelines: dict
+    """Recording name -> (starts, probabilities) every hop_s (for false-alarm calibration)."""
+    recordings: list[Recording]
+    best_epoch: int
+
+
+@dataclass
+class FinalPlan:
+    """What cross-validation chose for the final model, trained on every recording."""
+
+    epochs: int
+    """Epochs to train: the median of the folds' kept epochs."""
+    fold_epochs: list[int]
+    thresholds: dict
+    """{label: Threshold} calibrated on the folds' pooled out-of-fold scores."""
+    held_out: WindowSet
+    """Every fold's test windows, pooled: the final model's verification windows."""
+    held_out_scores: np.ndarray
+    """Their out-of-fold scores: the cross-validated estimate of accuracy."""
+    folds: int
+
+
 def prepare_data(*, train_cfg: Section, data_root: Path, cache_dir: Path | None, log: Log = print) -> Prepared:
     """Read every dataset and compute (or load cached) features; unreadable files are skipped."""
     params = FeatureParams.from_dict(train_cfg.features.to_dict())
@@ -178,8 +207,14 @@ def calibrate_events(*, detection: Section, labels: list[str], thresholds: dict[
 
 
 def train_split(*, config: Section, prepared: Prepared, split: dict[str, str], out: Path,
-                hard_negatives: list[str], title: str, command: str = "", log: Log = print) -> dict:
-    """Train, calibrate, evaluate and write one complete run folder for ``split``; returns metrics."""
+                hard_negatives: list[str], title: str, command: str = "", log: Log = print,
+                collect: list[HeldOut] | None = None, final: FinalPlan | None = None) -> dict:
+    """Train, calibrate, evaluate and write one complete run folder for ``split``; returns metrics.
+
+    ``collect``: append this run's test split and its scores (a fold of cross-validation).
+    ``final``: the final model: ``split`` puts everything in training; it trains ``final.epochs``
+    epochs, takes ``final.thresholds``, reports the pooled out-of-fold figures as its accuracy and
+    keeps the pooled held-out windows as ``test_windows.npz`` (for convert's int8 check)."""
     import keras
 
     from train.model import build_model, describe
@@ -203,7 +238,7 @@ def train_split(*, config: Section, prepared: Prepared, split: dict[str, str], o
     for name, members in parts.items():
         log(f"split {name}: {len(members)} recordings, {len({r.group for r in members})} groups, "
             f"{sum(len(r.positives()) for r in members)} positive annotations")
-    if not parts["test"]:
+    if not parts["test"] and final is None:
         raise DatasetError("train.split: the test split is empty; set split.test or split.test_groups")
     dataset_rate = {i: ds.negatives_per_minute for i, ds in enumerate(cfg.datasets)}
     rates = [cfg.negatives_per_minute if dataset_rate.get(r.dataset) is None else dataset_rate[r.dataset]
@@ -230,25 +265,30 @@ def train_split(*, config: Section, prepared: Prepared, split: dict[str, str], o
     history = fit(model, sampler=sampler, validation=windows["validation"],
                   augment_params=AugmentParams.from_config(cfg.augment), epochs=cfg.epochs,
                   patience=cfg.patience, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-                  seed=cfg.seed, to_inputs=lambda x: window_inputs(x, params), log=log)
+                  seed=cfg.seed, to_inputs=lambda x: window_inputs(x, params),
+                  stop_after=final.epochs if final else None, log=log)
     train_seconds = time.monotonic() - began
     model.save(out / "model.keras")
 
     calibration_x, calibration_y = sampler.epoch(np.random.default_rng([cfg.seed, 0]))
     calibration_x = window_inputs(calibration_x, params)
     validation = windows["validation"]
-    if len(validation) == 0:  # nothing held out: calibrate on unaugmented training windows
+    if final is not None:
+        thresholds = final.thresholds
+    elif len(validation) == 0:  # nothing held out: calibrate on unaugmented training windows
         inventory.warn("validation split empty: thresholds calibrated on training windows (optimistic)")
         val_x, val_y, val_recordings = calibration_x[..., None], calibration_y, parts["train"]
     else:
         val_x, val_y, val_recordings = validation.x, validation.y, parts["validation"]
-    val_timelines = _timelines(model, [r for r in val_recordings if cfg.calibration.method == "false_alarms"
-                                       or r.kind == "selections"], prepared, window_s, hop_s)
-    detection = detector_params(labels=tuple(labels), bundle_thresholds=dict.fromkeys(labels, 0.5),
-                                detection=config.detection)
-    thresholds = calibrate_thresholds(cfg=cfg, labels=labels, y=val_y, scores=predict_probabilities(model, val_x),
-                                      timelines=val_timelines, recordings=val_recordings, window_s=window_s,
-                                      hop_s=hop_s, detection=detection)
+    if final is None:
+        val_timelines = _timelines(model, [r for r in val_recordings if cfg.calibration.method == "false_alarms"
+                                           or r.kind == "selections"], prepared, window_s, hop_s)
+        detection = detector_params(labels=tuple(labels), bundle_thresholds=dict.fromkeys(labels, 0.5),
+                                    detection=config.detection)
+        thresholds = calibrate_thresholds(cfg=cfg, labels=labels, y=val_y,
+                                          scores=predict_probabilities(model, val_x), timelines=val_timelines,
+                                          recordings=val_recordings, window_s=window_s, hop_s=hop_s,
+                                          detection=detection)
     threshold_values = {label: t.value for label, t in thresholds.items()}
     for label, t in thresholds.items():
         log(f"threshold {label}: {t.value:.4f} ({t.method}, {t.achieved}){' - ' + t.note if t.note else ''}")
@@ -258,6 +298,24 @@ def train_split(*, config: Section, prepared: Prepared, split: dict[str, str], o
 
     test = windows["test"]
     test_scores = predict_probabilities(model, test.x)
+    final_info = None
+    if final is not None:
+        # The estimate is cross-validated: the folds' held-out windows, each scored by the fold
+        # model that never trained on it. The final model has trained on all of them; its scores
+        # there only check the int8 conversion.
+        test, test_scores = final.held_out, final.held_out_scores
+        seen = metrics_by_label(test.y, predict_probabilities(model, test.x), labels, threshold_values)
+        final_info = {"epochs": final.epochs, "fold_best_epochs": final.fold_epochs, "folds": final.folds,
+                      "epochs_rule": "median of the folds' kept epochs, of the same cosine schedule",
+                      "thresholds_from": f"pooled out-of-fold scores of {final.folds} folds "
+                                         f"({len(test)} held-out windows), calibration.method "
+                                         f"{cfg.calibration.method}",
+                      "verification_windows": "test_windows.npz: the folds' pooled held-out windows; the "
+                                              "final model trained on them, so its figures there are no "
+                                              "estimate of accuracy, only the int8-vs-float check",
+                      "metrics_on_training_data": seen}
+        log(f"final model: {final.epochs} epochs (folds kept {final.fold_epochs}); on its verification "
+            "windows (seen in training): " + ", ".join(f"{k} ROC-AUC {v['roc_auc']:.3f}" for k, v in seen.items()))
     metrics = {"float": metrics_by_label(test.y, test_scores, labels, threshold_values)}
     names, clip_y, clip_scores = clip_level(test, test_scores)
     if names:
@@ -267,6 +325,10 @@ def train_split(*, config: Section, prepared: Prepared, split: dict[str, str], o
         metrics["chunk"] = metrics_by_label(test.y[long_mask], test_scores[long_mask], labels, threshold_values)
         metrics["count"] = count_correlation(test, test_scores, labels, threshold_values)
     timeline_recordings = [r for r in parts["test"] if r.kind != "clips"]
+    if collect is not None:
+        test_timelines = (_timelines(model, parts["test"], prepared, window_s, hop_s)
+                          if cfg.calibration.method == "false_alarms" else {})
+        collect.append(HeldOut(test, test_scores, test_timelines, parts["test"], history.best_epoch))
     if timeline_recordings:
         metrics["events"] = event_metrics(_timelines(model, timeline_recordings, prepared, window_s, hop_s),
                                           timeline_recordings, labels, detection, window_s, hop_s)
@@ -290,6 +352,9 @@ def train_split(*, config: Section, prepared: Prepared, split: dict[str, str], o
                   "output": "logits"},
         "title": title,
     }
+    if final_info:
+        run_info["final"] = {k: v for k, v in final_info.items() if k != "metrics_on_training_data"}
+        run_info["evaluation"]["metrics"] = "cross-validated: the folds' pooled out-of-fold scores"
     (out / "run.json").write_text(json.dumps(run_info, indent=2) + "\n")
     summary = {
         "title": title, "command": command, "labels": labels, "window_s": window_s, "hop_s": hop_s,
@@ -300,7 +365,7 @@ def train_split(*, config: Section, prepared: Prepared, split: dict[str, str], o
         "model": describe(model), "parameters": int(model.count_params()),
         "training": {**history.to_dict(), "seconds": train_seconds},
         "thresholds": {label: t.to_dict() for label, t in thresholds.items()},
-        "metrics": metrics, "hard_negatives_used": n_hard,
+        "metrics": metrics, "hard_negatives_used": n_hard, "final": final_info,
         "warnings": inventory.warnings, "skipped_files": inventory.skipped_files,
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
@@ -310,21 +375,40 @@ def train_split(*, config: Section, prepared: Prepared, split: dict[str, str], o
 
 
 def resolved_config_text(config: Section, *, data_root: Path, hard_negatives: list[str], folds: bool,
-                         k_folds: int) -> str:
+                         k_folds: int, final: bool = False) -> str:
     """The full config as this run used it (command-line overrides folded in)."""
     values = config.to_dict()
     values["train"]["data_root"] = str(data_root)
     values["train"]["hard_negatives"] = [str(h) for h in hard_negatives]
     values["train"]["split"]["leave_one_group_out"] = folds
     values["train"]["split"]["folds"] = k_folds
+    values["train"]["split"]["final"] = final
     return yaml.safe_dump(values, sort_keys=False)
+
+
+def final_plan(*, cfg: Section, held_out: list[HeldOut], window_s: float, max_event_s: float) -> FinalPlan:
+    """The final model's recipe from the folds: the median of their kept epochs (rounded half
+    up), and thresholds calibrated by ``cfg.calibration`` on their pooled out-of-fold scores."""
+    labels = list(cfg.labels)
+    epochs = [h.best_epoch for h in held_out]
+    windows = WindowSet(*(np.concatenate([getattr(h.windows, f) for h in held_out])
+                          for f in ("x", "y", "source", "start_s", "kind")))
+    scores = np.concatenate([h.scores for h in held_out])
+    timelines = {name: t for h in held_out for name, t in h.timelines.items()}
+    thresholds = calibrate_thresholds(cfg=cfg, labels=labels, y=windows.y, scores=scores, timelines=timelines,
+                                      recordings=[r for h in held_out for r in h.recordings],
+                                      window_s=window_s, max_event_s=max_event_s)
+    return FinalPlan(epochs=max(1, int(np.floor(np.median(epochs) + 0.5))), fold_epochs=epochs,
+                     thresholds=thresholds, held_out=windows, held_out_scores=scores, folds=len(held_out))
 
 
 def train_run(*, config: Section, data_root: Path | None = None, out: Path | None = None,
               cache_dir: Path | None | str = "config", folds: bool | None = None, k_folds: int | None = None,
-              hard_negatives: list[str] | None = None, command: str = "", log: Log = print) -> dict:
+              hard_negatives: list[str] | None = None, command: str = "", final: bool | None = None,
+              log: Log = print) -> dict:
     """Everything ``python -m train`` does; returns the main run's summary (metrics.json).
-    ``folds`` / ``k_folds`` override the config's leave-one-group-out / k-fold cross-validation."""
+    ``folds`` / ``k_folds`` override the config's leave-one-group-out / k-fold cross-validation,
+    ``final`` its ``split.final`` (:func:`train_final`)."""
     began = time.monotonic()
     cfg = config.train
     data_root = Path(data_root or cfg.data_root)
@@ -335,13 +419,24 @@ def train_run(*, config: Section, data_root: Path | None = None, out: Path | Non
     k_folds = (0 if folds else cfg.split.folds) if k_folds is None else k_folds
     folds = folds and not k_folds
     hard_negatives = list(cfg.hard_negatives) + list(hard_negatives or [])
+    final = cfg.split.final if final is None else final
+    if final and not (folds or k_folds):
+        raise DatasetError("train.split.final: the final model takes its epochs and thresholds from "
+                           "cross-validation; set train.split.leave_one_group_out or train.split.folds "
+                           "(or pass --folds)")
     prepared = prepare_data(train_cfg=cfg, data_root=data_root, cache_dir=cache_dir, log=log)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.resolved.yaml").write_text(
         resolved_config_text(config, data_root=data_root, hard_negatives=hard_negatives, folds=folds,
-                             k_folds=k_folds))
+                             k_folds=k_folds, final=final))
     split = split_for(cfg, prepared.inventory.recordings)
     plan = _fold_plan(cfg, prepared.inventory.recordings, split, logo=folds, k=k_folds)  # errors before training
+    if final:
+        summary = train_final(config=config, prepared=prepared, plan=plan, out=out, hard_negatives=hard_negatives,
+                              kind="leave-one-group-out" if folds else f"{k_folds}-fold", command=command, log=log)
+        summary["wall_seconds"] = time.monotonic() - began
+        (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+        return summary
     summary = train_split(config=config, prepared=prepared, split=split, out=out, hard_negatives=hard_negatives,
                           title=f"{cfg.name}", command=command, log=log)
     if plan:
@@ -363,6 +458,37 @@ def train_run(*, config: Section, data_root: Path | None = None, out: Path | Non
         log(report.folds_headline(summary["folds"]))
     summary["wall_seconds"] = time.monotonic() - began  # folds included
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    return summary
+
+
+def train_final(*, config: Section, prepared: Prepared, plan: list[tuple[str, list[str]]], out: Path,
+                hard_negatives: list[str], kind: str, command: str = "", log: Log = print) -> dict:
+    """Cross-validate (every fold into ``out/folds/<fold>/``), then train the deployable model on
+    every recording into ``out``, with the folds' epoch count and pooled out-of-fold thresholds.
+    Its report and run.json carry the cross-validated figures as the estimate of accuracy."""
+    cfg = config.train
+    recordings = prepared.inventory.recordings
+    results, held_out = [], []
+    for name, test_groups in plan:
+        log(f"== fold {name}: test {', '.join(test_groups[:6])}{' ...' if len(test_groups) > 6 else ''}")
+        results.append((name, train_split(config=config, prepared=prepared,
+                                          split=split_for(cfg, recordings, test_groups=test_groups),
+                                          out=out / "folds" / _safe(name), hard_negatives=hard_negatives,
+                                          title=f"{cfg.name}, fold {name}", command=command, log=log,
+                                          collect=held_out)))
+    folds = report.fold_table(results, labels=list(cfg.labels))
+    folds["kind"] = kind
+    log(report.folds_headline(folds))
+    plan_final = final_plan(cfg=cfg, held_out=held_out, window_s=cfg.window_s,
+                            max_event_s=config.detection.max_event_s)
+    log(f"== final model on every recording: {plan_final.epochs} epochs (median of {plan_final.fold_epochs}), "
+        "thresholds " + ", ".join(f"{k} {t.value:.4f}" for k, t in plan_final.thresholds.items())
+        + " from the pooled out-of-fold scores")
+    summary = train_split(config=config, prepared=prepared, split={r.name: "train" for r in recordings}, out=out,
+                          hard_negatives=hard_negatives, title=f"{cfg.name}, final model on every group",
+                          command=command, log=log, final=plan_final)
+    summary["folds"] = folds
+    report.append_folds(out / "report.md", folds)
     return summary
 
 

@@ -77,6 +77,7 @@ def fit(
     learning_rate: float,
     seed: int,
     to_inputs: Callable[[np.ndarray], np.ndarray] | None = None,
+    stop_after: int | None = None,
     log: Callable[[str], None] = print,
 ) -> History:
     """Train ``model`` in place (best weights restored) and return its history.
@@ -85,7 +86,9 @@ def fit(
     the same weights (multi-threaded reductions would otherwise add up in whatever order the
     threads finish, and one ulp in the first epoch grows into a different model).
 
-    ``to_inputs`` turns the augmented dB crops into model inputs (:func:`train.frontend.window_inputs`)."""
+    ``to_inputs`` turns the augmented dB crops into model inputs (:func:`train.frontend.window_inputs`).
+    ``stop_after``: train exactly this many epochs of the ``epochs``-long schedule and keep the
+    last weights, whatever validation says (a final model, whose epoch count cross-validation chose)."""
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
@@ -96,12 +99,12 @@ def fit(
                   loss=keras.losses.BinaryCrossentropy(from_logits=True))
     history = History()
     best_score, best_weights, waited = None, model.get_weights(), 0
-    for epoch in range(1, epochs + 1):
+    for epoch in range(1, (stop_after or epochs) + 1):
         began = time.monotonic()
         rng = np.random.default_rng([seed, epoch])
         x, y = sampler.epoch(rng)
         x, y = augment(x, y, params=augment_params, rng=rng, floor=sampler.floor,
-                       backgrounds=sampler.mixing_windows)
+                       backgrounds=sampler.mixing_windows, frame_rate=sampler.params.frame_rate)
         if to_inputs is not None:
             x = to_inputs(x)
         fitted = model.fit(x[..., None], y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
@@ -112,7 +115,7 @@ def fit(
         else:
             val_loss, val_pr = loss, float("nan")
         score = -val_loss if np.isnan(val_pr) else val_pr
-        improved = best_score is None or score >= best_score - MIN_DELTA
+        improved = best_score is None or score >= best_score - MIN_DELTA or stop_after is not None
         if improved:
             best_score = score if best_score is None else max(best_score, score)
             best_weights, waited, history.best_epoch = model.get_weights(), 0, epoch
@@ -125,7 +128,7 @@ def fit(
         history.seconds.append(time.monotonic() - began)
         log(f"epoch {epoch:3d}/{epochs}  windows {len(y):5d}  loss {loss:.4f}  val_loss {val_loss:.4f}  "
             f"val_pr_auc {val_pr:.4f}  {history.seconds[-1]:5.1f} s{'  *' if improved else ''}")
-        if waited >= patience:
+        if waited >= patience and stop_after is None:
             log(f"early stop: no validation improvement for {patience} epochs; best epoch {history.best_epoch}")
             break
     model.set_weights(best_weights)

@@ -178,15 +178,31 @@ def write_report(out: Path, *, summary: dict, test: WindowSet, scores: np.ndarra
         lines += [f"- {w}" for w in summary["warnings"][:30]]
         lines += ([f"- ... and {len(summary['warnings']) - 30} more (metrics.json)"] if len(summary["warnings"]) > 30 else [])
         lines.append("")
+    final = summary.get("final")
+    kept = (f"kept the last, epoch {t['best_epoch']}: {final['epochs_rule']} {final['fold_best_epochs']}"
+            if final else f"kept epoch {t['best_epoch']} (best validation PR-AUC, latest epoch within 0.005 "
+            "of the best)")
+    calibrated_on = "the folds' pooled held-out scores" if final else "validation"
     lines += ["## Model and training", "", summary["model"], "",
-              f"{len(t['loss'])} epochs in {t['seconds']:.0f} s; kept epoch {t['best_epoch']} (best validation "
-              "PR-AUC, latest epoch within 0.005 of the best). Training curves: `plots/training_curves.png`.", "",
-              "## Thresholds (calibrated on validation)", "",
-              "| label | threshold | method | achieved on validation | note |", "|---|---|---|---|---|"]
+              f"{len(t['loss'])} epochs in {t['seconds']:.0f} s; {kept}. Training curves: "
+              "`plots/training_curves.png`.", "",
+              f"## Thresholds (calibrated on {calibrated_on})", "",
+              f"| label | threshold | method | achieved on {calibrated_on} | note |", "|---|---|---|---|---|"]
     for label, th in summary["thresholds"].items():
         achieved = ", ".join(f"{k} {_fmt(v)}" for k, v in th["achieved"].items())
         lines.append(f"| {label} | {th['threshold']:.4f} | {th['method']} | {achieved} | {th.get('note', '')} |")
-    lines += ["", "## Test results (float model)", "", f"Per window ({summary['window_s']} s):", ""]
+    if final:
+        lines += ["", "## Cross-validated results: the estimate of accuracy", "",
+                  f"This model trained on every recording, so it has no test split of its own. The "
+                  f"figures below pool the {final['folds']} folds' test splits, each window scored by the "
+                  "fold model that never trained on it, at this model's thresholds; plots and "
+                  "`errors.csv` are of the same scores. `test_windows.npz` holds those windows for "
+                  "`python -m convert`'s int8-vs-float check; the final model itself scores ROC-AUC "
+                  + ", ".join(f"{k} {_fmt(v['roc_auc'])}" for k, v in final["metrics_on_training_data"].items())
+                  + " on them, which measures nothing but the fit (it trained on them).", "",
+                  f"Per window ({summary['window_s']} s):", ""]
+    else:
+        lines += ["", "## Test results (float model)", "", f"Per window ({summary['window_s']} s):", ""]
     lines += _table(metrics["float"], labels)
     if "clip" in metrics:
         lines += ["", "Per clip (a clip's score is its highest window):", ""] + _table(metrics["clip"], labels)
