@@ -188,13 +188,13 @@ class FeatureParams:
 
     @cached_property
     def _pcen_kernel(self) -> tuple[np.ndarray, np.ndarray]:
-        """(L, p), float64: for a block of n frames, smoother = L[:n, :n] @ power + p[:n] * previous,
+        """(L, p), float32: for a block of n frames, smoother = L[:n, :n] @ power + p[:n] * previous,
         L[j, k] = s (1 - s)^(j - k) for k <= j, p[j] = (1 - s)^(j + 1)."""
         s = self.pcen_smoothing
         j = np.arange(_BLOCK_FRAMES)
         lag = j[:, None] - j[None, :]
         kernel = np.where(lag >= 0, s * (1 - s) ** np.maximum(lag, 0), 0.0)
-        return kernel, (1 - s) ** (j + 1)
+        return kernel.astype(np.float32), ((1 - s) ** (j + 1))[:, None].astype(np.float32)
 
     @cached_property
     def _mel_basis_t(self) -> np.ndarray:
@@ -255,39 +255,44 @@ def _frames_to_logmel(frames: np.ndarray, params: FeatureParams) -> np.ndarray:
 
 
 def pcen_smooth(power: np.ndarray, params: FeatureParams, previous: np.ndarray | None) -> np.ndarray:
-    """Each band's smoothed power M, float64 (n, n_mels), of (n, n_mels) mel power:
+    """Each band's smoothed power M, float32 (n, n_mels), of (n, n_mels) mel power:
     M[t] = (1 - s) M[t - 1] + s E[t], starting from ``previous`` (the smoother after the last
     frame before these), or at E[0] when None (a new stream). Blocks of at most 128 frames, each
-    one matrix product, so a stream's cost grows with its chunks and whole files stay fast."""
-    power = np.asarray(power, np.float64)
-    out = np.empty(power.shape, np.float64)
+    one matrix product, so a stream's cost grows with its chunks and whole files stay fast (the
+    block borders move with the chunking: streams and files agree to float32 rounding)."""
+    power = np.asarray(power, np.float32)
     kernel, decay = params._pcen_kernel
     state = power[0] if previous is None and len(power) else previous
+    if len(power) <= _BLOCK_FRAMES:  # a stream's push: one product
+        n = len(power)
+        return kernel[:n, :n] @ power + decay[:n] * state
+    out = np.empty(power.shape, np.float32)
     for start in range(0, len(power), _BLOCK_FRAMES):
         block = power[start:start + _BLOCK_FRAMES]
         n = len(block)
-        out[start:start + n] = kernel[:n, :n] @ block + decay[:n, None] * state
+        out[start:start + n] = kernel[:n, :n] @ block + decay[:n] * state
         state = out[start + n - 1]
     return out
 
 
 def pcen_from_power(power: np.ndarray, smooth: np.ndarray, params: FeatureParams) -> np.ndarray:
     """PCEN, float32 (n, n_mels): (E / (eps + M)^alpha + delta)^r - delta^r, as librosa.pcen."""
-    power = np.asarray(power, np.float64)
-    gain = np.exp(-params.pcen_gain * np.log(params.pcen_eps + smooth))
-    value = power * gain + params.pcen_bias
+    value = np.asarray(smooth, np.float32) + np.float32(params.pcen_eps)
+    np.power(value, np.float32(-params.pcen_gain), out=value)  # (eps + M)^-alpha
+    value *= power
+    value += np.float32(params.pcen_bias)
     if params.pcen_power == 0.5:
         np.sqrt(value, out=value)
     else:
-        np.power(value, params.pcen_power, out=value)
-    value -= params.pcen_bias ** params.pcen_power
-    return value.astype(np.float32)
+        np.power(value, np.float32(params.pcen_power), out=value)
+    value -= np.float32(params.pcen_bias ** params.pcen_power)
+    return value
 
 
 def pcen_of_logmel(logmel_db: np.ndarray, params: FeatureParams) -> np.ndarray:
     """PCEN (n, n_mels) float32 of a whole recording's log-mel dB frames (as cached by training):
     the same frames :func:`features` gives for the file, up to the dB round trip (~1e-6)."""
-    power = np.power(10.0, np.asarray(logmel_db, np.float64) / 10.0)
+    power = np.power(np.float32(10.0), np.asarray(logmel_db, np.float32) / np.float32(10.0), dtype=np.float32)
     return pcen_from_power(power, pcen_smooth(power, params, None), params)
 
 
@@ -330,6 +335,8 @@ def _mel_power(samples: np.ndarray, params: FeatureParams) -> np.ndarray:
     frames = np.ndarray(
         (n, params.n_fft), np.float32, buffer=samples, strides=(params.hop_length * step, step)
     )
+    if n <= _BLOCK_FRAMES:
+        return _frames_to_mel_power(frames, params)
     out = np.empty((n, params.n_mels), np.float32)
     for start in range(0, n, _BLOCK_FRAMES):
         out[start:start + _BLOCK_FRAMES] = _frames_to_mel_power(frames[start:start + _BLOCK_FRAMES], params)
