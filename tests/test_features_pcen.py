@@ -135,3 +135,42 @@ def test_training_windows_with_context_are_the_device_frames(start_frame):
     # Within the context of the file's start: exact. Later: what is left of the cold start.
     exact = start_frame <= context_frames(PCEN)
     np.testing.assert_allclose(got, device, rtol=1e-4 if exact else 1e-2, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_pcen_run_converts_and_replays_with_the_frames_the_device_streams(tmp_path):
+    """Train with front_end: pcen on tiny synthetic data: the test windows are the device's PCEN
+    frames of the file; convert writes a bundle naming pcen; the device replays with it."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+    from test_train_end_to_end import demo_config, tiny_data
+
+    from device.audio import load_audio
+
+    root = Path(__file__).resolve().parents[1]
+    data = tiny_data(tmp_path / "data", sites=2)
+    values = demo_config(epochs=2, features={"front_end": "pcen"})
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(values))
+    out = tmp_path / "run"
+    for command in (["train", "--config", str(config), "--data-root", str(data), "--out", str(out)],
+                    ["convert", "--int8", str(out)]):
+        done = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, cwd=root)
+        assert done.returncode == 0, done.stderr[-2000:]
+    bundle = json.loads((out / "model.json").read_text())
+    assert bundle["features"]["front_end"] == "pcen"
+    with np.load(out / "test_windows.npz") as test:
+        k = int(np.argmax(test["start_s"]))
+        source, start_s, x = str(test["source"][k]), float(test["start_s"][k]), test["x"][k, :, :, 0]
+    audio = load_audio(data / source, PCEN.sample_rate)
+    start = round(start_s * PCEN.frame_rate)
+    np.testing.assert_allclose(x, features(audio, PCEN)[start:start + len(x)], rtol=1e-4, atol=1e-4)
+    scores = tmp_path / "scores.csv"
+    replay = subprocess.run([sys.executable, "-m", "device", "--replay", str(data / source), "--model", str(out),
+                             "--scores-csv", str(scores)], capture_output=True, text=True, cwd=root)
+    assert replay.returncode == 0, replay.stderr[-2000:]
+    assert len(scores.read_text().splitlines()) > 1

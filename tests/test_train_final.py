@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from test_train_end_to_end import demo_config, tiny_data
 
 from device.config import validate
-from test_train_end_to_end import demo_config, tiny_data
 from train.calibrate import threshold_at_precision
-from train.core import HeldOut, final_plan
+from train.final import HeldOut, final_plan
 from train.windows import WindowSet
 
 ROOT = Path(__file__).resolve().parents[1]

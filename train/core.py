@@ -8,6 +8,10 @@ directly. A run folder holds (the contract ``python -m convert`` reads)::
     calibration.npy    float32 (N, frames, n_mels, 1) training windows for int8 quantization
     test_windows.npz   x, y, source, start_s of the test split
     split.csv  metrics.json  config.resolved.yaml  report.md  plots/*.png  errors.csv
+    folds/<fold>/      one such run folder per fold of cross-validation, when asked
+
+With ``split.final`` (:func:`train_final`), the run folder is the final model's, trained on every
+recording; its ``test_windows.npz`` holds the folds' pooled held-out windows (see train.final).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from train.evaluate import (
     metrics_by_label,
     timeline_scores,
 )
+from train.final import FinalPlan, HeldOut, final_plan
 from train.fit import fit, predict_probabilities
 from train.frontend import context_frames, recording_inputs, window_inputs
 from train.hard_negatives import apply_hard_negatives
@@ -78,35 +83,6 @@ class Prepared:
         if name not in self.inputs:
             self.inputs[name] = recording_inputs(self.features[name], self.params)
         return self.inputs[name]
-
-
-@dataclass
-class HeldOut:
-    """One fold's test split as its own model scored it (an out-of-fold sample)."""
-
-    windows: WindowSet
-    scores: np.ndarray
-    """(N, n_labels) probabilities of ``windows`` by the fold's model, which never trained on them."""
-    timelines: dict
-    """Recording name -> (starts, probabilities) every hop_s (for false-alarm calibration)."""
-    recordings: list[Recording]
-    best_epoch: int
-
-
-@dataclass
-class FinalPlan:
-    """What cross-validation chose for the final model, trained on every recording."""
-
-    epochs: int
-    """Epochs to train: the median of the folds' kept epochs."""
-    fold_epochs: list[int]
-    thresholds: dict
-    """{label: Threshold} calibrated on the folds' pooled out-of-fold scores."""
-    held_out: WindowSet
-    """Every fold's test windows, pooled: the final model's verification windows."""
-    held_out_scores: np.ndarray
-    """Their out-of-fold scores: the cross-validated estimate of accuracy."""
-    folds: int
 
 
 def prepare_data(*, train_cfg: Section, data_root: Path, cache_dir: Path | None, log: Log = print) -> Prepared:
@@ -384,22 +360,6 @@ def resolved_config_text(config: Section, *, data_root: Path, hard_negatives: li
     values["train"]["split"]["folds"] = k_folds
     values["train"]["split"]["final"] = final
     return yaml.safe_dump(values, sort_keys=False)
-
-
-def final_plan(*, cfg: Section, held_out: list[HeldOut], window_s: float, max_event_s: float) -> FinalPlan:
-    """The final model's recipe from the folds: the median of their kept epochs (rounded half
-    up), and thresholds calibrated by ``cfg.calibration`` on their pooled out-of-fold scores."""
-    labels = list(cfg.labels)
-    epochs = [h.best_epoch for h in held_out]
-    windows = WindowSet(*(np.concatenate([getattr(h.windows, f) for h in held_out])
-                          for f in ("x", "y", "source", "start_s", "kind")))
-    scores = np.concatenate([h.scores for h in held_out])
-    timelines = {name: t for h in held_out for name, t in h.timelines.items()}
-    thresholds = calibrate_thresholds(cfg=cfg, labels=labels, y=windows.y, scores=scores, timelines=timelines,
-                                      recordings=[r for h in held_out for r in h.recordings],
-                                      window_s=window_s, max_event_s=max_event_s)
-    return FinalPlan(epochs=max(1, int(np.floor(np.median(epochs) + 0.5))), fold_epochs=epochs,
-                     thresholds=thresholds, held_out=windows, held_out_scores=scores, folds=len(held_out))
 
 
 def train_run(*, config: Section, data_root: Path | None = None, out: Path | None = None,

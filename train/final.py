@@ -1,0 +1,72 @@
+"""The final model's recipe, chosen by cross-validation: epochs, thresholds, verification windows.
+
+Cross-validation measures a recipe; the model to deploy should then hear every group. Each fold
+of :func:`train.core.train_final` leaves a :class:`HeldOut` (its test windows, scored by the fold
+model that never trained on them); :func:`final_plan` pools them into what the final model
+trains and is calibrated with:
+
+- epochs: the median of the folds' kept epochs (rounded half up), of the same cosine schedule:
+  with every group in training nothing is left to stop early on;
+- thresholds: ``train.calibration`` applied to the pooled out-of-fold scores, the same rule a
+  single run applies to its validation split, on every held-out window at once;
+- verification windows: the pooled held-out windows. The final model trains on them, so they
+  check its int8 conversion against float and estimate nothing; the estimate of accuracy is the
+  pooled out-of-fold scores, which the final model's report and run.json carry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from device.config import Section
+from train.datasets import Recording
+from train.windows import WindowSet
+
+
+@dataclass
+class HeldOut:
+    """One fold's test split as its own model scored it (an out-of-fold sample)."""
+
+    windows: WindowSet
+    scores: np.ndarray
+    """(N, n_labels) probabilities of ``windows`` by the fold's model, which never trained on them."""
+    timelines: dict
+    """Recording name -> (starts, probabilities) every hop_s (for false-alarm calibration)."""
+    recordings: list[Recording]
+    best_epoch: int
+
+
+@dataclass
+class FinalPlan:
+    """What cross-validation chose for the final model, trained on every recording."""
+
+    epochs: int
+    """Epochs to train: the median of the folds' kept epochs."""
+    fold_epochs: list[int]
+    thresholds: dict
+    """{label: Threshold} calibrated on the folds' pooled out-of-fold scores."""
+    held_out: WindowSet
+    """Every fold's test windows, pooled: the final model's verification windows."""
+    held_out_scores: np.ndarray
+    """Their out-of-fold scores: the cross-validated estimate of accuracy."""
+    folds: int
+
+
+def final_plan(*, cfg: Section, held_out: list[HeldOut], window_s: float, max_event_s: float) -> FinalPlan:
+    """The final model's recipe from the folds: the median of their kept epochs (rounded half
+    up), and thresholds calibrated by ``cfg.calibration`` on their pooled out-of-fold scores."""
+    from train.core import calibrate_thresholds  # core imports this module
+
+    labels = list(cfg.labels)
+    epochs = [h.best_epoch for h in held_out]
+    windows = WindowSet(*(np.concatenate([getattr(h.windows, f) for h in held_out])
+                          for f in ("x", "y", "source", "start_s", "kind")))
+    scores = np.concatenate([h.scores for h in held_out])
+    timelines = {name: t for h in held_out for name, t in h.timelines.items()}
+    thresholds = calibrate_thresholds(cfg=cfg, labels=labels, y=windows.y, scores=scores, timelines=timelines,
+                                      recordings=[r for h in held_out for r in h.recordings],
+                                      window_s=window_s, max_event_s=max_event_s)
+    return FinalPlan(epochs=max(1, int(np.floor(np.median(epochs) + 0.5))), fold_epochs=epochs,
+                     thresholds=thresholds, held_out=windows, held_out_scores=scores, folds=len(held_out))
