@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.signal
 
 from device.features import (
     FeatureParams,
@@ -75,12 +74,13 @@ def test_the_state_is_carried_across_pushes_and_reset_starts_a_new_stream():
                                                         pcen_gain=0.8, pcen_bias=10.0, pcen_power=0.25)])
 def test_agrees_with_librosa_pcen_started_at_the_first_frame(params):
     librosa = pytest.importorskip("librosa")
+    signal = pytest.importorskip("scipy.signal")
     x = calls_in_noise(5.0)
     power = _mel_power(x, params).T.astype(np.float64)
     s = params.pcen_smoothing
     # librosa starts its smoother at 1 (lfilter_zi); ours at the first frame's power, which a
     # stream can reproduce: the same as librosa given that initial state.
-    zi = scipy.signal.lfilter_zi([s], [1, s - 1]) * power[:, :1]
+    zi = signal.lfilter_zi([s], [1, s - 1]) * power[:, :1]
     ref = librosa.pcen(power, sr=params.sample_rate, hop_length=params.hop_length, gain=params.pcen_gain,
                        bias=params.pcen_bias, power=params.pcen_power, time_constant=params.pcen_time_constant_s,
                        eps=params.pcen_eps, max_size=1, zi=zi).T
