@@ -85,6 +85,10 @@ def run() -> str:
             lines.append(f"| {run_dir.name} | - | - | - | - | - | - | - | - | - | - | failed: {exc} |")
             continue
         m = result.metrics
+        if "cross_validated" in m:  # a final model: its test windows are the folds', trained on
+            commands.append(f"- `runs/{run_dir.name}` is a final model (`--final`): its test windows are the "
+                            "folds' pooled held-out windows, which it trained on, so its float ROC-AUC there "
+                            "is no estimate; int8 against float is the check")
         for label, d in m["int8_vs_float"].items():
             loss = d["roc_auc_loss"]
             met = (loss is not None and loss <= TARGET_AUC_LOSS) and result.size_kb <= TARGET_KB
