@@ -43,7 +43,8 @@ def held_out(n: int, best_epoch: int, seed: int) -> HeldOut:
 def test_final_plan_takes_the_median_epoch_and_pools_the_held_out_scores(epochs, median):
     folds = [held_out(40 + 7 * i, e, seed=i) for i, e in enumerate(epochs)]
     cfg = validate(demo_config()).train
-    plan = final_plan(cfg=cfg, held_out=folds, window_s=3.0, max_event_s=60.0)
+    config = validate(demo_config())
+    plan = final_plan(cfg=cfg, held_out=folds, window_s=3.0, hop_s=0.5, detection=config.detection)
     assert plan.epochs == median and plan.fold_epochs == epochs and plan.folds == len(epochs)
     y = np.concatenate([f.windows.y for f in folds])
     scores = np.concatenate([f.scores for f in folds])

@@ -27,13 +27,13 @@ import numpy as np
 import yaml
 
 from device.audio import AudioError
+from device.bundle import event_settings
 from device.config import Section
+from device.detector import DetectorParams, detect, detector_params
 from device.features import FeatureParams
 from train import report
 from train.augment import AugmentParams
 from train.cache import recording_features
-from device.bundle import event_settings
-from device.detector import DetectorParams, detect, detector_params
 from train.calibrate import (
     calibrate_extent,
     threshold_at_best_f1,
@@ -249,8 +249,8 @@ def train_split(*, config: Section, prepared: Prepared, split: dict[str, str], o
     calibration_x, calibration_y = sampler.epoch(np.random.default_rng([cfg.seed, 0]))
     calibration_x = window_inputs(calibration_x, params)
     validation = windows["validation"]
-    if final is not None:
-        thresholds = final.thresholds
+    if final is not None:  # the folds' held-out recordings stand in for validation
+        thresholds, val_timelines, val_recordings = final.thresholds, final.timelines, final.recordings
     elif len(validation) == 0:  # nothing held out: calibrate on unaugmented training windows
         inventory.warn("validation split empty: thresholds calibrated on training windows (optimistic)")
         val_x, val_y, val_recordings = calibration_x[..., None], calibration_y, parts["train"]
@@ -302,8 +302,8 @@ def train_split(*, config: Section, prepared: Prepared, split: dict[str, str], o
         metrics["count"] = count_correlation(test, test_scores, labels, threshold_values)
     timeline_recordings = [r for r in parts["test"] if r.kind != "clips"]
     if collect is not None:
-        test_timelines = (_timelines(model, parts["test"], prepared, window_s, hop_s)
-                          if cfg.calibration.method == "false_alarms" else {})
+        test_timelines = _timelines(model, [r for r in parts["test"] if cfg.calibration.method == "false_alarms"
+                                            or r.kind == "selections"], prepared, window_s, hop_s)
         collect.append(HeldOut(test, test_scores, test_timelines, parts["test"], history.best_epoch))
     if timeline_recordings:
         metrics["events"] = event_metrics(_timelines(model, timeline_recordings, prepared, window_s, hop_s),
@@ -439,8 +439,8 @@ def train_final(*, config: Section, prepared: Prepared, plan: list[tuple[str, li
     folds = report.fold_table(results, labels=list(cfg.labels))
     folds["kind"] = kind
     log(report.folds_headline(folds))
-    plan_final = final_plan(cfg=cfg, held_out=held_out, window_s=cfg.window_s,
-                            max_event_s=config.detection.max_event_s)
+    plan_final = final_plan(cfg=cfg, held_out=held_out, window_s=cfg.window_s, hop_s=config.detection.hop_s,
+                            detection=config.detection)
     log(f"== final model on every recording: {plan_final.epochs} epochs (median of {plan_final.fold_epochs}), "
         "thresholds " + ", ".join(f"{k} {t.value:.4f}" for k, t in plan_final.thresholds.items())
         + " from the pooled out-of-fold scores")

@@ -33,7 +33,7 @@ class HeldOut:
     scores: np.ndarray
     """(N, n_labels) probabilities of ``windows`` by the fold's model, which never trained on them."""
     timelines: dict
-    """Recording name -> (starts, probabilities) every hop_s (for false-alarm calibration)."""
+    """Recording name -> (starts, probabilities) every hop_s (false-alarm calibration, event extents)."""
     recordings: list[Recording]
     best_epoch: int
 
@@ -52,11 +52,18 @@ class FinalPlan:
     held_out_scores: np.ndarray
     """Their out-of-fold scores: the cross-validated estimate of accuracy."""
     folds: int
+    timelines: dict
+    """The folds' held-out recordings' timelines, by their own fold models (event extent trims)."""
+    recordings: list[Recording]
+    """The folds' held-out recordings."""
 
 
-def final_plan(*, cfg: Section, held_out: list[HeldOut], window_s: float, max_event_s: float) -> FinalPlan:
+def final_plan(*, cfg: Section, held_out: list[HeldOut], window_s: float, hop_s: float,
+               detection: Section) -> FinalPlan:
     """The final model's recipe from the folds: the median of their kept epochs (rounded half
-    up), and thresholds calibrated by ``cfg.calibration`` on their pooled out-of-fold scores."""
+    up), and thresholds calibrated by ``cfg.calibration`` on their pooled out-of-fold scores
+    (false alarms counted by the device's detector with the ``detection`` settings)."""
+    from device.detector import detector_params
     from train.core import calibrate_thresholds  # core imports this module
 
     labels = list(cfg.labels)
@@ -65,8 +72,12 @@ def final_plan(*, cfg: Section, held_out: list[HeldOut], window_s: float, max_ev
                           for f in ("x", "y", "source", "start_s", "kind")))
     scores = np.concatenate([h.scores for h in held_out])
     timelines = {name: t for h in held_out for name, t in h.timelines.items()}
-    thresholds = calibrate_thresholds(cfg=cfg, labels=labels, y=windows.y, scores=scores, timelines=timelines,
-                                      recordings=[r for h in held_out for r in h.recordings],
-                                      window_s=window_s, max_event_s=max_event_s)
+    recordings = [r for h in held_out for r in h.recordings]
+    thresholds = calibrate_thresholds(
+        cfg=cfg, labels=labels, y=windows.y, scores=scores, timelines=timelines, recordings=recordings,
+        window_s=window_s, hop_s=hop_s,
+        detection=detector_params(labels=tuple(labels), bundle_thresholds=dict.fromkeys(labels, 0.5),
+                                  detection=detection))
     return FinalPlan(epochs=max(1, int(np.floor(np.median(epochs) + 0.5))), fold_epochs=epochs,
-                     thresholds=thresholds, held_out=windows, held_out_scores=scores, folds=len(held_out))
+                     thresholds=thresholds, held_out=windows, held_out_scores=scores, folds=len(held_out),
+                     timelines=timelines, recordings=recordings)
