@@ -218,8 +218,10 @@ def _self_cpu_s() -> float:
 
 def _worker(device_ids: list[str], port: int, conn) -> None:
     """Hold ``device_ids``' recorders and run the parent's commands (see :func:`_fleet`)."""
-    import paho.mqtt.client  # noqa: F401  (imported before the baseline: the cost per recorder
-    import device.events  # noqa: F401   is the clients', not the interpreter's)
+    # Imported before the baseline: the cost per recorder is the clients', not the interpreter's.
+    import paho.mqtt.client  # noqa: F401
+
+    import device.events  # noqa: F401
 
     raise_fd_limit()
     rss0 = _proc_status(os.getpid())["VmRSS"]

@@ -303,9 +303,19 @@ def logmel(samples: np.ndarray, params: FeatureParams) -> np.ndarray:
     Returns float32 dB (10 log10 of mel power), shape (n_frames, n_mels); (0, n_mels) when
     the signal is shorter than one frame.
     """
+    return _per_frame(samples, params, _frames_to_logmel)
+
+
+def _mel_power(samples: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """Mel power (not dB) of a whole signal, shape (n_frames, n_mels) float32 (PCEN's input)."""
+    return _per_frame(samples, params, _frames_to_mel_power)
+
+
+def _per_frame(samples: np.ndarray, params: FeatureParams, transform) -> np.ndarray:
+    """``transform(frames, params)`` over the signal's frames, in blocks of _BLOCK_FRAMES."""
     samples = np.ascontiguousarray(samples, dtype=np.float32)
     if samples.ndim != 1:
-        raise ValueError(f"logmel expects mono samples, got shape {samples.shape}")
+        raise ValueError(f"features expect mono samples, got shape {samples.shape}")
     n = params.n_frames(len(samples))
     if n == 0:
         return np.zeros((0, params.n_mels), np.float32)
@@ -316,30 +326,11 @@ def logmel(samples: np.ndarray, params: FeatureParams) -> np.ndarray:
         (n, params.n_fft), np.float32, buffer=samples, strides=(params.hop_length * step, step)
     )
     if n <= _BLOCK_FRAMES:
-        return _frames_to_logmel(frames, params)
+        return transform(frames, params)
     out = np.empty((n, params.n_mels), np.float32)
     for start in range(0, n, _BLOCK_FRAMES):
         stop = start + _BLOCK_FRAMES
-        out[start:stop] = _frames_to_logmel(frames[start:stop], params)
-    return out
-
-
-def _mel_power(samples: np.ndarray, params: FeatureParams) -> np.ndarray:
-    samples = np.ascontiguousarray(samples, dtype=np.float32)
-    if samples.ndim != 1:
-        raise ValueError(f"features expect mono samples, got shape {samples.shape}")
-    n = params.n_frames(len(samples))
-    if n == 0:
-        return np.zeros((0, params.n_mels), np.float32)
-    step = samples.itemsize
-    frames = np.ndarray(
-        (n, params.n_fft), np.float32, buffer=samples, strides=(params.hop_length * step, step)
-    )
-    if n <= _BLOCK_FRAMES:
-        return _frames_to_mel_power(frames, params)
-    out = np.empty((n, params.n_mels), np.float32)
-    for start in range(0, n, _BLOCK_FRAMES):
-        out[start:start + _BLOCK_FRAMES] = _frames_to_mel_power(frames[start:start + _BLOCK_FRAMES], params)
+        out[start:stop] = transform(frames[start:stop], params)
     return out
 
 

@@ -358,22 +358,7 @@ class RavenSink(_BaseSink):
             n += 1
             name = f"{stem}-{n}{RAVEN_SUFFIX}"
         self._written.add(name)
-        rows = [
-            "\t".join(
-                (
-                    "Selection",
-                    "View",
-                    "Channel",
-                    "Begin Time (s)",
-                    "End Time (s)",
-                    "Low Freq (Hz)",
-                    "High Freq (Hz)",
-                    RAVEN_LABEL_COLUMN,
-                    "Score",
-                    *(["Begin Path"] if self._paths else []),
-                )
-            )
-        ]
+        rows = [_RAVEN_HEADER + ("\tBegin Path" if self._paths else "")]
         path = f"\t{tsv_field(str(self._paths.get(source, '')))}" if self._paths else ""
         for i, e in enumerate(events, 1):
             rows.append(

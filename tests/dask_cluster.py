@@ -8,7 +8,6 @@ Workers inherit the environment (PYTHONPATH included), so they run this checkout
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -63,7 +62,7 @@ class DaskCluster:
                 break
             except OSError:
                 if self.scheduler.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"dask scheduler did not start: {self.log('scheduler')}")
+                    raise RuntimeError(f"dask scheduler did not start: {self.log('scheduler')}") from None
                 time.sleep(0.1)
         for _ in range(workers):
             self.add_worker()

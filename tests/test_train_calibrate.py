@@ -13,7 +13,6 @@ from train.calibrate import (
     threshold_at_precision,
 )
 
-
 PARAMS = DetectorParams(threshold=0.5)
 """The device's detector, plain: no smoothing, confirmation, hysteresis or merging."""
 
