@@ -259,6 +259,19 @@ def _pulse(*command: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=30)
 
 
+def start_pulseaudio() -> bool | None:
+    """Start PulseAudio unless it runs: True when started here (stop it after), False when it
+    was running already, None when it could not be started."""
+    if _pulse("pulseaudio", "--check").returncode == 0:
+        return False
+    for _ in range(10):  # right after a previous run's --kill, the old server may still be exiting
+        _pulse("pulseaudio", "--start", "--exit-idle-time=-1")
+        if _pulse("pulseaudio", "--check").returncode == 0:
+            return True
+        time.sleep(0.5)
+    return None
+
+
 def pulse_only_alsa_config(folder: Path) -> Path | None:
     """An ALSA configuration like the system's but with, of the plug-in definitions in
     /etc/alsa/conf.d, only PulseAudio's: what a recorder has without Debian's full
@@ -283,16 +296,9 @@ def live_run(model: Path, recording: Path, folder: Path, seconds: float = 30.0,
     a broker on 127.0.0.1 there (None: MQTT off)."""
     if not (shutil.which("pulseaudio") and shutil.which("pactl") and shutil.which("paplay")):
         return "PulseAudio is not installed"
-    started = False
-    if _pulse("pulseaudio", "--check").returncode != 0:
-        for _ in range(10):  # right after a previous run's --kill, the old server may still be exiting
-            _pulse("pulseaudio", "--start", "--exit-idle-time=-1")
-            started = _pulse("pulseaudio", "--check").returncode == 0
-            if started:
-                break
-            time.sleep(0.5)
-        if not started:
-            return "PulseAudio could not be started"
+    started = start_pulseaudio()
+    if started is None:
+        return "PulseAudio could not be started"
     sink = f"callwatch_bench_{uuid.uuid4().hex[:8]}"
     module = _pulse("pactl", "load-module", "module-null-sink", f"sink_name={sink}").stdout.strip()
     config = folder / "live.yaml"

@@ -352,7 +352,7 @@ def onset_latency(model: Path, folder: Path) -> dict | str:
     import numpy as np
     import soundfile
 
-    from bench.daemon import _pulse
+    from bench.daemon import _pulse, start_pulseaudio
     from device.bundle import load_bundle
 
     sys.path.insert(0, str(REPO / "tests"))
@@ -365,16 +365,9 @@ def onset_latency(model: Path, folder: Path) -> dict | str:
     files = synth_set(folder / "synth")[:LATENCY_FILES]
     recording = folder / "played.wav"
     soundfile.write(recording, np.concatenate([soundfile.read(f, dtype="float32")[0] for f in files]), 16000)
-    started = False
-    if _pulse("pulseaudio", "--check").returncode != 0:
-        for _ in range(10):
-            _pulse("pulseaudio", "--start", "--exit-idle-time=-1")
-            started = _pulse("pulseaudio", "--check").returncode == 0
-            if started:
-                break
-            time.sleep(0.5)
-        if not started:
-            return "PulseAudio could not be started"
+    started = start_pulseaudio()
+    if started is None:
+        return "PulseAudio could not be started"
     sink = f"callwatch_onset_{uuid.uuid4().hex[:8]}"
     module = _pulse("pactl", "load-module", "module-null-sink", f"sink_name={sink}").stdout.strip()
     broker = Broker(folder / "broker").start()

@@ -22,6 +22,7 @@ import logging
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import TextIO
 
 from device.events import Event
 from device.recording import Recording
@@ -69,7 +70,20 @@ class _PerSource(_BaseSink):
         return self._recordings.get(source), _ordered(self._events.pop(source, []))
 
 
-class RavenTableSink(_PerSource):
+class _OneFile(_PerSource):
+    """A batch table in one file (``self._file``, opened by the subclass; '-' is stdout)."""
+
+    _file: TextIO
+
+    def flush_position(self) -> tuple[str, int] | None:
+        return _position(self._file)
+
+    def close(self) -> None:
+        if self._file is not sys.stdout:
+            self._file.close()
+
+
+class RavenTableSink(_OneFile):
     """The batch's selection table. ``Begin Time (s)`` counts from the start of the first file,
     the files laid end to end in batch order (Raven's multi-file convention); ``File Offset
     (s)`` is the time within the file named in ``Begin Path``."""
@@ -111,15 +125,8 @@ class RavenTableSink(_PerSource):
         self._elapsed_s += self._duration(source)
         self._file.flush()
 
-    def flush_position(self) -> tuple[str, int] | None:
-        return _position(self._file)
 
-    def close(self) -> None:
-        if self._file is not sys.stdout:
-            self._file.close()
-
-
-class DetectionsCsvSink(_PerSource):
+class DetectionsCsvSink(_OneFile):
     """A row per event; times in UTC are empty where the recording's time is unknown."""
 
     def __init__(self, path: str, *, recordings: dict[str, Recording], append: bool = False) -> None:
@@ -138,13 +145,6 @@ class DetectionsCsvSink(_PerSource):
                 _iso(start, e.start_s), _iso(start, e.end_s), e.label, f"{e.peak_score:.4f}",
             ))
         self._file.flush()
-
-    def flush_position(self) -> tuple[str, int] | None:
-        return _position(self._file)
-
-    def close(self) -> None:
-        if self._file is not sys.stdout:
-            self._file.close()
 
 
 class AudacitySink(_PerSource):
