@@ -14,7 +14,7 @@ import pytest
 from broker import Broker, sample_event
 
 from device.config import validate
-from device.discovery import DIAGNOSTIC_SENSORS
+from device.mqtt.discovery import DIAGNOSTIC_SENSORS
 from device.events import EVENT_SCHEMA, Event
 from device.health import Health
 from device.mqtt import MqttSink, device_topics

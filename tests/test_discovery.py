@@ -8,7 +8,7 @@ import pytest
 from broker import Broker, Subscriber, sample_event
 
 from device.config import validate
-from device.discovery import discovery_configs
+from device.mqtt.discovery import discovery_configs
 from device.mqtt import MqttSink
 
 BASE = "callwatch/pi-1"

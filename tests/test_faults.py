@@ -468,7 +468,7 @@ def _killed_with_rows(path: Path, n: int) -> None:
     the write-ahead log, not yet in the main file."""
     script = (
         "import sys, time\n"
-        "from device.outbox import Outbox\n"
+        "from device.mqtt.outbox import Outbox\n"
         f"outbox = Outbox({str(path)!r}, max_rows=1000, max_bytes=10**6)\n"
         f"for i in range({n}):\n"
         "    outbox.put('t', '{\"seq\": %d}' % i)\n"
@@ -484,7 +484,7 @@ def _killed_with_rows(path: Path, n: int) -> None:
 
 
 def test_a_zero_length_outbox_is_said_and_moved_aside(tmp_path, caplog):
-    from device.outbox import Outbox
+    from device.mqtt.outbox import Outbox
 
     path = tmp_path / "outbox.sqlite"
     path.write_bytes(b"")
@@ -497,7 +497,7 @@ def test_a_zero_length_outbox_is_said_and_moved_aside(tmp_path, caplog):
 
 
 def test_a_garbage_write_ahead_log_is_said_and_kept_the_rest_recovered(tmp_path, caplog):
-    from device.outbox import Outbox
+    from device.mqtt.outbox import Outbox
 
     path = tmp_path / "outbox.sqlite"
     outbox = Outbox(path, max_rows=1000, max_bytes=10**6)
@@ -519,7 +519,7 @@ def test_a_garbage_write_ahead_log_is_said_and_kept_the_rest_recovered(tmp_path,
 def test_an_outbox_of_the_older_layout_is_migrated_not_a_crash(tmp_path):
     import sqlite3
 
-    from device.outbox import SCHEMA_VERSION, Outbox
+    from device.mqtt.outbox import SCHEMA_VERSION, Outbox
 
     path = tmp_path / "outbox.sqlite"
     db = sqlite3.connect(path)
@@ -540,7 +540,7 @@ def test_an_outbox_of_the_older_layout_is_migrated_not_a_crash(tmp_path):
 def test_an_outbox_from_a_newer_release_is_moved_aside_with_its_rows_recovered(tmp_path, caplog):
     import sqlite3
 
-    from device.outbox import Outbox
+    from device.mqtt.outbox import Outbox
 
     path = tmp_path / "outbox.sqlite"
     outbox = Outbox(path, max_rows=1000, max_bytes=10**6)

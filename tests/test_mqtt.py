@@ -18,7 +18,7 @@ from broker import Broker, Subscriber, make_ca, sample_event
 
 from device.config import ConfigError, validate
 from device.mqtt import MqttSink, read_password
-from device.outbox import Outbox
+from device.mqtt.outbox import Outbox
 
 REPO = Path(__file__).resolve().parents[1]
 EVENTS = "callwatch/dev1/events"

@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from device.outbox import Outbox
+from device.mqtt.outbox import Outbox
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,7 +103,7 @@ def test_committed_rows_survive_sigkill(tmp_path):
     path = tmp_path / "outbox.sqlite"
     script = textwrap.dedent(f"""
         import sys, time
-        from device.outbox import Outbox
+        from device.mqtt.outbox import Outbox
         outbox = Outbox({str(path)!r}, max_rows=1000, max_bytes=10**6)
         for i in range(50):
             outbox.put("t", '{{"seq": %d}}' % i)

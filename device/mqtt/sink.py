@@ -52,9 +52,9 @@ import paho.mqtt.client as mqtt
 
 from device import __version__
 from device.config import ConfigError
-from device.discovery import discovery_configs, load_published, save_published
+from device.mqtt.discovery import discovery_configs, load_published, save_published
 from device.events import Event, WindowScores
-from device.outbox import Outbox
+from device.mqtt.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
