@@ -137,14 +137,13 @@ def run_replay(
     )
     sinks += _batch_sinks(outputs, by_source, labels=list(bundle.labels), features=features,
                           append=bool(done))
-    restorable = [s for s in sinks if hasattr(s, "restore")]
     seq = 0
     for record in done:
         events = [Event(**e) for e in record.events]
         seq += len(events)
         if record.error:  # a file that failed has no rows, as in an uninterrupted run
             continue
-        for sink in restorable:
+        for sink in sinks:
             sink.restore(events, record.source)
     writer = (
         manifest.Writer(manifest_path, settings=fingerprint, records=done)
@@ -204,9 +203,7 @@ def _run_batch(todo, settings, *, queue, sinks, writer, seq, health, jobs, stop,
                                   sent=settings.realtime)
             queue.drain()
             if writer is not None:
-                sizes = dict(
-                    p for s in sinks if hasattr(s, "flush_position") and (p := s.flush_position())
-                )
+                sizes = dict(p for s in sinks if (p := s.flush_position()))
                 writer.add(
                     manifest.FileRecord(
                         source=result.source,

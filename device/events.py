@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 EVENT_SCHEMA = 3
 """2 added site, time_source and replay; 3 added ``state``: an event is sent when it opens and
@@ -94,24 +98,91 @@ class WindowScores:
 
 
 class Sink(Protocol):
-    """Where events and scores go. Called from the sink thread only, never the audio path.
+    """Where events, scores and clips go: the one seam between the pipeline and its outputs.
 
-    A sink may be slow (disk, network); it must not raise for a transient failure (log and
-    keep the event, as the MQTT outbox does) and must not drop an event silently.
+    Thread: every method is called from the sink thread only (device.sinks.SinkQueue), never
+    the audio path; ``restore`` and ``flush_position`` from the batch loop (device/batch.py)
+    while the sink thread is idle (before it starts, or after ``SinkQueue.drain``). So a sink
+    needs no lock of its own for what these methods touch.
+
+    Blocking: a sink may be slow (disk, network) and may block; the queue in front of it
+    absorbs that. It must not raise for a transient failure it can ride out (log and keep the
+    event, as the MQTT outbox does) and must not drop an event silently. An ``OSError`` (disk
+    full, read-only) pauses that output only: the queue reports it once per episode under
+    ``storage_part`` and delivers to the other sinks.
+
+    Times are seconds from the start of the source; scores are probabilities, 0..1.
+    :class:`SinkBase` gives the no-op default of every member.
     """
 
-    wants_open_events: bool
-    """Whether on_event also receives events as they open (``state`` "open"); sinks without
-    it receive closed events only."""
+    @property
+    def wants_scores(self) -> bool:
+        """Whether ``on_scores`` does anything: when no sink wants scores, the worker does not
+        make them."""
+
+    @property
+    def wants_open_events(self) -> bool:
+        """Whether ``on_event`` also receives events as they open (``state`` "open"); sinks
+        without it receive closed events only."""
+
+    @property
+    def storage_part(self) -> str:
+        """What this sink writes, in words (``"clips"``, ``"events file"``): the name under
+        which a failing disk is reported (device.health.Degradations)."""
 
     def on_event(self, event: Event) -> None:
-        """One event: closed, or also open ones for a sink that wants them."""
+        """One event: closed, or also open ones for a sink that ``wants_open_events``."""
 
     def on_scores(self, scores: WindowScores) -> None:
-        """One evaluated window (sinks that do not need scores ignore it)."""
+        """One evaluated window (only called usefully when ``wants_scores``)."""
+
+    def on_clip(self, event: Event, samples: NDArray[np.float32], sample_rate: int) -> None:
+        """The audio of one closed event with its pre- and post-roll: mono float32 samples in
+        -1..1, shape (n,), at ``sample_rate`` Hz. The array is the sink's to keep (a copy)."""
 
     def on_source_end(self, source: str) -> None:
         """A source (replayed file, microphone session) ended: write per-source outputs."""
 
+    def restore(self, events: list[Event], source: str) -> None:
+        """A resumed replay: the closed events of a file an earlier run finished, to count in
+        batch-wide outputs without writing them again (device/batch.py)."""
+
+    def flush_position(self) -> tuple[str, int] | None:
+        """(path, bytes written so far) of the one file this sink appends to, after a flush,
+        so a resumed replay can cut it back (device/manifest.py); None when there is none (or
+        it is stdout)."""
+
     def close(self) -> None:
         """Flush and release everything; called once at shutdown."""
+
+
+class SinkBase:
+    """The no-op default of every :class:`Sink` member: a sink overrides what it writes."""
+
+    wants_scores: bool = False
+    wants_open_events: bool = False
+
+    @property
+    def storage_part(self) -> str:
+        return type(self).__name__
+
+    def on_event(self, event: Event) -> None:
+        pass
+
+    def on_scores(self, scores: WindowScores) -> None:
+        pass
+
+    def on_clip(self, event: Event, samples: NDArray[np.float32], sample_rate: int) -> None:
+        pass
+
+    def on_source_end(self, source: str) -> None:
+        pass
+
+    def restore(self, events: list[Event], source: str) -> None:
+        pass
+
+    def flush_position(self) -> tuple[str, int] | None:
+        return None
+
+    def close(self) -> None:
+        pass

@@ -23,7 +23,7 @@ import numpy as np
 
 from device.audio import AUDIO_EXTENSIONS, AudioError, decoder_quiet
 from device.bundle import load_bundle
-from device.events import Event, WindowScores
+from device.events import Event, SinkBase, WindowScores
 from device.health import Health
 from device.paths import Sequence
 from device.pipeline import EventFactory, Pipeline, build_pipeline
@@ -194,7 +194,7 @@ def preload(settings: ReplaySettings, cfg, classifier) -> None:
     _loaded[(settings.model_path, settings.delegate, repr(settings.cfg_values))] = (cfg, classifier)
 
 
-class _Collector:
+class _Collector(SinkBase):
     """Sink keeping one file's events and scores (and handing each event on at once to
     ``forward``, when given)."""
 

@@ -24,13 +24,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TextIO
 
-from device.events import Event
+from device.events import Event, SinkBase
 from device.recording import Recording
 from device.sinks import (
     RAVEN_LABEL_COLUMN,
-    _BaseSink,
-    _open_text,
-    _position,
+    file_position,
+    open_text,
     table_stem,
     tsv_field,
 )
@@ -56,7 +55,7 @@ def _ordered(events: list[Event]) -> list[Event]:
     return sorted(events, key=lambda e: (e.start_s, e.label, e.end_s))
 
 
-class _PerSource(_BaseSink):
+class _PerSource(SinkBase):
     """Collects a source's events until it ends."""
 
     def __init__(self, recordings: dict[str, Recording]) -> None:
@@ -76,7 +75,7 @@ class _OneFile(_PerSource):
     _file: TextIO
 
     def flush_position(self) -> tuple[str, int] | None:
-        return _position(self._file)
+        return file_position(self._file)
 
     def close(self) -> None:
         if self._file is not sys.stdout:
@@ -93,7 +92,7 @@ class RavenTableSink(_OneFile):
         append: bool = False,
     ) -> None:
         super().__init__(recordings)
-        self._file, empty = _open_text(path, append=append)
+        self._file, empty = open_text(path, append=append)
         self._low, self._high = low_hz, high_hz
         self._selection = 0
         self._elapsed_s = 0.0
@@ -131,7 +130,7 @@ class DetectionsCsvSink(_OneFile):
 
     def __init__(self, path: str, *, recordings: dict[str, Recording], append: bool = False) -> None:
         super().__init__(recordings)
-        self._file, empty = _open_text(path, append=append)
+        self._file, empty = open_text(path, append=append)
         self._writer = csv.writer(self._file, lineterminator="\n")
         if empty:
             self._writer.writerow(DETECTIONS_COLUMNS)
@@ -166,7 +165,7 @@ class AudacitySink(_PerSource):
         )
 
 
-class ActivitySink(_BaseSink):
+class ActivitySink(SinkBase):
     """Diel and seasonal activity: detections and recorded hours per site, label and hour of
     day (UTC), and per date (UTC). Files whose recording time is unknown are counted apart.
 

@@ -14,6 +14,7 @@ from tinymodel import noise, tone
 from device.audio import Resampler
 from device.bundle import load_bundle
 from device.config import validate
+from device.events import SinkBase
 from device.health import Health
 from device.paths import Sequence
 from device.pipeline import EventFactory, build_pipeline, run_live
@@ -25,7 +26,7 @@ from device.sources import Backoff, Liveness, MicrophoneSource
 SR = 16000
 
 
-class Collect:
+class Collect(SinkBase):
     """Sink collecting everything."""
 
     wants_scores = True

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from device.events import EVENT_SCHEMA, Event, WindowScores
+from device.events import EVENT_SCHEMA, Event, SinkBase, WindowScores
 from device.health import Health
 from device.sinks import (
     ClipSink,
@@ -58,7 +58,7 @@ def event(
     )
 
 
-class Recorder:
+class Recorder(SinkBase):
     """A sink that records calls; optionally slow or broken."""
 
     def __init__(
@@ -149,7 +149,7 @@ def test_scores_are_only_made_when_a_sink_wants_them(tmp_path):
 def test_open_events_reach_only_the_sinks_that_want_them(tmp_path):
     """MQTT publishes an event as it opens; files, tables and counts keep finished events."""
 
-    class Opens:
+    class Opens(SinkBase):
         wants_open_events = True
 
         def __init__(self) -> None:

@@ -1,191 +1,32 @@
-"""Where events go: a bounded queue and one thread in front of every sink.
+"""The file and log sinks: events as JSON lines, window scores as CSV, Raven selection
+tables (one per source), event counts per file (CSV), a log line per event; and the text
+helpers every table writer uses (safe names, CSV and TSV fields).
 
-The worker only puts messages into :class:`SinkQueue`; a single sink thread calls the sinks,
-so a slow disk or broker never stalls the audio. Live, a full queue drops (and counts) rather
-than blocks: window scores first (they only use the half of the queue that events leave
-free), events only when the whole queue is full. Replay blocks instead, since there is no
-audio to lose.
-
-Sinks here: events as JSON lines, window scores as CSV, Raven selection tables (one per
-source), event counts per file (CSV), WAV clips of events with a disk budget, a log line
-per event. The MQTT sink lives in device/mqtt.py and implements the same protocol.
+Each is a :class:`device.events.Sink` fed by the sink thread (device/sinks/queue.py); none
+of them locks anything, since only that thread calls them.
 """
 
 from __future__ import annotations
 
 import csv
-import errno
-import io
 import logging
 import os
-import queue
 import re
-import shutil
 import sys
-import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any, TextIO
 
-import numpy as np
-import soundfile
+from device.events import Event, SinkBase, WindowScores
 
-from device.events import Event, Sink, WindowScores
+log = logging.getLogger("device.sinks")
 
-log = logging.getLogger(__name__)
-
-_STOP = object()
 RAVEN_LABEL_COLUMN = "Species"
 """Label column of the selection tables (the column train reads by default)."""
 RAVEN_SUFFIX = ".callwatch.selections.txt"
 SCORES_HEADER = "source,start_s,end_s,label,score\n"
 
 
-class SinkQueue:
-    """Bounded queue plus the thread that feeds the sinks. Put from one thread (the worker).
-
-    ``block=False`` (live): never waits; ``block=True`` (replay): waits for room.
-    """
-
-    def __init__(self, sinks: list[Sink], *, maxsize: int, block: bool, health=None) -> None:
-        self.sinks = list(sinks)
-        self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
-        self._block = block
-        self._health = health
-        self._thread = threading.Thread(target=self._run, name="sinks", daemon=True)
-        self.wants_scores = any(getattr(s, "wants_scores", False) for s in self.sinks)
-        """False when no sink writes scores: the worker then skips making them."""
-        self.sink_errors = 0
-
-    @property
-    def depth(self) -> int:
-        return self._queue.qsize()
-
-    def start(self) -> SinkQueue:
-        self._thread.start()
-        return self
-
-    def put_event(self, event: Event) -> bool:
-        return self._put(("event", event), reserve=0)
-
-    def put_scores(self, scores: WindowScores) -> bool:
-        return self._put(("scores", scores), reserve=self._queue.maxsize // 2)
-
-    def put_source_end(self, source: str) -> bool:
-        return self._put(("source_end", source), reserve=0)
-
-    def put_clip(self, event: Event, samples: np.ndarray, sample_rate: int) -> bool:
-        return self._put(("clip", (event, samples, sample_rate)), reserve=0)
-
-    def _put(self, item: tuple, *, reserve: int) -> bool:
-        if self._block:
-            self._queue.put(item)
-            return True
-        if reserve and self._queue.qsize() >= self._queue.maxsize - reserve:
-            self._count_drop(item[0])
-            return False
-        try:
-            self._queue.put_nowait(item)
-            return True
-        except queue.Full:
-            self._count_drop(item[0])
-            return False
-
-    def _count_drop(self, kind: str) -> None:
-        if self._health is None:
-            return
-        if kind == "scores":
-            self._health.dropped_scores += 1
-        else:
-            self._health.dropped_events += 1
-            log.warning("sink queue full: %s dropped (sinks are too slow)", kind)
-
-    def drain(self) -> None:
-        """Wait until the sink thread has handled everything queued so far."""
-        self._queue.join()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                self._queue.task_done()
-                return
-            try:
-                self._dispatch(*item)
-            finally:
-                self._queue.task_done()
-
-    def _dispatch(self, kind: str, payload) -> None:
-        for sink in self.sinks:
-            try:
-                if kind == "event":
-                    if payload.closed or getattr(sink, "wants_open_events", False):
-                        sink.on_event(payload)
-                elif kind == "scores":
-                    sink.on_scores(payload)
-                elif kind == "source_end":
-                    sink.on_source_end(payload)
-                elif kind == "clip" and hasattr(sink, "on_clip"):
-                    sink.on_clip(*payload)
-            except OSError as exc:
-                # The disk is full or read-only: this output pauses, the others go on. Logged
-                # once per episode (health.storage), not per event.
-                self.sink_errors += 1
-                part = getattr(sink, "storage_part", type(sink).__name__)
-                if self._health is not None:
-                    self._health.storage.failed(part, exc, fallback="its output is skipped")
-                else:
-                    log.warning("%s failed on %s: %s", type(sink).__name__, kind, exc)
-            except Exception as exc:  # one broken sink must not silence the others
-                self.sink_errors += 1
-                log.warning("%s failed on %s: %s", type(sink).__name__, kind, exc)
-            else:
-                if self._health is not None and _writes(sink, kind):
-                    self._health.storage.ok(getattr(sink, "storage_part", type(sink).__name__))
-
-    def close(self) -> None:
-        """Deliver everything queued, then close every sink (flushes files)."""
-        if self._thread.is_alive():
-            self._queue.put(_STOP)
-            self._thread.join()
-        for sink in self.sinks:
-            try:
-                sink.close()
-            except Exception as exc:
-                log.warning("%s failed to close: %s", type(sink).__name__, exc)
-
-
-_METHODS = {"event": "on_event", "scores": "on_scores", "source_end": "on_source_end",
-            "clip": "on_clip"}
-
-
-def _writes(sink, kind: str) -> bool:
-    """Whether ``sink`` does real work for ``kind`` (not a no-op of the protocol): only then
-    does its success say its storage works again."""
-    method = getattr(type(sink), _METHODS[kind], None)
-    return method is not None and method is not getattr(_BaseSink, _METHODS[kind], None)
-
-
-class _BaseSink:
-    """Default no-op methods of the Sink protocol."""
-
-    wants_scores = False
-    wants_open_events = False
-
-    def on_event(self, event: Event) -> None:
-        pass
-
-    def on_scores(self, scores: WindowScores) -> None:
-        pass
-
-    def on_source_end(self, source: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _open_text(path: str, *, append: bool) -> tuple[io.TextIOBase, bool]:
+def open_text(path: str, *, append: bool) -> tuple[TextIO, bool]:
     """(file, is_empty): '-' is stdout; parent folders are created."""
     if path == "-":
         return sys.stdout, False
@@ -195,7 +36,7 @@ def _open_text(path: str, *, append: bool) -> tuple[io.TextIOBase, bool]:
     return f, f.tell() == 0
 
 
-class JsonlSink(_BaseSink):
+class JsonlSink(SinkBase):
     """Events as JSON lines (device.events.Event.to_json), flushed per event.
 
     ``retry`` (live): a file that cannot be opened or written (disk full, read-only) is opened
@@ -207,9 +48,9 @@ class JsonlSink(_BaseSink):
 
     def __init__(self, path: str, *, append: bool = True, retry: bool = False) -> None:
         self._path = path
-        self._file: io.TextIOBase | None = None
+        self._file: TextIO | None = None
         try:
-            self._file, _ = _open_text(path, append=append)
+            self._file, _ = open_text(path, append=append)
         except OSError:
             if not retry:
                 raise
@@ -217,7 +58,7 @@ class JsonlSink(_BaseSink):
 
     def on_event(self, event: Event) -> None:
         if self._file is None:
-            self._file, _ = _open_text(self._path, append=True)
+            self._file, _ = open_text(self._path, append=True)
             if self._file is not sys.stdout and self._file.tell() > 0:
                 with open(self._path, "rb") as f:
                     f.seek(-1, os.SEEK_END)
@@ -235,13 +76,14 @@ class JsonlSink(_BaseSink):
         """Drop the file and whatever its buffer could not write (reopened at the next event)."""
         f, self._file = self._file, None
         try:
-            f.close()
+            if f is not None:
+                f.close()
         except OSError:
             pass
 
     def flush_position(self) -> tuple[str, int] | None:
         """(path, bytes written so far); None for stdout (replay's manifest)."""
-        return _position(self._file)
+        return None if self._file is None else file_position(self._file)
 
     def close(self) -> None:
         if self._file is None:
@@ -253,13 +95,13 @@ class JsonlSink(_BaseSink):
                 self._discard()
 
 
-class ScoresCsvSink(_BaseSink):
+class ScoresCsvSink(SinkBase):
     """``source,start_s,end_s,label,score``: a row per evaluated window and label."""
 
     wants_scores = True
 
     def __init__(self, path: str | Path, *, append: bool = False, header: bool = True) -> None:
-        self._file, empty = _open_text(str(path), append=append)
+        self._file, empty = open_text(str(path), append=append)
         if header and (empty or path == "-"):
             self._file.write(SCORES_HEADER)
 
@@ -267,8 +109,7 @@ class ScoresCsvSink(_BaseSink):
         source = csv_field(scores.source)
         for label, score in scores.scores.items():
             self._file.write(
-                f"{source},{scores.start_s:.3f},{scores.end_s:.3f},{csv_field(label)},"
-                f"{score:.4f}\n"
+                f"{source},{scores.start_s:.3f},{scores.end_s:.3f},{csv_field(label)},{score:.4f}\n"
             )
 
     def on_source_end(self, source: str) -> None:
@@ -276,7 +117,7 @@ class ScoresCsvSink(_BaseSink):
 
     def flush_position(self) -> tuple[str, int] | None:
         """(path, bytes written so far) after a flush; None for stdout (replay's manifest)."""
-        return _position(self._file)
+        return file_position(self._file)
 
     def close(self) -> None:
         self._file.flush()
@@ -284,7 +125,7 @@ class ScoresCsvSink(_BaseSink):
             self._file.close()
 
 
-class RavenSink(_BaseSink):
+class RavenSink(SinkBase):
     """One Raven Pro selection table per source: ``<stem>.callwatch.selections.txt``, in the
     source's own subfolder (``SiteA/20240501_053000.WAV`` -> ``SiteA/20240501_053000...``), so
     two recorders' files of one name keep two tables.
@@ -299,7 +140,12 @@ class RavenSink(_BaseSink):
     storage_part = "Raven tables"
 
     def __init__(
-        self, folder: str | Path, *, low_hz: float, high_hz: float, paths: dict | None = None,
+        self,
+        folder: str | Path,
+        *,
+        low_hz: float,
+        high_hz: float,
+        paths: dict | None = None,
         incremental: bool = False,
     ) -> None:
         """``incremental`` (live): each event is appended to its table and flushed as it
@@ -339,8 +185,10 @@ class RavenSink(_BaseSink):
         return table_stem(source) + RAVEN_SUFFIX
 
     def _row(self, n: int, e: Event) -> str:
-        return (f"{n}\tSpectrogram 1\t1\t{e.start_s:.3f}\t{e.end_s:.3f}\t{self._low:.1f}\t"
-                f"{self._high:.1f}\t{tsv_field(e.label)}\t{e.peak_score:.4f}")
+        return (
+            f"{n}\tSpectrogram 1\t1\t{e.start_s:.3f}\t{e.end_s:.3f}\t{self._low:.1f}\t"
+            f"{self._high:.1f}\t{tsv_field(e.label)}\t{e.peak_score:.4f}"
+        )
 
     def on_source_end(self, source: str) -> None:
         if self._incremental:
@@ -359,11 +207,11 @@ class RavenSink(_BaseSink):
             name = f"{stem}-{n}{RAVEN_SUFFIX}"
         self._written.add(name)
         rows = [_RAVEN_HEADER + ("\tBegin Path" if self._paths else "")]
-        path = f"\t{tsv_field(str(self._paths.get(source, '')))}" if self._paths else ""
+        begin_path = f"\t{tsv_field(str(self._paths.get(source, '')))}" if self._paths else ""
         for i, e in enumerate(events, 1):
             rows.append(
                 f"{i}\tSpectrogram 1\t1\t{e.start_s:.3f}\t{e.end_s:.3f}\t{self._low:.1f}\t"
-                f"{self._high:.1f}\t{tsv_field(e.label)}\t{e.peak_score:.4f}{path}"
+                f"{self._high:.1f}\t{tsv_field(e.label)}\t{e.peak_score:.4f}{begin_path}"
             )
         target = self.folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -394,7 +242,7 @@ def _count_rows(path: Path) -> int:
         return 0
 
 
-class CountsCsvSink(_BaseSink):
+class CountsCsvSink(SinkBase):
     """Events per label per source (the call-counting task): ``source,site,<label>,...``.
 
     ``sites``: source -> site (replay); a source not in it has an empty site.
@@ -403,8 +251,9 @@ class CountsCsvSink(_BaseSink):
 
     storage_part = "counts file"
 
-    def __init__(self, path: str, *, labels: list[str], sites: dict | None = None,
-                 incremental: bool = False) -> None:
+    def __init__(
+        self, path: str, *, labels: list[str], sites: dict | None = None, incremental: bool = False
+    ) -> None:
         self._path = path
         self._labels = list(labels)
         self._sites = dict(sites or {})
@@ -442,7 +291,7 @@ class CountsCsvSink(_BaseSink):
         if self._incremental:
             self._replace()
             return
-        f, _ = _open_text(self._path, append=False)
+        f, _ = open_text(self._path, append=False)
         self._write(f)
         if f is not sys.stdout:
             f.close()
@@ -456,7 +305,7 @@ class CountsCsvSink(_BaseSink):
             )
 
 
-class LogSink(_BaseSink):
+class LogSink(SinkBase):
     """One INFO log line per event."""
 
     def on_event(self, event: Event) -> None:
@@ -479,9 +328,11 @@ def table_stem(source: str) -> str:
     """A per-source output name without suffix: the source's folders (relative sources only)
     and its stem, each reduced to safe characters (``SiteA/20240501_053000``)."""
     p = Path(source)
-    parts = [] if p.is_absolute() else [
-        _safe_name(x) or "_" for x in p.parent.parts if x not in ("", ".", "..")
-    ]
+    parts = (
+        []
+        if p.is_absolute()
+        else [_safe_name(x) or "_" for x in p.parent.parts if x not in ("", ".", "..")]
+    )
     return "/".join([*parts, _safe_name(p.stem) or "source"])
 
 
@@ -509,161 +360,9 @@ def tsv_field(text: str) -> str:
     return printable(text)
 
 
-def _position(f) -> tuple[str, int] | None:
+def file_position(f: IO[Any]) -> tuple[str, int] | None:
+    """(path, bytes written so far) after a flush; None for stdout."""
     if f is sys.stdout:
         return None
     f.flush()
     return f.name, f.tell()
-
-
-class ClipSink(_BaseSink):
-    """Writes a 16-bit WAV per event and keeps the clip folder within its budget.
-
-    Budget: clips older than ``max_age_days`` are deleted, then the oldest ones until the
-    folder holds at most ``max_mb``. Below ``min_free_mb`` of free disk no clip is written
-    (counted in ``skipped``); events still flow to the other sinks.
-    """
-
-    storage_part = "clips"
-
-    def __init__(
-        self, folder: str | Path, *, max_mb: float, max_age_days: float, min_free_mb: float
-    ) -> None:
-        self.folder = Path(folder)
-        self._max_bytes = max_mb * 2**20
-        self._max_age_s = max_age_days * 86400.0
-        self._min_free_bytes = min_free_mb * 2**20
-        self.written = 0
-        self.skipped = 0
-        self.deleted = 0
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.enforce_budget()
-        except OSError as exc:  # read-only at start: clips wait, detection does not
-            log.warning("clip folder %s cannot be prepared now (%s); trying again at each clip",
-                        self.folder, exc.strerror or exc)
-
-    def on_clip(self, event: Event, samples: np.ndarray, sample_rate: int) -> None:
-        """Raises OSError when the clip cannot be written (free disk below
-        service.min_free_mb, full, read-only): counted in ``skipped``."""
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            free = shutil.disk_usage(self.folder).free
-            if free < self._min_free_bytes:
-                raise OSError(errno.ENOSPC, "free disk below service.min_free_mb")
-            stamp = re.sub(r"[-:]", "", event.start_utc).replace(".", "_")
-            name = f"{stamp}_{_safe_name(event.label)}_{event.event_id[:8]}.wav"
-            tmp = self.folder / (name + ".part")
-            try:
-                soundfile.write(
-                    tmp, np.clip(samples, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV"
-                )
-                tmp.replace(self.folder / name)
-            except (OSError, RuntimeError) as exc:  # soundfile raises LibsndfileError
-                try:
-                    tmp.unlink(missing_ok=True)
-                except OSError:
-                    pass
-                if isinstance(exc, OSError):
-                    raise
-                raise OSError(errno.EIO, f"cannot write {tmp.name}: {exc}") from None
-        except OSError:
-            self.skipped += 1
-            raise
-        self.written += 1
-        self.enforce_budget()
-
-    def enforce_budget(self, *, now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        clips = []
-        # A clip cut short (a kill or power cut while writing) is never finished: remove it.
-        for part in self.folder.glob("*.wav.part"):
-            try:
-                part.unlink()
-                self.deleted += 1
-            except FileNotFoundError:
-                pass
-        for path in self.folder.glob("*.wav"):
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                continue
-            clips.append((st.st_mtime, st.st_size, path))
-        clips.sort()
-        total = sum(size for _, size, _ in clips)
-        for mtime, size, path in clips:
-            if now - mtime <= self._max_age_s and total <= self._max_bytes:
-                break
-            try:
-                os.unlink(path)
-                self.deleted += 1
-            except FileNotFoundError:
-                pass
-            total -= size
-
-
-@dataclass(frozen=True)
-class Outputs:
-    """Where the file sinks write: the config's outputs section with command-line overrides."""
-
-    events_jsonl: str | None = None
-    scores_csv: str | None = None
-    raven_dir: str | None = None
-    counts_csv: str | None = None
-    raven_table: str | None = None
-    """Replay: one selection table for the batch (device/tables.py)."""
-    detections_csv: str | None = None
-    """Replay: a CSV row per event (device/tables.py)."""
-    audacity_dir: str | None = None
-    """Replay: an Audacity label file per source."""
-    activity_dir: str | None = None
-    """Replay: activity per site and label per hour of day and date (CSV, PNG)."""
-    clips_dir: Path | None = None
-    """None: no clips."""
-    log_events: bool = True
-
-
-def build_sinks(
-    outputs: Outputs,
-    cfg,
-    *,
-    labels: list[str],
-    low_hz: float,
-    high_hz: float,
-    append: bool,
-    scores: bool = True,
-    clips: bool = True,
-    sites: dict | None = None,
-    paths: dict | None = None,
-    live: bool = False,
-) -> list[Sink]:
-    """The file and log sinks ``outputs`` asks for. ``append``: live appends to the JSONL and
-    CSV files, replay writes them afresh. ``scores`` / ``clips``: False where another process
-    writes those (replay with --jobs). ``sites`` / ``paths``: source -> site / absolute file
-    (replay). ``live``: Raven tables and counts are written as events come, and the events
-    file, tables and clips try again at each event when they cannot be written, so a full or
-    read-only disk (also at start) does not stop detection. Raises OSError for a file or
-    folder it cannot create (replay)."""
-    sinks: list[Sink] = []
-    if outputs.events_jsonl:
-        sinks.append(JsonlSink(outputs.events_jsonl, append=append, retry=live))
-    if scores and outputs.scores_csv:
-        sinks.append(ScoresCsvSink(outputs.scores_csv, append=append))
-    if outputs.raven_dir:
-        sinks.append(RavenSink(outputs.raven_dir, low_hz=low_hz, high_hz=high_hz, paths=paths,
-                               incremental=live))
-    if outputs.counts_csv:
-        sinks.append(CountsCsvSink(outputs.counts_csv, labels=labels, sites=sites,
-                                   incremental=live))
-    if clips and outputs.clips_dir is not None:
-        sinks.append(clip_sink(outputs.clips_dir, cfg))
-    if outputs.log_events:
-        sinks.append(LogSink())
-    return sinks
-
-
-def clip_sink(folder: Path, cfg) -> ClipSink:
-    c = cfg.outputs.clips
-    return ClipSink(
-        folder, max_mb=c.max_mb, max_age_days=c.max_age_days, min_free_mb=cfg.service.min_free_mb
-    )
