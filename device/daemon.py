@@ -62,13 +62,13 @@ def _clips_dir(cfg, state: Path | None) -> Path | None:
 def _optional_sinks(
     cfg, *, device: str, labels: list[str], state: Path, health: Health, replay: bool = False
 ) -> list:
-    """The MQTT sink when mqtt.enabled, or for a replay given --mqtt (device/mqtt.py)."""
+    """The MQTT sink when mqtt.enabled, or for a replay given --mqtt (device/mqtt/)."""
     if not cfg.mqtt.enabled and not replay:
         return []
     from device.mqtt import MqttSink
 
     sink = MqttSink(
-        cfg, device_id=device, labels=labels, state_dir=state, health=health.snapshot,
+        cfg.mqtt, device_id=device, labels=labels, state_dir=state, health=health.snapshot,
         replay=replay, storage=health.storage,
     )
     if not replay:

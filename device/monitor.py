@@ -27,7 +27,7 @@ from collections import OrderedDict
 from typing import Any, TextIO
 
 from device.config import ConfigError
-from device.mqtt import describe_connect_error, make_client, mqtt_section
+from device.mqtt import describe_connect_error, make_client
 
 SEEN_IDS = 10000
 """Event ids remembered for de-duplication."""
@@ -148,7 +148,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 def run_monitor(cfg: Any, *, out: TextIO | None = None) -> int:
     """Subscribe and print until interrupted. Returns the exit status (0; 2 for bad settings)."""
     out = sys.stdout if out is None else out
-    mqtt_cfg = mqtt_section(cfg)
+    mqtt_cfg = cfg.mqtt
     prefix = mqtt_cfg.topic_prefix.rstrip("/")
     monitor = Monitor(prefix, out)
     try:

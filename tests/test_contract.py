@@ -14,10 +14,10 @@ import pytest
 from broker import Broker, sample_event
 
 from device.config import validate
-from device.mqtt.discovery import DIAGNOSTIC_SENSORS
 from device.events import EVENT_SCHEMA, Event
 from device.health import Health
 from device.mqtt import MqttSink, device_topics
+from device.mqtt.discovery import DIAGNOSTIC_SENSORS
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "docs" / "event.schema.json"
 
@@ -122,7 +122,7 @@ def test_state_keys_and_the_sensors_that_read_them(tmp_path):
     """The state JSON carries the frozen keys, and every Home Assistant diagnostic sensor
     reads a key that the daemon's health or the sink really publishes."""
     cfg = validate({"mqtt": Broker(tmp_path / "b").mqtt_config()})  # no broker: state() only
-    sink = MqttSink(cfg, device_id="pi-1", labels=["tone"], state_dir=tmp_path / "s",
+    sink = MqttSink(cfg.mqtt, device_id="pi-1", labels=["tone"], state_dir=tmp_path / "s",
                     health=Health().snapshot)
     try:
         state = sink.state()

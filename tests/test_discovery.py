@@ -8,8 +8,8 @@ import pytest
 from broker import Broker, Subscriber, sample_event
 
 from device.config import validate
-from device.mqtt.discovery import discovery_configs
 from device.mqtt import MqttSink
+from device.mqtt.discovery import discovery_configs
 
 BASE = "callwatch/pi-1"
 
@@ -90,7 +90,7 @@ def broker(tmp_path):
 def run_sink(broker: Broker, state_dir, labels, **discovery) -> None:
     cfg = validate({"mqtt": broker.mqtt_config(discovery=discovery)})
     sub = Subscriber(broker, "callwatch/pi-1/events")
-    sink = MqttSink(cfg, device_id="pi-1", labels=labels, state_dir=state_dir, health=dict)
+    sink = MqttSink(cfg.mqtt, device_id="pi-1", labels=labels, state_dir=state_dir, health=dict)
     sink.on_event(sample_event(0, device_id="pi-1", label=labels[0]))
     assert sub.wait_for(lambda s: s.messages, 5)  # connected, discovery sent before the event
     sink.close()

@@ -290,7 +290,7 @@ def test_publishing_survives_thousands_of_failed_connects_then_delivers(tmp_path
     broker.stop()  # nothing listens on the port now
     health = Health()
     cfg = validate({"mqtt": broker.mqtt_config(reconnect_s=[0.001, 0.002])})
-    sink = MqttSink(cfg, device_id=DEVICE, labels=["tone"], state_dir=tmp_path / "state",
+    sink = MqttSink(cfg.mqtt, device_id=DEVICE, labels=["tone"], state_dir=tmp_path / "state",
                     health=health.snapshot, storage=health.storage)
     try:
         sink.on_event(sample_event(1, device_id=DEVICE))
@@ -319,14 +319,14 @@ def test_a_stalled_publisher_starves_the_watchdog_and_says_so(tmp_path, monkeypa
     then stops feeding the systemd watchdog)."""
     from broker import sample_event
 
-    import device.mqtt
+    import device.mqtt.pump
     from device.config import validate
     from device.health import Health
     from device.mqtt import MqttSink
 
     broker = Broker(tmp_path / "broker").start()
     health = Health()
-    sink = MqttSink(validate({"mqtt": broker.mqtt_config()}), device_id=DEVICE,
+    sink = MqttSink(validate({"mqtt": broker.mqtt_config()}).mqtt, device_id=DEVICE,
                     labels=["tone"], state_dir=tmp_path / "state", health=health.snapshot,
                     storage=health.storage)
     health.add_check("mqtt", sink.stalled)
@@ -339,7 +339,7 @@ def test_a_stalled_publisher_starves_the_watchdog_and_says_so(tmp_path, monkeypa
         assert health.snapshot()["stalled"] == []
         # The broker stops answering (SIGSTOP: the connection stays up, nothing is acked).
         broker._proc.send_signal(signal.SIGSTOP)
-        monkeypatch.setattr(device.mqtt, "STALL_S", 0.5)
+        monkeypatch.setattr(device.mqtt.pump, "STALL_S", 0.5)
         sink.on_event(sample_event(2, device_id=DEVICE))
         deadline = time.monotonic() + 20
         while not health.stalls():
@@ -760,7 +760,7 @@ def test_a_host_that_never_answers_is_not_blamed_on_tls_when_tls_is_off(tmp_path
                              "port": server.getsockname()[1], "keepalive_s": 5,
                              "reconnect_s": [0.2, 0.5]}})
     with caplog.at_level("WARNING", logger="device.mqtt"):
-        sink = MqttSink(cfg, device_id=DEVICE, labels=["tone"], state_dir=tmp_path / "state",
+        sink = MqttSink(cfg.mqtt, device_id=DEVICE, labels=["tone"], state_dir=tmp_path / "state",
                         health=health.snapshot, storage=health.storage)
         try:
             deadline = time.monotonic() + 30

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from broker import Broker, Subscriber, make_ca, sample_event
+from faults import fill, tmpfs
 
 from device.config import ConfigError, validate
 from device.mqtt import MqttSink, read_password
@@ -29,7 +31,7 @@ REPLAY_EVENTS = "callwatch/dev1/replay/events"
 def make_sink(broker: Broker, state_dir: Path, *, health=None, labels=("tone",),
               **mqtt) -> MqttSink:
     cfg = validate({"mqtt": broker.mqtt_config(**mqtt)})
-    return MqttSink(cfg, device_id="dev1", labels=list(labels), state_dir=state_dir,
+    return MqttSink(cfg.mqtt, device_id="dev1", labels=list(labels), state_dir=state_dir,
                     health=health or (lambda: {"realtime_factor": 0.0007, "overflows": 0}))
 
 
@@ -131,7 +133,7 @@ from broker import sample_event
 from device.config import validate
 from device.mqtt import MqttSink
 cfg = validate(json.loads(sys.argv[1]))
-sink = MqttSink(cfg, device_id="dev1", labels=["tone"], state_dir=sys.argv[2], health=dict)
+sink = MqttSink(cfg.mqtt, device_id="dev1", labels=["tone"], state_dir=sys.argv[2], health=dict)
 events = [sample_event(i) for i in range(25)]
 for event in events:
     sink.on_event(event)
@@ -205,16 +207,52 @@ def test_close_with_the_broker_away_keeps_events_for_the_next_start(tmp_path):
     assert Outbox(tmp_path / "state" / "outbox.sqlite", max_rows=10, max_bytes=10**6).depth == 5
 
 
-def test_an_outbox_that_cannot_write_still_publishes_from_memory(broker, tmp_path, caplog):
-    import sqlite3
-
+def test_an_outbox_whose_disk_fills_publishes_from_memory_then_returns_to_disk(
+        broker, tmp_path, caplog):
+    """The state folder fills up under a running sink (a real 1 MiB tmpfs): the event is
+    still published (the outbox carries on in memory), and once there is room again the
+    outbox is back on disk and ends empty."""
     sub = Subscriber(broker, EVENTS)
-    sink = make_sink(broker, tmp_path / "state")
+    with tmpfs(tmp_path / "state", size="1m") as state:
+        cfg = validate({"mqtt": broker.mqtt_config()}).mqtt
+        outbox = Outbox(state / "outbox.sqlite", max_rows=1000, max_bytes=10**6, retry_s=0.2)
+        sink = MqttSink(cfg, device_id="dev1", labels=["tone"], state_dir=state, health=dict,
+                        outbox=outbox)
+        try:
+            sink.on_event(first := sample_event(0))
+            assert sub.wait_for(lambda s: len(s.on(EVENTS)) == 1, 5)
+            filler = fill(state)
+            with caplog.at_level(logging.WARNING, logger="device.mqtt"):
+                sink.on_event(second := sample_event(1))
+            assert sub.wait_for(lambda s: len(s.on(EVENTS)) == 2, 5)
+            assert outbox.in_memory and "cannot write" in caplog.text, caplog.text
+            filler.unlink()
+            deadline = time.monotonic() + 10
+            while outbox.in_memory:  # the publisher tries the disk again every retry_s
+                assert time.monotonic() < deadline, "the outbox never went back to disk"
+                sink.on_event(sample_event(2))
+                time.sleep(0.3)
+        finally:
+            sink.close()
+        assert received(sub)[:2] == [first.to_dict(), second.to_dict()]
+        assert sink.counters["outbox_write_errors"] == 0
+        assert Outbox(state / "outbox.sqlite", max_rows=10, max_bytes=10**6).depth == 0
 
-    def disk_full(*args, **kwargs):
+
+class _UnusableOutbox(Outbox):
+    """An outbox that cannot store anything, not even in memory (MqttSink's ``outbox``)."""
+
+    def put(self, topic, payload, *, keep=()):
         raise sqlite3.OperationalError("database or disk is full")
 
-    sink._outbox.put = disk_full  # the seam: the disk, not the sink
+
+def test_an_event_the_outbox_cannot_store_is_still_published_from_memory(
+        broker, tmp_path, caplog):
+    sub = Subscriber(broker, EVENTS)
+    cfg = validate({"mqtt": broker.mqtt_config()}).mqtt
+    outbox = _UnusableOutbox(tmp_path / "outbox.sqlite", max_rows=10, max_bytes=10**6)
+    sink = MqttSink(cfg, device_id="dev1", labels=["tone"], state_dir=tmp_path, health=dict,
+                    outbox=outbox)
     sink.on_event(event := sample_event(0))
     assert sub.wait_for(lambda s: len(s.on(EVENTS)) == 1, 5)
     sink.close()
@@ -325,7 +363,7 @@ def test_password_sources(tmp_path):
 def test_unreadable_tls_file_is_a_config_error(tmp_path):
     cfg = validate({"mqtt": {"tls": {"enabled": True, "ca_file": str(tmp_path / "nope.crt")}}})
     with pytest.raises(ConfigError, match=r"^mqtt.tls.ca_file: cannot read"):
-        MqttSink(cfg, device_id="dev1", labels=["tone"], state_dir=tmp_path, health=dict)
+        MqttSink(cfg.mqtt, device_id="dev1", labels=["tone"], state_dir=tmp_path, health=dict)
 
 
 # -- through the daemon: python -m device --replay with mqtt.enabled ---------------------------
@@ -495,7 +533,7 @@ def test_monitor_command_shows_every_device(broker, tmp_path):
     try:
         assert "connected to" in proc.stderr.readline()
         sinks = [make_sink(broker, tmp_path / "a"),  # dev1
-                 MqttSink(validate({"mqtt": broker.mqtt_config()}), device_id="dev2",
+                 MqttSink(validate({"mqtt": broker.mqtt_config()}).mqtt, device_id="dev2",
                           labels=["tone"], state_dir=tmp_path / "b", health=dict)]
         sinks[0].on_event(sample_event(1))
         sinks[1].on_event(sample_event(1, device_id="dev2"))

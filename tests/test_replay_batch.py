@@ -389,7 +389,7 @@ def test_a_replay_never_speaks_for_the_live_recorder(tone_bundle, tmp_path):
     try:
         mqtt_cfg = broker.mqtt_config(discovery={"enabled": False})
         sub = Subscriber(broker, "callwatch/#")
-        live = MqttSink(validate({"mqtt": mqtt_cfg}), device_id="pi", labels=["tone"],
+        live = MqttSink(validate({"mqtt": mqtt_cfg}).mqtt, device_id="pi", labels=["tone"],
                         state_dir=tmp_path / "state", health=lambda: {})
         live.on_event(sample_event(1, device_id="pi"))
         assert sub.wait_for(lambda s: s.payloads("callwatch/pi/availability") == ["online"]

@@ -1,14 +1,8 @@
-"""The MQTT sink (see device/mqtt/sink.py)."""
+"""The MQTT sink and its parts (the facade and a map of the parts: device/mqtt/sink.py)."""
 
-from device.mqtt.sink import (
-    MqttSink,
-    Topics,
-    describe_connect_error,
-    device_topics,
-    make_client,
-    mqtt_section,
-    read_password,
-)
+from device.mqtt.connection import describe_connect_error, make_client, read_password
+from device.mqtt.sink import MqttSink
+from device.mqtt.topics import Topics, device_topics
 
 __all__ = [
     "MqttSink",
@@ -16,6 +10,5 @@ __all__ = [
     "describe_connect_error",
     "device_topics",
     "make_client",
-    "mqtt_section",
     "read_password",
 ]

@@ -17,16 +17,29 @@ payload removes the entity. Since every label shares one events topic, each labe
 
 The config topics published last time are kept in ``<state_dir>/discovery.json``, so that an
 entity whose label left the model (or whose entity kind changed) is removed on the next start.
+
+:class:`Discovery` publishes them after each connect; it lives on the MQTT publisher thread
+(device/mqtt/pump.py) and is called from nowhere else.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import paho.mqtt.client as mqtt
 
 from device import __version__
+from device.config import Section
+
+if TYPE_CHECKING:
+    from device.health import Degradations
+
+log = logging.getLogger("device.mqtt")
 
 STATE_FILE = "discovery.json"
 
@@ -37,7 +50,7 @@ DIAGNOSTIC_SENSORS = (
     ("outbox_depth", "Outbox depth", "events", "measurement", "mdi:tray-full"),
     ("dropped_events", "Dropped events", "events", "total_increasing", "mdi:delete-alert"),
 )
-"""Keys of the state JSON that become diagnostic sensors (see device/mqtt.py for the state)."""
+"""Keys of the state JSON that become diagnostic sensors (device/mqtt/state.py)."""
 
 EVENT_ATTRIBUTES = ("peak_score", "start_utc", "start_s", "end_s", "source", "event_id", "seq")
 """Event fields an ``event`` entity carries as attributes."""
@@ -93,7 +106,9 @@ def discovery_configs(
             attributes = ", ".join(f"'{key}': value_json.{key}" for key in EVENT_ATTRIBUTES)
             config["event_types"] = [label]
             fields = f"{{'event_type': value_json.label, {attributes}}}"
-            config["value_template"] = f"{{% if {opening} %}}{{{{ {fields} | tojson }}}}{{% endif %}}"
+            config["value_template"] = (
+                f"{{% if {opening} %}}{{{{ {fields} | tojson }}}}{{% endif %}}"
+            )
             config["icon"] = "mdi:bird"
         else:
             config["device_class"] = "sound"
@@ -141,3 +156,80 @@ def save_published(state_dir: Path, topics: set[str], *, labels: list[str]) -> N
         except OSError:
             pass
         raise
+
+
+class Discovery:
+    """The discovery messages of one detector on the broker, and their record on disk.
+
+    Publisher thread only. ``settings``: the ``mqtt.discovery`` section. ``storage``: where a
+    state folder that cannot be written is reported, or None (logged only)."""
+
+    def __init__(
+        self,
+        settings: Section,
+        *,
+        base_topic: str,
+        device_id: str,
+        labels: list[str],
+        state_dir: Path,
+        storage: Degradations | None = None,
+    ) -> None:
+        self._settings = settings
+        self._base_topic = base_topic
+        self._device_id = device_id
+        self._labels = list(labels)
+        self._state_dir = Path(state_dir)
+        self._storage = storage
+        self._removals: set[int] = set()
+        """Message ids of removals (empty retained configs) not yet acknowledged."""
+        self._topics: set[str] = set()
+        """The config topics of this run."""
+
+    def publish(self, client: mqtt.Client) -> None:
+        """Publish every config (retained) and an empty config for each entity the last run
+        had and this one has not (after each connect)."""
+        if not self._settings.enabled:
+            return
+        configs = discovery_configs(
+            prefix=self._settings.prefix,
+            base_topic=self._base_topic,
+            device_id=self._device_id,
+            labels=self._labels,
+            entity=self._settings.entity,
+        )
+        stale = load_published(self._state_dir) - configs.keys()
+        self._topics = set(configs)
+        self._removals = set()
+        for topic in sorted(stale):
+            # An empty retained config removes the entity (a label left the model).
+            self._removals.add(client.publish(topic, "", qos=1, retain=True).mid)
+        for topic, config in configs.items():
+            client.publish(topic, json.dumps(config), qos=1, retain=True)
+        # Stale topics stay remembered until their removal is acknowledged.
+        self._save(set(configs) | stale)
+        if stale:
+            log.info("mqtt discovery: removing %d entities no longer in the model", len(stale))
+
+    def acked(self, mid: int) -> None:
+        """A PUBACK that is not an event's: once every removal is acknowledged, the record
+        forgets the removed topics."""
+        if mid in self._removals:
+            self._removals.discard(mid)
+            if not self._removals:
+                self._save(self._topics)
+
+    def _save(self, topics: set[str]) -> None:
+        """Remember the published discovery topics; a state folder that cannot be written only
+        costs the removal of stale entities after a later model change."""
+        try:
+            save_published(self._state_dir, topics, labels=self._labels)
+        except OSError as exc:
+            if self._storage is not None:
+                self._storage.failed(
+                    "discovery record", exc, fallback="discovery topics are not remembered"
+                )
+            else:
+                log.warning("mqtt discovery: cannot write its record (%s)", exc.strerror or exc)
+        else:
+            if self._storage is not None:
+                self._storage.ok("discovery record")
