@@ -188,6 +188,36 @@ def test_full_outbox_drops_oldest_and_reports_it(tmp_path, caplog):
         broker.stop()
 
 
+def test_events_in_flight_to_a_frozen_broker_are_never_counted_dropped(broker, tmp_path):
+    """The broker stops answering (SIGSTOP: the connection stays up, nothing is acked) while
+    the outbox overflows: the rows already handed to the connection are kept, so every event
+    either arrives or is counted dropped, never both, and the counts add up."""
+    sub = Subscriber(broker, EVENTS)
+    sink = make_sink(broker, tmp_path / "state", outbox={"max_rows": 10})  # window: 5 rows
+    events = [sample_event(i) for i in range(40)]
+    sink.on_event(events[0])
+    assert sub.wait_for(lambda s: len(s.on(EVENTS)) == 1, 5)
+    broker._proc.send_signal(signal.SIGSTOP)
+    try:
+        for event in events[1:]:
+            sink.on_event(event)
+            time.sleep(0.01)  # the publisher hands rows while the outbox fills
+    finally:
+        broker._proc.send_signal(signal.SIGCONT)
+
+    def arrived(s: Subscriber) -> set[int]:
+        return {e["seq"] for e in received(s)}
+
+    assert sub.wait_for(
+        lambda s: len(arrived(s)) + sink.state()["outbox_dropped"] == len(events), 10), (
+        sorted(arrived(sub)), sink.state()["outbox_dropped"])
+    sink.close()
+    dropped = Outbox(tmp_path / "state" / "outbox.sqlite", max_rows=10, max_bytes=10**6).dropped
+    assert dropped > 0 and len(arrived(sub)) + dropped == len(events)
+    assert {1, 2, 3, 4, 5} <= arrived(sub), "rows in flight when the broker froze were dropped"
+    assert max(arrived(sub)) == 39, "the newest events are kept"
+
+
 def test_reconnects_back_off_instead_of_storming(tmp_path):
     """Against a closed port, attempts follow 0.2, 0.4, 0.8, 1.0, 1.0 s (+ up to 50 % jitter)."""
     sink = make_sink(Broker(tmp_path / "broker"), tmp_path / "state", reconnect_s=[0.2, 1.0])

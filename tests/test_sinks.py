@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -107,6 +108,36 @@ def test_a_failing_sink_does_not_silence_the_others(caplog):
         queue.close()
     assert [e.seq for _, e in good.calls] == [1, 2]
     assert queue.sink_errors == 2 and "disk on fire" in caplog.text
+
+
+def test_storage_is_said_to_work_again_only_by_a_message_the_sink_writes():
+    """A clip sink whose disk failed is not declared recovered by an event or a source end
+    (which it does not write: SinkBase's no-ops), only by the next clip it writes."""
+
+    class Clips(SinkBase):
+        storage_part = "clips"
+
+        def __init__(self) -> None:
+            self.fail, self.written = True, 0
+
+        def on_clip(self, event, samples, sample_rate) -> None:
+            if self.fail:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.written += 1
+
+    health, clips = Health(), Clips()
+    queue = SinkQueue([clips, Recorder()], maxsize=10, block=True, health=health).start()
+    queue.put_clip(event(1), np.zeros(160, np.float32), 16000)
+    queue.drain()
+    assert health.storage.active() == {"clips": "No space left on device"}
+    queue.put_event(event(1))
+    queue.put_source_end("a.wav")
+    queue.drain()
+    assert "clips" in health.storage.active()
+    clips.fail = False
+    queue.put_clip(event(2), np.zeros(160, np.float32), 16000)
+    queue.close()
+    assert health.storage.active() == {} and clips.written == 1
 
 
 def test_live_queue_never_blocks_and_counts_what_it_drops():
