@@ -48,7 +48,7 @@ def is_storage_error(exc: BaseException) -> bool:
     error with such a code); False for damage (not a database, corrupt) and anything else."""
     if isinstance(exc, OSError):
         return True
-    name = getattr(exc, "sqlite_errorname", None) or ""
+    name = (exc.sqlite_errorname or "") if isinstance(exc, sqlite3.Error) else ""
     if name:
         return name.startswith(_STORAGE_CODES)
     text = str(exc).lower()
