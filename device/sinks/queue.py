@@ -71,7 +71,7 @@ class SourceEndMessage:
         return type(sink).on_source_end is not SinkBase.on_source_end
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # never compared: an array has no single truth value
 class ClipMessage:
     """The audio of one event. Made by the worker thread from a copy of the ring buffer; the
     array belongs to the sink thread once queued (nobody writes into it)."""
