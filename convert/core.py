@@ -33,7 +33,7 @@ from device.bundle import (
     sha256_of,
     write_bundle,
 )
-from device.config import ConfigError, default_config_path, load_config
+from device.config import ConfigError, ConvertSection, default_config_path, load_config
 
 
 def _stdout(line: str) -> None:
@@ -44,16 +44,9 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-@dataclass(frozen=True)
-class ConvertSettings:
-    """The ``convert:`` section of config.yaml."""
-
-    auc_tolerance: float
-    """Largest ROC-AUC (per label) int8 may lose against float before convert fails."""
-    size_budget_kb: float
-    """Warn when model.tflite is larger than this, KiB."""
-    representative_windows: int
-    """Calibration windows used for int8 quantization, at most."""
+ConvertSettings = ConvertSection
+"""The ``convert:`` section of config.yaml is the convert settings (defaults, bounds and
+descriptions live there, once)."""
 
 
 def load_settings(*, run_dir: str | Path, config_path: str | Path | None = None) -> tuple[ConvertSettings, str]:
@@ -71,14 +64,9 @@ def load_settings(*, run_dir: str | Path, config_path: str | Path | None = None)
     else:
         path = default_config_path()
     try:
-        section = load_config(path).convert
+        settings = load_config(path).convert
     except ConfigError as exc:
         raise ConvertInputError(f"{exc} (pass --config FILE to use another config)") from None
-    settings = ConvertSettings(
-        auc_tolerance=float(section.auc_tolerance),
-        size_budget_kb=float(section.size_budget_kb),
-        representative_windows=int(section.representative_windows),
-    )
     return settings, str(path) if path else "built-in defaults"
 
 

@@ -34,24 +34,29 @@ Times are seconds from the start of the source: a window ending at sample t cove
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
+
+from device.config.fields import check_settings, default_of
+from device.config.sections_device import DetectionSection
 
 
 @dataclass(frozen=True)
 class DetectorParams:
-    """Post-processing settings for one label (detection section of the config, extent from the bundle)."""
+    """Post-processing settings for one label: the ``detection`` section's settings (their
+    defaults and bounds are that section's, :class:`device.config.DetectionSection`), one
+    threshold, and the extent trims from the bundle."""
 
     threshold: float
     """Probability a (smoothed) window score must reach, 0..1."""
-    smoothing_windows: int = 1
-    confirm_k: int = 1
-    confirm_n: int = 1
-    hysteresis: float = 0.0
-    merge_gap_s: float = 0.0
-    refractory_s: float = 0.0
-    max_event_s: float = 60.0
+    smoothing_windows: int = default_of(DetectionSection, "smoothing_windows")
+    confirm_k: int = default_of(DetectionSection, "confirm_k")
+    confirm_n: int = default_of(DetectionSection, "confirm_n")
+    hysteresis: float = default_of(DetectionSection, "hysteresis")
+    merge_gap_s: float = default_of(DetectionSection, "merge_gap_s")
+    refractory_s: float = default_of(DetectionSection, "refractory_s")
+    max_event_s: float = default_of(DetectionSection, "max_event_s")
     start_trim_s: float = 0.0
     """Seconds from the start of the run's first window to the event start (0: the window's start)."""
     end_trim_s: float = 0.0
@@ -60,14 +65,20 @@ class DetectorParams:
     def __post_init__(self) -> None:
         if not 0 < self.threshold < 1:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
-        if not 1 <= self.confirm_k <= self.confirm_n:
+        problems = check_settings(DetectionSection, {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name in _DETECTION_SETTINGS})
+        if problems:
+            raise ValueError("; ".join(problems))
+        if self.confirm_k > self.confirm_n:
             raise ValueError(
                 f"need 1 <= confirm_k <= confirm_n, got {self.confirm_k} of {self.confirm_n}"
             )
-        if self.smoothing_windows < 1:
-            raise ValueError(f"smoothing_windows must be >= 1, got {self.smoothing_windows}")
         if self.start_trim_s < 0 or self.end_trim_s < 0:
             raise ValueError(f"trims must be >= 0, got {self.start_trim_s}, {self.end_trim_s}")
+
+
+_DETECTION_SETTINGS = ("smoothing_windows", "confirm_k", "confirm_n", "hysteresis", "merge_gap_s",
+                       "refractory_s", "max_event_s")
 
 
 @dataclass(frozen=True)

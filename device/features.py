@@ -33,8 +33,11 @@ from functools import cached_property
 
 import numpy as np
 
+from device.config.fields import setting_problems
+from device.config.rules import feature_problems
+from device.config.sections_train import FeatureSection
+
 FEATURE_KIND = "logmel-v1"
-FRONT_ENDS = ("logmel", "pcen")
 _PCEN_FIELDS = ("pcen_time_constant_s", "pcen_gain", "pcen_bias", "pcen_power", "pcen_eps")
 _BLOCK_FRAMES = 128
 """Frames per block in :func:`logmel`. NumPy's FFT (float32 since NumPy 2) is ~5x slower per
@@ -49,40 +52,14 @@ class FeatureParamsError(ValueError):
 
 
 @dataclass(frozen=True)
-class FeatureParams:
-    """Every setting of the log-mel front end. Part of the model bundle: change one, retrain."""
+class FeatureParams(FeatureSection):
+    """Every setting of the front end: the ``train.features`` section of config.yaml (defaults,
+    bounds and descriptions live there, once) plus the recipe's ``kind``. Part of the model
+    bundle: change one, retrain. Checked on construction, so a model.json is held to the same
+    bounds as a config."""
 
-    sample_rate: int = 16000
-    """Audio rate the features are computed at, Hz. Input at other rates is resampled first."""
-    n_fft: int = 512
-    """FFT length and frame length, samples."""
-    win_length: int = 400
-    """Hann window length, samples (<= n_fft; centred in the frame and zero-padded)."""
-    hop_length: int = 320
-    """Samples between consecutive frames (320 at 16 kHz = 20 ms, 50 frames per second)."""
-    n_mels: int = 40
-    """Number of mel bands (Slaney mel scale, Slaney area normalisation, as librosa's default)."""
-    fmin: float = 100.0
-    """Lowest mel band edge, Hz."""
-    fmax: float = 8000.0
-    """Highest mel band edge, Hz (<= sample_rate / 2)."""
-    log_floor: float = 1e-10
-    """Power below which the spectrogram is clipped before the log (amin of librosa's power_to_db)."""
     kind: str = FEATURE_KIND
     """Name and version of the feature recipe; a device refuses bundles made for another."""
-    front_end: str = "logmel"
-    """'logmel' (dB of the mel power) or 'pcen' (per-channel energy normalisation of it).
-    Bundles written before this field existed are log-mel."""
-    pcen_time_constant_s: float = 0.4
-    """PCEN: time constant of each band's smoother, seconds (librosa's default)."""
-    pcen_gain: float = 0.98
-    """PCEN: exponent alpha of the smoother in the denominator (1 = fully gain-normalised)."""
-    pcen_bias: float = 2.0
-    """PCEN: bias delta added before the root compression."""
-    pcen_power: float = 0.5
-    """PCEN: root compression exponent r."""
-    pcen_eps: float = 1e-10
-    """PCEN: added to the smoother, mel power units: bands quieter than this are not amplified."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -98,37 +75,10 @@ class FeatureParams:
                 expected = {int: "an integer", float: "a number", str: "a string"}[kind]
                 raise FeatureParamsError(f"{f.name}: must be {expected}, got {value!r}")
             object.__setattr__(self, f.name, kind(value))
-        problems = []
+        problems = setting_problems(self)
         if self.kind != FEATURE_KIND:
             problems.append(f"kind: this device computes {FEATURE_KIND!r}, got {self.kind!r}")
-        if not 1000 <= self.sample_rate <= 192000:
-            problems.append(f"sample_rate: must be 1000..192000 Hz, got {self.sample_rate}")
-        if self.n_fft < 16 or self.n_fft & (self.n_fft - 1):
-            problems.append(f"n_fft: must be a power of two >= 16, got {self.n_fft}")
-        if not 1 <= self.win_length <= self.n_fft:
-            problems.append(f"win_length: must be 1..n_fft ({self.n_fft}), got {self.win_length}")
-        if not 1 <= self.hop_length <= self.n_fft:
-            problems.append(f"hop_length: must be 1..n_fft ({self.n_fft}), got {self.hop_length}")
-        if not 1 <= self.n_mels <= self.n_fft // 2:
-            problems.append(f"n_mels: must be 1..n_fft/2, got {self.n_mels}")
-        if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
-            problems.append(
-                f"fmin/fmax: need 0 <= fmin < fmax <= sample_rate/2, got {self.fmin}, {self.fmax}"
-            )
-        if not 0 < self.log_floor < 1:
-            problems.append(f"log_floor: must be in (0, 1), got {self.log_floor}")
-        if self.front_end not in FRONT_ENDS:
-            problems.append(f"front_end: this device computes {' or '.join(FRONT_ENDS)}, got {self.front_end!r}")
-        if not self.pcen_time_constant_s > 0:
-            problems.append(f"pcen_time_constant_s: must be > 0, got {self.pcen_time_constant_s}")
-        if not 0 <= self.pcen_gain <= 1:
-            problems.append(f"pcen_gain: must be 0..1, got {self.pcen_gain}")
-        if not self.pcen_bias > 0:
-            problems.append(f"pcen_bias: must be > 0, got {self.pcen_bias}")
-        if not 0 < self.pcen_power <= 1:
-            problems.append(f"pcen_power: must be in (0, 1], got {self.pcen_power}")
-        if not self.pcen_eps > 0:
-            problems.append(f"pcen_eps: must be > 0, got {self.pcen_eps}")
+        problems += feature_problems(self)
         if problems:
             raise FeatureParamsError("; ".join(problems))
 

@@ -27,41 +27,14 @@ Validation and test windows never pass through here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
+from device.config import AugmentSection
 
-@dataclass(frozen=True)
-class AugmentParams:
-    """The ``train.augment`` section, typed."""
-
-    background_p: float = 0.5
-    snr_db: tuple[float, float] = (0.0, 20.0)
-    gain_db: tuple[float, float] = (-12.0, 12.0)
-    time_masks: int = 2
-    time_mask_frames: int = 10
-    freq_masks: int = 2
-    freq_mask_bands: int = 4
-    freq_shift_bands: int = 0
-    mixup_alpha: float = 0.0
-    eq_db: float = 0.0
-    """Largest tilt (and half the largest ripple) of the random colouring, dB; 0 = off."""
-    reverb_p: float = 0.0
-    """Probability of a synthetic reverberant tail."""
-    reverb_rt60_s: tuple[float, float] = (0.2, 1.2)
-    """Range of the lowest band's 60 dB decay time, seconds (the highest band's is half)."""
-    reverb_drr_db: tuple[float, float] = (0.0, 15.0)
-    """Range of the direct-to-reverberant energy ratio, dB."""
-
-    @classmethod
-    def from_config(cls, section) -> AugmentParams:
-        return cls(background_p=section.background_p, snr_db=tuple(section.snr_db),
-                   gain_db=tuple(section.gain_db), time_masks=section.time_masks,
-                   time_mask_frames=section.time_mask_frames, freq_masks=section.freq_masks,
-                   freq_mask_bands=section.freq_mask_bands, freq_shift_bands=section.freq_shift_bands,
-                   mixup_alpha=section.mixup_alpha, eq_db=section.eq_db, reverb_p=section.reverb_p,
-                   reverb_rt60_s=tuple(section.reverb_rt60_s), reverb_drr_db=tuple(section.reverb_drr_db))
+AugmentParams = AugmentSection
+"""The ``train.augment`` section of config.yaml is the augmentation's parameters (defaults,
+bounds and descriptions live there, once); tests build one with the values they pin."""
 
 
 def _power(db: np.ndarray) -> np.ndarray:

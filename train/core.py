@@ -32,7 +32,6 @@ from device.config import Section
 from device.detector import DetectorParams, detect, detector_params
 from device.features import FeatureParams
 from train import report
-from train.augment import AugmentParams
 from train.cache import recording_features
 from train.calibrate import (
     calibrate_extent,
@@ -239,7 +238,7 @@ def train_split(*, config: Section, prepared: Prepared, split: dict[str, str], o
     log(describe(model))
     began = time.monotonic()
     history = fit(model, sampler=sampler, validation=windows["validation"],
-                  augment_params=AugmentParams.from_config(cfg.augment), epochs=cfg.epochs,
+                  augment_params=cfg.augment, epochs=cfg.epochs,
                   patience=cfg.patience, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
                   seed=cfg.seed, to_inputs=lambda x: window_inputs(x, params),
                   stop_after=final.epochs if final else None, log=log)

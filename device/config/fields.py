@@ -229,13 +229,22 @@ def _check_item(item: Any, value: Any, path: str) -> Any:
 def setting_problems(obj: Section) -> list[str]:
     """Every setting of a built section that is out of its bounds or choices, one message each
     (``n_mels: must be 1..512, got 0``): how classes made on a section check themselves."""
+    names = [n for n, spec in schema_of(type(obj)).items() if isinstance(spec, Key)]
+    return check_settings(type(obj), {name: getattr(obj, name) for name in names})
+
+
+def check_settings(cls: type[Section], values: dict[str, Any]) -> list[str]:
+    """Messages for the ``values`` (setting name -> value) that settings of ``cls`` refuse:
+    how a class that takes some of a section's settings holds them to the section's bounds."""
     problems = []
-    for name, spec in schema_of(type(obj)).items():
-        if isinstance(spec, Key):
-            try:
-                check_value(spec, getattr(obj, name), name)
-            except ConfigError as exc:
-                problems.append(str(exc))
+    spec = schema_of(cls)
+    for name, value in values.items():
+        key = spec[name]
+        assert isinstance(key, Key), name
+        try:
+            check_value(key, value, name)
+        except ConfigError as exc:
+            problems.append(str(exc))
     return problems
 
 
