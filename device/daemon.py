@@ -9,6 +9,7 @@ an unexpected error), 128 + the signal number for a replay stopped by SIGTERM (1
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -18,15 +19,15 @@ import threading
 from pathlib import Path
 
 from device.audio import AudioError
-from device.bundle import BundleError, load_bundle
-from device.config import ConfigError
+from device.bundle import Bundle, BundleError, load_bundle
+from device.config import ClipsSection, Config, ConfigError, OutputsSection
 from device.detector import detector_params
 from device.health import Health
 from device.logsetup import setup_logging
 from device.notify import Notifier
 from device.paths import Sequence, device_id, state_dir
 from device.pipeline import EventFactory, build_pipeline, run_live
-from device.runtime import load_classifier
+from device.runtime import Classifier, load_classifier
 from device.sinks import Outputs, SinkQueue, build_sinks
 from device.sources import Backoff, Liveness, MicrophoneSource, SourceError
 
@@ -37,8 +38,7 @@ class UsageError(Exception):
     """Bad input found while wiring; one line, exit status 2."""
 
 
-def _outputs(args, cfg, *, clips_dir: Path | None) -> Outputs:
-    out = cfg.outputs
+def _outputs(args: argparse.Namespace, out: OutputsSection, *, clips_dir: Path | None) -> Outputs:
     return Outputs(
         events_jsonl=args.events_jsonl or out.events_jsonl,
         scores_csv=args.scores_csv or out.scores_csv,
@@ -53,14 +53,14 @@ def _outputs(args, cfg, *, clips_dir: Path | None) -> Outputs:
     )
 
 
-def _clips_dir(cfg, state: Path | None) -> Path | None:
-    if cfg.outputs.clips.dir:
-        return Path(cfg.outputs.clips.dir).expanduser()
+def _clips_dir(clips: ClipsSection, state: Path | None) -> Path | None:
+    if clips.dir:
+        return Path(clips.dir).expanduser()
     return state / "clips" if state is not None else None
 
 
 def _optional_sinks(
-    cfg, *, device: str, labels: list[str], state: Path, health: Health, replay: bool = False
+    cfg: Config, *, device: str, labels: list[str], state: Path, health: Health, replay: bool = False
 ) -> list:
     """The MQTT sink when mqtt.enabled, or for a replay given --mqtt (device/mqtt/)."""
     if not cfg.mqtt.enabled and not replay:
@@ -76,7 +76,7 @@ def _optional_sinks(
     return [sink]
 
 
-def _with_overrides(args, cfg, labels) -> object:
+def _with_overrides(args: argparse.Namespace, cfg: Config, labels: tuple[str, ...]) -> Config:
     """The config with --min-conf (every label's threshold) and --hop applied."""
     if getattr(args, "min_conf", None) is None and getattr(args, "hop", None) is None:
         return cfg
@@ -90,7 +90,7 @@ def _with_overrides(args, cfg, labels) -> object:
     return validate(values)
 
 
-def check_with_bundle(cfg, bundle) -> None:
+def check_with_bundle(cfg: Config, bundle: Bundle) -> None:
     """The config rules that need the model: thresholds only for its labels, and a silence
     timeout longer than the first window takes to arrive (else the microphone is reopened
     over and over while audio plays). Raises ConfigError (one line naming the key)."""
@@ -109,7 +109,7 @@ def check_with_bundle(cfg, bundle) -> None:
             f"got {audio.silence_timeout_s:g}")
 
 
-def run(args, cfg) -> int:
+def run(args: argparse.Namespace, cfg: Config) -> int:
     """Run the daemon (live) or a replay as the command line asks; returns the exit status."""
     setup_logging(cfg.service.log_level, cfg.service.warning_interval_s)
     try:
@@ -136,7 +136,7 @@ def run(args, cfg) -> int:
         return 1
 
 
-def _replay(args, cfg, classifier) -> int:
+def _replay(args: argparse.Namespace, cfg: Config, classifier: Classifier) -> int:
     import re
 
     from device.batch import run_replay
@@ -174,7 +174,7 @@ def _replay(args, cfg, classifier) -> int:
                  "--mqtt publishes a replay)")
     needs_state = args.mqtt or (cfg.outputs.clips.enabled and not cfg.outputs.clips.dir)
     state = _make_state_dir(cfg) if needs_state else None
-    outputs = _outputs(args, cfg, clips_dir=_clips_dir(cfg, state))
+    outputs = _outputs(args, cfg.outputs, clips_dir=_clips_dir(cfg.outputs.clips, state))
     manifest_path = _manifest_path(args, outputs, MANIFEST_NAME)
     if args.resume and manifest_path is None:
         raise UsageError("--resume: needs a file output (or --manifest FILE) to keep a manifest")
@@ -192,7 +192,7 @@ def _replay(args, cfg, classifier) -> int:
                 cfg, device=device, labels=list(classifier.bundle.labels),
                 state=state / "replay", health=health, replay=True,
             )
-            if args.mqtt
+            if args.mqtt and state is not None  # --mqtt always makes the state folder
             else []
         )
         return run_replay(
@@ -221,7 +221,7 @@ def _replay(args, cfg, classifier) -> int:
             executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _plot(args, cfg, classifier) -> int:
+def _plot(args: argparse.Namespace, cfg: Config, classifier: Classifier) -> int:
     from device.plot import PlotError, plot_file
     from device.replay import make_settings
 
@@ -239,7 +239,7 @@ def _plot(args, cfg, classifier) -> int:
     return 0
 
 
-def _manifest_path(args, outputs: Outputs, name: str) -> Path | None:
+def _manifest_path(args: argparse.Namespace, outputs: Outputs, name: str) -> Path | None:
     """--manifest, else beside the first file output; None when every output is stdout."""
     if args.manifest:
         return Path(args.manifest)
@@ -253,7 +253,7 @@ def _manifest_path(args, outputs: Outputs, name: str) -> Path | None:
     return None
 
 
-def _make_state_dir(cfg, *, health: Health | None = None) -> Path:
+def _make_state_dir(cfg: Config, *, health: Health | None = None) -> Path:
     """The state folder, created. Live (``health`` given), a folder that cannot be created
     (read-only card) is a degradation, not an error: everything in it waits in memory."""
     state = state_dir(cfg)
@@ -277,13 +277,13 @@ def _make_state_dir(cfg, *, health: Health | None = None) -> Path:
     return state
 
 
-def _live(args, cfg, classifier) -> int:
+def _live(args: argparse.Namespace, cfg: Config, classifier: Classifier) -> int:
     bundle = classifier.bundle
     health = Health()
     state = _make_state_dir(cfg, health=health)
     device = device_id(cfg)
     features = bundle.features
-    outputs = _outputs(args, cfg, clips_dir=_clips_dir(cfg, state))
+    outputs = _outputs(args, cfg.outputs, clips_dir=_clips_dir(cfg.outputs.clips, state))
     try:
         sinks = build_sinks(
             outputs,

@@ -30,12 +30,13 @@ import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from typing import cast
 
 import numpy as np
 
 from device.config.fields import setting_problems
 from device.config.rules import feature_problems
-from device.config.sections_train import FeatureSection
+from device.config.sections_features import FeatureSection
 
 FEATURE_KIND = "logmel-v1"
 _PCEN_FIELDS = ("pcen_time_constant_s", "pcen_gain", "pcen_bias", "pcen_power", "pcen_eps")
@@ -65,7 +66,7 @@ class FeatureParams(FeatureSection):
         for f in dataclasses.fields(self):
             # Types first, so the range checks below compare numbers; numpy scalars are
             # accepted and stored as plain int/float (model.json must serialise them).
-            value, kind = getattr(self, f.name), type(f.default)
+            value, kind = getattr(self, f.name), cast(type, type(f.default))
             if kind is str:
                 ok = isinstance(value, str)
             else:
@@ -152,7 +153,7 @@ class FeatureParams(FeatureSection):
         return np.ascontiguousarray(mel_filterbank(self).T)
 
 
-def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+def _hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
     """Slaney's mel scale: linear below 1 kHz, logarithmic above."""
     hz = np.asarray(hz, dtype=np.float64)
     f_sp = 200.0 / 3

@@ -7,18 +7,20 @@ import os
 import socket
 from pathlib import Path
 
+from device.config import Config
+
 log = logging.getLogger(__name__)
 
 SEQ_FILE = "seq"
 """In the state folder: the last event sequence number given out."""
 
 
-def device_id(cfg) -> str:
+def device_id(cfg: Config) -> str:
     """service.device_id, else the host name."""
     return cfg.service.device_id or socket.gethostname()
 
 
-def state_dir(cfg) -> Path:
+def state_dir(cfg: Config) -> Path:
     """service.state_dir, else systemd's $STATE_DIRECTORY (its first entry), else
     ~/.local/state/callwatch."""
     if cfg.service.state_dir:

@@ -23,13 +23,14 @@ import numpy as np
 
 from device.audio import AUDIO_EXTENSIONS, AudioError, decoder_quiet
 from device.bundle import load_bundle
+from device.config import Config, validate
 from device.events import Event, SinkBase, WindowScores
 from device.health import Health
 from device.paths import Sequence
 from device.pipeline import EventFactory, Pipeline, build_pipeline
 from device.recording import GIVEN, Recording, recording_start, site_of
 from device.ringbuffer import RingBuffer
-from device.runtime import load_classifier
+from device.runtime import Classifier, load_classifier
 from device.sinks import SinkQueue, clip_sink
 from device.sources import FileSource
 
@@ -101,8 +102,10 @@ def collect_recordings(
                 duration = float(soundfile.info(str(path)).duration)
         except Exception:  # unreadable: reported when it is analysed
             duration = 0.0
-        if start_time is not None:
-            start, time_source = clock, GIVEN
+        time_source: str | None
+        if clock is not None:  # --start-time: the files follow each other
+            start: dt.datetime | None = clock
+            time_source = GIVEN
             clock = clock + dt.timedelta(seconds=duration)
         else:
             found_time = recording_start(path, name=source, time_format=time_format, tz=tz)
@@ -153,7 +156,7 @@ class FileResult:
 
 
 def make_settings(
-    cfg, classifier, *, device_id: str, realtime: bool, scores: bool, clips_dir: str | None
+    cfg: Config, classifier: Classifier, *, device_id: str, realtime: bool, scores: bool, clips_dir: str | None
 ) -> ReplaySettings:
     bundle = classifier.bundle
     return ReplaySettings(
@@ -169,15 +172,13 @@ def make_settings(
     )
 
 
-_loaded: dict = {}
+_loaded: dict[tuple[str, str, str], tuple[Config, Classifier]] = {}
 
 
-def _classifier_for(settings: ReplaySettings):
+def _classifier_for(settings: ReplaySettings) -> tuple[Config, Classifier]:
     """The config and classifier of ``settings``, loaded once per process."""
     key = (settings.model_path, settings.delegate, repr(settings.cfg_values))
     if key not in _loaded:
-        from device.config import validate
-
         cfg = validate(settings.cfg_values)
         bundle = load_bundle(settings.model_path)
         _loaded.clear()
@@ -188,7 +189,7 @@ def _classifier_for(settings: ReplaySettings):
     return _loaded[key]
 
 
-def preload(settings: ReplaySettings, cfg, classifier) -> None:
+def preload(settings: ReplaySettings, cfg: Config, classifier: Classifier) -> None:
     """Hand this process's already loaded classifier to :func:`analyse_file`."""
     _loaded.clear()
     _loaded[(settings.model_path, settings.delegate, repr(settings.cfg_values))] = (cfg, classifier)

@@ -89,6 +89,11 @@ def shift_bands(window: np.ndarray, shift: int) -> np.ndarray:
     return window[:, index]
 
 
+def _uniform(rng: np.random.Generator, bounds: list[float], n: int) -> np.ndarray:
+    """n draws from [low, high) of a ``[low, high]`` setting."""
+    return np.asarray(rng.uniform(bounds[0], bounds[1], size=n))
+
+
 def augment(
     x: np.ndarray,
     y: np.ndarray,
@@ -114,21 +119,21 @@ def augment(
     if params.reverb_p > 0:
         chosen = np.flatnonzero(rng.random(n) < params.reverb_p)
         if len(chosen):
-            x[chosen] = reverberate(x[chosen], rt60_s=rng.uniform(*params.reverb_rt60_s, size=len(chosen)),
-                                    drr_db=rng.uniform(*params.reverb_drr_db, size=len(chosen)),
+            x[chosen] = reverberate(x[chosen], rt60_s=_uniform(rng, params.reverb_rt60_s, len(chosen)),
+                                    drr_db=_uniform(rng, params.reverb_drr_db, len(chosen)),
                                     frame_rate=frame_rate, floor=floor)
     if backgrounds is not None and params.background_p > 0:
         chosen = np.flatnonzero(rng.random(n) < params.background_p)
         if len(chosen):
-            snr = rng.uniform(*params.snr_db, size=len(chosen))
+            snr = _uniform(rng, params.snr_db, len(chosen))
             x[chosen] = mix_at_snr(x[chosen], backgrounds(len(chosen), rng), snr, floor)
-    gain = rng.uniform(*params.gain_db, size=n).astype(np.float32)
+    gain = _uniform(rng, params.gain_db, n).astype(np.float32)
     above = x > floor
     x = np.where(above, np.maximum(x + gain[:, None, None], floor), x)
     if params.freq_shift_bands:
-        shifts = rng.integers(-params.freq_shift_bands, params.freq_shift_bands + 1, size=n)
-        for i in np.flatnonzero(shifts):
-            x[i] = shift_bands(x[i], int(shifts[i]))
+        shifts = np.asarray(rng.integers(-params.freq_shift_bands, params.freq_shift_bands + 1, size=n))
+        for k in np.flatnonzero(shifts):
+            x[k] = shift_bands(x[k], int(shifts[k]))
     band_mean = x.mean(axis=1, keepdims=True)  # (n, 1, bands)
     for i in range(n):
         for _ in range(params.time_masks):
@@ -142,7 +147,7 @@ def augment(
                 f0 = int(rng.integers(0, max(1, bands - width)))
                 x[i, :, f0:f0 + width] = band_mean[i, :, f0:f0 + width]
     if params.mixup_alpha > 0 and n > 1:
-        lam = rng.beta(params.mixup_alpha, params.mixup_alpha, size=n).astype(np.float32)
+        lam = np.asarray(rng.beta(params.mixup_alpha, params.mixup_alpha, size=n), dtype=np.float32)
         partner = rng.permutation(n)
         mixed = lam[:, None, None] * _power(x) + (1 - lam[:, None, None]) * _power(x[partner])
         x = np.maximum(10 * np.log10(np.maximum(mixed, 1e-30)), floor).astype(np.float32)

@@ -28,7 +28,7 @@ import yaml
 
 from device.audio import AudioError
 from device.bundle import event_settings
-from device.config import Section
+from device.config import Config, DetectionSection, TrainSection
 from device.detector import DetectorParams, detect, detector_params
 from device.features import FeatureParams
 from train import report
@@ -84,7 +84,7 @@ class Prepared:
         return self.inputs[name]
 
 
-def prepare_data(*, train_cfg: Section, data_root: Path, cache_dir: Path | None, log: Log = print) -> Prepared:
+def prepare_data(*, train_cfg: TrainSection, data_root: Path, cache_dir: Path | None, log: Log = print) -> Prepared:
     """Read every dataset and compute (or load cached) features; unreadable files are skipped."""
     params = FeatureParams.from_dict(train_cfg.features.to_dict())
     inventory = load_datasets(train_cfg.datasets, data_root=data_root, labels=list(train_cfg.labels))
@@ -108,7 +108,7 @@ def prepare_data(*, train_cfg: Section, data_root: Path, cache_dir: Path | None,
     return Prepared(inventory, features, params, Path(data_root))
 
 
-def split_for(cfg: Section, recordings: list[Recording], *, test_groups: list[str] | None = None) -> dict[str, str]:
+def split_for(cfg: TrainSection, recordings: list[Recording], *, test_groups: list[str] | None = None) -> dict[str, str]:
     """The configured split (or a fold's, when ``test_groups`` is given)."""
     s = cfg.split
     validation_groups = [g for g in s.validation_groups if g not in (test_groups or [])]
@@ -125,7 +125,7 @@ def _timelines(model, recordings: list[Recording], prepared: Prepared, window_s:
             for r in recordings}
 
 
-def calibrate_thresholds(*, cfg: Section, labels: list[str], y: np.ndarray, scores: np.ndarray,
+def calibrate_thresholds(*, cfg: TrainSection, labels: list[str], y: np.ndarray, scores: np.ndarray,
                          timelines: dict, recordings: list[Recording], window_s: float, hop_s: float,
                          detection: dict[str, DetectorParams]) -> dict:
     """{label: Threshold} on validation data, by ``cfg.calibration.method``; false alarms are
@@ -158,7 +158,7 @@ def calibrate_thresholds(*, cfg: Section, labels: list[str], y: np.ndarray, scor
     return out
 
 
-def calibrate_events(*, detection: Section, labels: list[str], thresholds: dict[str, float], timelines: dict,
+def calibrate_events(*, detection: DetectionSection, labels: list[str], thresholds: dict[str, float], timelines: dict,
                      recordings: list[Recording], window_s: float, hop_s: float, log: Log = print
                      ) -> tuple[dict[str, DetectorParams], dict]:
     """The event rule the bundle ships: the detection settings (the config's ``detection``
@@ -181,7 +181,7 @@ def calibrate_events(*, detection: Section, labels: list[str], thresholds: dict[
     return params, {"detection": event_settings(detection), "extent": extent}
 
 
-def train_split(*, config: Section, prepared: Prepared, split: dict[str, str], out: Path,
+def train_split(*, config: Config, prepared: Prepared, split: dict[str, str], out: Path,
                 hard_negatives: list[str], title: str, command: str = "", log: Log = print,
                 collect: list[HeldOut] | None = None, final: FinalPlan | None = None) -> dict:
     """Train, calibrate, evaluate and write one complete run folder for ``split``; returns metrics.
@@ -349,7 +349,7 @@ def train_split(*, config: Section, prepared: Prepared, split: dict[str, str], o
     return summary
 
 
-def resolved_config_text(config: Section, *, data_root: Path, hard_negatives: list[str], folds: bool,
+def resolved_config_text(config: Config, *, data_root: Path, hard_negatives: list[str], folds: bool,
                          k_folds: int, final: bool = False) -> str:
     """The full config as this run used it (command-line overrides folded in)."""
     values = config.to_dict()
@@ -361,7 +361,7 @@ def resolved_config_text(config: Section, *, data_root: Path, hard_negatives: li
     return yaml.safe_dump(values, sort_keys=False)
 
 
-def train_run(*, config: Section, data_root: Path | None = None, out: Path | None = None,
+def train_run(*, config: Config, data_root: Path | None = None, out: Path | None = None,
               cache_dir: Path | None | str = "config", folds: bool | None = None, k_folds: int | None = None,
               hard_negatives: list[str] | None = None, command: str = "", final: bool | None = None,
               log: Log = print) -> dict:
@@ -420,7 +420,7 @@ def train_run(*, config: Section, data_root: Path | None = None, out: Path | Non
     return summary
 
 
-def train_final(*, config: Section, prepared: Prepared, plan: list[tuple[str, list[str]]], out: Path,
+def train_final(*, config: Config, prepared: Prepared, plan: list[tuple[str, list[str]]], out: Path,
                 hard_negatives: list[str], kind: str, command: str = "", log: Log = print) -> dict:
     """Cross-validate (every fold into ``out/folds/<fold>/``), then train the deployable model on
     every recording into ``out``, with the folds' epoch count and pooled out-of-fold thresholds.
@@ -451,7 +451,7 @@ def train_final(*, config: Section, prepared: Prepared, plan: list[tuple[str, li
     return summary
 
 
-def _fold_plan(cfg: Section, recordings: list[Recording], split: dict[str, str],
+def _fold_plan(cfg: TrainSection, recordings: list[Recording], split: dict[str, str],
                *, logo: bool, k: int) -> list[tuple[str, list[str]]]:
     """(fold name, its test groups) for leave-one-group-out or k-fold cross-validation; [] when off."""
     if logo:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from device.config import Section
+from device.config import DetectionSection, TrainSection
 from train.datasets import Recording
 from train.windows import WindowSet
 
@@ -58,8 +58,8 @@ class FinalPlan:
     """The folds' held-out recordings."""
 
 
-def final_plan(*, cfg: Section, held_out: list[HeldOut], window_s: float, hop_s: float,
-               detection: Section) -> FinalPlan:
+def final_plan(*, cfg: TrainSection, held_out: list[HeldOut], window_s: float, hop_s: float,
+               detection: DetectionSection) -> FinalPlan:
     """The final model's recipe from the folds: the median of their kept epochs (rounded half
     up), and thresholds calibrated by ``cfg.calibration`` on their pooled out-of-fold scores
     (false alarms counted by the device's detector with the ``detection`` settings)."""

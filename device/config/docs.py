@@ -11,7 +11,9 @@ from device.config.loader import Config
 
 
 def _flow(value: Any, **kwargs: Any) -> str:
-    return yaml.safe_dump(value, default_flow_style=True, **kwargs).strip().removesuffix("...").strip()
+    return (
+        yaml.safe_dump(value, default_flow_style=True, **kwargs).strip().removesuffix("...").strip()
+    )
 
 
 def _is_section(item: Any) -> bool:

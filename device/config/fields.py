@@ -18,8 +18,7 @@ import dataclasses
 import math
 import types
 from dataclasses import dataclass, field
-from functools import cache
-from typing import TYPE_CHECKING, Any, TypeVar, get_args, get_origin
+from typing import TYPE_CHECKING, Any, TypeVar, cast, get_args, get_origin
 
 T = TypeVar("T")
 S = TypeVar("S", bound="Section")
@@ -83,8 +82,11 @@ class Section:
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain YAML-able values (nested sections as mappings)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)  # type: ignore[arg-type]
-                if KEY in f.metadata or _is_section(f.type)}
+        return {
+            f.name: _plain(getattr(self, f.name))
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            if KEY in f.metadata or _is_section(f.type)
+        }
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in schema_of(type(self))
@@ -115,17 +117,21 @@ def _is_section(annotation: Any) -> bool:
 Spec = dict[str, "Key | type[Section]"]
 
 
-@cache
+_SPECS: dict[type, Spec] = {}
+
+
 def schema_of(cls: type[Section]) -> Spec:
     """Name -> complete :class:`Key` (types from the annotation) or nested section class, in
     declaration order. Fields without setting metadata (``FeatureParams.kind``) are not settings."""
-    spec: Spec = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if _is_section(f.type):
-            spec[f.name] = f.type
-        elif KEY in f.metadata:
-            spec[f.name] = _complete(f.metadata[KEY], f.type)
-    return spec
+    if cls not in _SPECS:
+        spec: Spec = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if _is_section(f.type):
+                spec[f.name] = cast(type[Section], f.type)
+            elif KEY in f.metadata:
+                spec[f.name] = _complete(f.metadata[KEY], f.type)
+        _SPECS[cls] = spec
+    return _SPECS[cls]
 
 
 def set_paths(cls: type[Section], path: str = "") -> None:
@@ -140,7 +146,9 @@ def set_paths(cls: type[Section], path: str = "") -> None:
 
 
 def _complete(key: Key, annotation: Any) -> Key:
-    members = list(get_args(annotation)) if isinstance(annotation, types.UnionType) else [annotation]
+    members = (
+        list(get_args(annotation)) if isinstance(annotation, types.UnionType) else [annotation]
+    )
     nullable = type(None) in members
     accepted: list[type] = []
     item = None
@@ -196,7 +204,9 @@ def check_value(key: Key, value: Any, path: str) -> Any:
     if float in key.types and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if key.choices and value not in key.choices:
-        raise ConfigError(f"{path}: must be one of {', '.join(map(str, key.choices))}, got {value!r}")
+        raise ConfigError(
+            f"{path}: must be one of {', '.join(map(str, key.choices))}, got {value!r}"
+        )
     if isinstance(value, float) and not math.isfinite(value):
         # NaN compares false with every bound, so it would pass any range check; an infinite
         # size, wait or timeout is never what a recorder can honour.
@@ -208,6 +218,7 @@ def check_value(key: Key, value: Any, path: str) -> Any:
                 raise ConfigError(f"{path}: must be {_num(low)}..{_num(high)}, got {value!r}")
             if low is not None:
                 raise ConfigError(f"{path}: must be >= {_num(low)}, got {value!r}")
+            assert high is not None
             raise ConfigError(f"{path}: must be <= {_num(high)}, got {value!r}")
     if isinstance(value, str) and key.min is not None and len(value) < key.min:
         raise ConfigError(f"{path}: must not be empty")
@@ -256,8 +267,14 @@ def default_of(cls: type[Section], name: str) -> Any:
 
 
 def _type_name(accepted: tuple) -> str:
-    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string",
-             list: "a list", dict: "a mapping"}
+    names = {
+        bool: "true/false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+    }
     if float in accepted:
         accepted = tuple(t for t in accepted if t is not int)
     return " or ".join(names.get(t, t.__name__) for t in accepted)

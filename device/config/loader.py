@@ -16,6 +16,7 @@ import yaml
 
 from device.config.fields import ConfigError, Section, build, section, set_paths
 from device.config.rules import check_all
+from device.config.sections_convert import ConvertSection
 from device.config.sections_device import (
     AudioSection,
     DetectionSection,
@@ -24,7 +25,7 @@ from device.config.sections_device import (
     ReplaySection,
     ServiceSection,
 )
-from device.config.sections_train import ConvertSection, TrainSection
+from device.config.sections_train import TrainSection
 
 DEFAULT_CONFIG_PATHS = (Path("config.yaml"), Path("/etc/callwatch/config.yaml"))
 """Where the tools look when --config is not given (first that exists); $CALLWATCH_CONFIG first."""

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
         ReplaySection,
         ServiceSection,
     )
-    from device.config.sections_train import AugmentSection, FeatureSection, TrainSection
+    from device.config.sections_features import FeatureSection
+    from device.config.sections_train import AugmentSection, TrainSection
 
 TOPIC_NAME_MAX = 64
 """Longest service.device_id, mqtt.topic_prefix and discovery prefix, characters."""
@@ -47,17 +48,22 @@ def check_topic_name(value: str, path: str, *, levels: bool) -> None:
     prefix), else none at all (a device id, one level). Raises ConfigError."""
     bad = next((c for c in value if c in "+#" or ord(c) < 32 or 0x7F <= ord(c) < 0xA0), None)
     if bad is not None:
-        raise ConfigError(f"{path}: must not contain {bad!r} (MQTT wildcards and control "
-                          f"characters break the topics), got {value!r}")
+        raise ConfigError(
+            f"{path}: must not contain {bad!r} (MQTT wildcards and control "
+            f"characters break the topics), got {value!r}"
+        )
     if value.startswith("$"):
-        raise ConfigError(f"{path}: must not start with '$' (broker-internal topics), got {value!r}")
+        raise ConfigError(
+            f"{path}: must not start with '$' (broker-internal topics), got {value!r}"
+        )
     if len(value) > TOPIC_NAME_MAX:
         raise ConfigError(f"{path}: at most {TOPIC_NAME_MAX} characters, got {len(value)}")
     if not levels and "/" in value:
         raise ConfigError(f"{path}: must not contain '/' (one topic level), got {value!r}")
     if levels and any(part == "" for part in value.split("/")):
-        raise ConfigError(f"{path}: no empty topic levels (leading, trailing or double '/'), "
-                          f"got {value!r}")
+        raise ConfigError(
+            f"{path}: no empty topic levels (leading, trailing or double '/'), got {value!r}"
+        )
     if value != value.strip():
         raise ConfigError(f"{path}: no leading or trailing spaces, got {value!r}")
 
@@ -91,28 +97,37 @@ def check_audio(audio: AudioSection, *, detection: DetectionSection) -> None:
     if silence and silence < least:
         raise ConfigError(
             f"audio.silence_timeout_s: must be 0 (off) or at least detection.hop_s + "
-            f"audio.liveness_timeout_s ({least:g} s), got {silence:g}")
+            f"audio.liveness_timeout_s ({least:g} s), got {silence:g}"
+        )
     _check_wait_range(audio.reopen_backoff_s, "audio.reopen_backoff_s")
 
 
 def check_augment(augment: AugmentSection) -> None:
     for name, pair in (("snr_db", augment.snr_db), ("gain_db", augment.gain_db)):
         if len(pair) != 2 or pair[0] > pair[1]:
-            raise ConfigError(f"train.augment.{name}: must be [low, high] with low <= high, got {pair}")
+            raise ConfigError(
+                f"train.augment.{name}: must be [low, high] with low <= high, got {pair}"
+            )
     rt60 = augment.reverb_rt60_s
     if len(rt60) != 2 or not 0.01 <= rt60[0] <= rt60[1] <= 10:
-        raise ConfigError(f"train.augment.reverb_rt60_s: must be [low, high] seconds with 0.01 <= low <= high "
-                          f"<= 10, got {rt60}")
+        raise ConfigError(
+            f"train.augment.reverb_rt60_s: must be [low, high] seconds with 0.01 <= low <= high "
+            f"<= 10, got {rt60}"
+        )
     drr = augment.reverb_drr_db
     if len(drr) != 2 or not -20 <= drr[0] <= drr[1] <= 60:
-        raise ConfigError(f"train.augment.reverb_drr_db: must be [low, high] dB with -20 <= low <= high <= 60, "
-                          f"got {drr}")
+        raise ConfigError(
+            f"train.augment.reverb_drr_db: must be [low, high] dB with -20 <= low <= high <= 60, "
+            f"got {drr}"
+        )
 
 
 def check_detection(detection: DetectionSection) -> None:
     if detection.confirm_k > detection.confirm_n:
-        raise ConfigError(f"detection.confirm_k: must be <= confirm_n ({detection.confirm_n}), "
-                          f"got {detection.confirm_k}")
+        raise ConfigError(
+            f"detection.confirm_k: must be <= confirm_n ({detection.confirm_n}), "
+            f"got {detection.confirm_k}"
+        )
     for label, value in detection.thresholds.items():
         if not 0 < value < 1:
             raise ConfigError(f"detection.thresholds.{label}: must be between 0 and 1, got {value}")
@@ -121,7 +136,9 @@ def check_detection(detection: DetectionSection) -> None:
 def check_train(train: TrainSection) -> None:
     split = train.split
     if split.validation + split.test >= 1:
-        raise ConfigError(f"train.split: validation + test must be < 1, got {split.validation + split.test}")
+        raise ConfigError(
+            f"train.split: validation + test must be < 1, got {split.validation + split.test}"
+        )
     if split.folds == 1:
         raise ConfigError("train.split.folds: must be 0 (off) or at least 2, got 1")
     if split.folds and split.leave_one_group_out:
