@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from device import __version__
+from device.config import DetectionSection
 from device.features import FeatureParams, FeatureParamsError
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ EVENT_SETTINGS = ("hop_s", "smoothing_windows", "confirm_k", "confirm_n", "hyste
 """The detection settings (config ``detection:``) that thresholds and trims were calibrated with."""
 
 
-def event_settings(detection) -> dict:
+def event_settings(detection: DetectionSection) -> dict:
     """The ``events.detection`` record of model.json from a config's ``detection`` section."""
     return {key: getattr(detection, key) for key in EVENT_SETTINGS}
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from device import __version__
-from device.config import ConfigError, load_config
+from device.config import Config, ConfigError, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_config(args, cfg) -> int:
+def _check_config(args: argparse.Namespace, cfg: Config) -> int:
     """The config alone, then against the model bundle when there is one."""
     from pathlib import Path
 

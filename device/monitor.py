@@ -26,7 +26,7 @@ import time
 from collections import OrderedDict
 from typing import Any, TextIO
 
-from device.config import ConfigError
+from device.config import Config, ConfigError
 from device.mqtt import describe_connect_error, make_client
 
 SEEN_IDS = 10000
@@ -145,7 +145,7 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def run_monitor(cfg: Any, *, out: TextIO | None = None) -> int:
+def run_monitor(cfg: Config, *, out: TextIO | None = None) -> int:
     """Subscribe and print until interrupted. Returns the exit status (0; 2 for bad settings)."""
     out = sys.stdout if out is None else out
     mqtt_cfg = cfg.mqtt

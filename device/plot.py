@@ -15,14 +15,20 @@ import re
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile
 
 from device.audio import stream_audio
+from device.config import Config
 from device.detector import detector_params
 from device.features import logmel
 from device.recording import Recording
+
+if TYPE_CHECKING:
+    from device.replay import ReplaySettings
+    from device.runtime import Classifier
 
 
 class PlotError(Exception):
@@ -44,7 +50,8 @@ def parse_plot_spec(spec: str) -> tuple[Path, float | None, float | None]:
     return path, start, end
 
 
-def plot_file(spec: str, *, settings, cfg, classifier, out: Path | None = None) -> Path:
+def plot_file(spec: str, *, settings: ReplaySettings, cfg: Config, classifier: Classifier,
+              out: Path | None = None) -> Path:
     """Draw the PNG for ``spec`` (see :func:`parse_plot_spec`); returns its path."""
     try:
         import matplotlib

@@ -301,7 +301,7 @@ def _replay_file(
     return result
 
 
-def _ring_for(cfg, rate: int, block_s: float) -> RingBuffer:
+def _ring_for(cfg: Config, rate: int, block_s: float) -> RingBuffer:
     # Room for a whole decoded block plus the clip pre-roll behind it.
     return RingBuffer(int(max(cfg.audio.ring_s, 3 * block_s) * rate))
 
