@@ -55,6 +55,9 @@ def test_loading_gives_typed_frozen_sections():
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.detection.hop_s = 2.0  # type: ignore[misc]
     assert "port" in cfg.mqtt and "mqtt" in cfg and "mqtt" not in cfg.mqtt
+    assert cfg.mqtt.tls["ca_file"] is None and cfg.mqtt["port"] == 1883
+    with pytest.raises(KeyError):
+        cfg.mqtt["colour"]
 
 
 def test_every_default_passes_its_own_checks():

@@ -73,12 +73,13 @@ def section(cls: type[S]) -> S:
 class Section:
     """Base of every config section: a frozen dataclass of settings and nested sections.
 
-    Read settings as attributes (``cfg.mqtt.port``); a misspelt one raises AttributeError naming
-    the key path. ``name in section`` tells whether the section has that key.
+    Read settings as attributes (``cfg.mqtt.port``; mypy knows each one's type); a misspelt one
+    raises AttributeError naming the key path. ``name in section`` tells whether the section has
+    that key and ``section[name]`` reads one by name.
     """
 
     _section_path = ""
-    """Dotted path of this section in config.yaml (set by :func:`schema_of`'s walk)."""
+    """Dotted path of this section in config.yaml (set by :func:`set_paths`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain YAML-able values (nested sections as mappings)."""
@@ -90,6 +91,12 @@ class Section:
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in schema_of(type(self))
+
+    def __getitem__(self, name: str) -> Any:
+        """A setting read by name (``tls[key]`` for key in a list of names); KeyError if none."""
+        if name not in schema_of(type(self)):
+            raise KeyError(name)
+        return getattr(self, name)
 
     if not TYPE_CHECKING:  # mypy must still flag a misspelt setting
 
