@@ -31,7 +31,7 @@ DEFAULT_CONFIG_PATHS = (Path("config.yaml"), Path("/etc/callwatch/config.yaml"))
 """Where the tools look when --config is not given (first that exists); $CALLWATCH_CONFIG first."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Config(Section):
     """The whole of config.yaml, one section per tool or stage (in the file's order)."""
 

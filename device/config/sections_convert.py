@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from device.config.fields import Section, setting
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class ConvertSection(Section):
     """The ``convert`` section."""
 

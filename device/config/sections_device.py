@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from device.config.fields import Section, section, setting
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class AudioSection(Section):
     """The ``audio`` section."""
 
@@ -60,7 +60,7 @@ class AudioSection(Section):
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class DetectionSection(Section):
     """The ``detection`` section."""
 
@@ -133,7 +133,7 @@ class DetectionSection(Section):
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class TlsSection(Section):
     """The ``mqtt.tls`` section."""
 
@@ -155,7 +155,7 @@ class TlsSection(Section):
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class OutboxSection(Section):
     """The ``mqtt.outbox`` section."""
 
@@ -171,7 +171,7 @@ class OutboxSection(Section):
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class DiscoverySection(Section):
     """The ``mqtt.discovery`` section."""
 
@@ -197,7 +197,7 @@ class DiscoverySection(Section):
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class MqttSection(Section):
     """The ``mqtt`` section."""
 
@@ -254,7 +254,7 @@ class MqttSection(Section):
     discovery: DiscoverySection = section(DiscoverySection)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class ClipsSection(Section):
     """The ``outputs.clips`` section."""
 
@@ -290,7 +290,7 @@ class ClipsSection(Section):
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class OutputsSection(Section):
     """The ``outputs`` section."""
 
@@ -323,7 +323,7 @@ class OutputsSection(Section):
     clips: ClipsSection = section(ClipsSection)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class ReplaySection(Section):
     """The ``replay`` section."""
 
@@ -348,7 +348,7 @@ class ReplaySection(Section):
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class ServiceSection(Section):
     """The ``service`` section."""
 

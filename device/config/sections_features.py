@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from device.config.fields import Section, setting
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class FeatureSection(Section):
     """The ``train.features`` section."""
 

@@ -12,7 +12,7 @@ from device.config.fields import Section, section, setting
 from device.config.sections_features import FeatureSection
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class DatasetSection(Section):
     """The ``train.datasets[]`` section."""
 
@@ -59,7 +59,7 @@ class DatasetSection(Section):
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class SplitSection(Section):
     """The ``train.split`` section."""
 
@@ -104,7 +104,7 @@ class SplitSection(Section):
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class AugmentSection(Section):
     """The ``train.augment`` section."""
 
@@ -186,7 +186,7 @@ class AugmentSection(Section):
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class ModelSection(Section):
     """The ``train.model`` section."""
 
@@ -218,7 +218,7 @@ class ModelSection(Section):
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class CalibrationSection(Section):
     """The ``train.calibration`` section."""
 
@@ -241,7 +241,7 @@ class CalibrationSection(Section):
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class TrainSection(Section):
     """The ``train`` section."""
 
