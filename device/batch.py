@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from device import manifest
+from device.config import Config
 from device.events import Event, WindowScores
 from device.health import Health
 from device.progress import Progress
@@ -89,7 +90,7 @@ def manifest_settings(settings: ReplaySettings, outputs: Outputs, extra: dict) -
 def run_replay(
     *,
     recordings: list[Recording],
-    cfg,
+    cfg: Config,
     classifier,
     device_id: str,
     outputs: Outputs,

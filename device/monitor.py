@@ -179,7 +179,7 @@ def run_monitor(cfg: Config, *, out: TextIO | None = None) -> int:
     client.on_connect = on_connect
     client.on_connect_fail = on_connect_fail
     client.on_message = lambda c, u, msg: monitor.on_message(msg.topic, msg.payload)
-    client.reconnect_delay_set(*mqtt_cfg.reconnect_s)
+    client.reconnect_delay_set(*mqtt_cfg.reconnect_s)  # type: ignore[arg-type]  # paho stubs say int; it waits float seconds
     logging.getLogger("paho").setLevel(logging.WARNING)
     signal.signal(signal.SIGTERM, _interrupt)
     client.connect_async(mqtt_cfg.host, mqtt_cfg.port, keepalive=mqtt_cfg.keepalive_s)

@@ -33,7 +33,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from device.config import ConfigError, Section
+from device.config import ConfigError, MqttSection
 from device.mqtt.notes import Connected, Disconnected, Note
 
 log = logging.getLogger("device.mqtt")
@@ -49,7 +49,7 @@ the arithmetic stays small however many connects fail."""
 
 
 def read_password(
-    mqtt_cfg: Section, *, environ: dict[str, str] | None = None
+    mqtt_cfg: MqttSection, *, environ: dict[str, str] | None = None
 ) -> tuple[str | None, str]:
     """The broker password and where it came from: ``mqtt.password_file`` if set, else the
     systemd credential ``$CREDENTIALS_DIRECTORY/<mqtt.password_credential>`` if present, else
@@ -81,7 +81,7 @@ def read_password(
     return None, "nowhere (no mqtt.password_file, no $CREDENTIALS_DIRECTORY credential)"
 
 
-def make_client(mqtt_cfg: Section, *, client_id: str) -> tuple[mqtt.Client, str]:
+def make_client(mqtt_cfg: MqttSection, *, client_id: str) -> tuple[mqtt.Client, str]:
     """A paho client (VERSION2 callbacks, MQTT 3.1.1) with credentials and TLS set from the
     ``mqtt`` config section; returns it and where the password came from (for messages).
     Raises ConfigError for unreadable password, certificate or key files."""
@@ -153,7 +153,7 @@ class Connection:
 
     def __init__(
         self,
-        cfg: Section,
+        cfg: MqttSection,
         *,
         password_source: str,
         counters: dict[str, int],
@@ -176,7 +176,7 @@ class Connection:
 
     def attach(self, client: mqtt.Client) -> None:
         """Set the reconnect backoff and the connection callbacks on ``client``."""
-        client.reconnect_delay_set(self._first_s, self._longest_s)
+        client.reconnect_delay_set(self._first_s, self._longest_s)  # type: ignore[arg-type]  # paho stubs say int; it waits float seconds
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import paho.mqtt.client as mqtt
 
 from device import __version__
-from device.config import Section
+from device.config import DiscoverySection
 
 if TYPE_CHECKING:
     from device.health import Degradations
@@ -166,7 +166,7 @@ class Discovery:
 
     def __init__(
         self,
-        settings: Section,
+        settings: DiscoverySection,
         *,
         base_topic: str,
         device_id: str,

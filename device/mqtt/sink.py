@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from device.config import Section
+from device.config import MqttSection
 from device.events import Event, SinkBase
 from device.mqtt.connection import Connection, make_client
 from device.mqtt.discovery import Discovery
@@ -63,7 +63,7 @@ class MqttSink(SinkBase):
 
     def __init__(
         self,
-        mqtt: Section,
+        mqtt: MqttSection,
         *,
         device_id: str,
         labels: list[str],

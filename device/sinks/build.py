@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from device.config import Section
+from device.config import Config
 from device.events import Sink
 from device.sinks.clips import ClipSink
 from device.sinks.files import CountsCsvSink, JsonlSink, LogSink, RavenSink, ScoresCsvSink
@@ -34,7 +34,7 @@ class Outputs:
 
 def build_sinks(
     outputs: Outputs,
-    cfg: Section,
+    cfg: Config,
     *,
     labels: list[str],
     low_hz: float,
@@ -75,7 +75,7 @@ def build_sinks(
     return sinks
 
 
-def clip_sink(folder: Path, cfg: Section) -> ClipSink:
+def clip_sink(folder: Path, cfg: Config) -> ClipSink:
     """The clip sink of ``outputs.clips`` and ``service.min_free_mb`` (the whole config)."""
     c = cfg.outputs.clips
     return ClipSink(
