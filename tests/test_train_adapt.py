@@ -1,0 +1,260 @@
+"""Site adaptation (python -m train.adapt): pseudo-label selection, the safeguard, the run it
+writes (which convert takes), and the command line's one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_train_end_to_end import demo_config, tiny_data
+
+from device.config import validate
+from train.adapt_select import PseudoLabels, SelectionParams, agreement, select_pseudo_labels
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def scripted_site(scores_by_file: dict[str, list[float]]) -> tuple[np.ndarray, np.ndarray]:
+    sources = np.array([name for name, s in scores_by_file.items() for _ in s])
+    scores = np.array([v for s in scores_by_file.values() for v in s], np.float64)[:, None]
+    return sources, scores
+
+
+def test_selection_caps_positives_per_recording_and_balances_the_classes():
+    # One recording the model loves (ten windows near 1.0) and four with one call each.
+    sources, scores = scripted_site(
+        {
+            "loud": [0.99] * 10 + [0.01] * 10,
+            **{f"r{k}": [0.95] + [0.02 + 0.01 * k] * 19 for k in range(4)},
+        }
+    )
+    params = SelectionParams(
+        positive_quantile=0.8,
+        negative_quantile=0.5,
+        max_positives_per_recording=2,
+        negatives_per_positive=2.0,
+    )
+    chosen = select_pseudo_labels(
+        low=scores,
+        high=scores,
+        sources=sources,
+        labels=["call"],
+        thresholds={"call": 0.5},
+        params=params,
+        rng=np.random.default_rng(0),
+    )
+    picked = sources[chosen.positives]
+    assert (picked == "loud").sum() == 2 and all((picked == f"r{k}").sum() == 1 for k in range(4))
+    assert len(chosen.negatives) == 2 * len(chosen.positives)
+    assert (scores[chosen.negatives, 0] <= chosen.cuts["call"]["negative"]).all()
+    # Spread over the recordings below the cut (r3's background is above it), in turn:
+    # not all from the quietest one.
+    negative_sources = sources[chosen.negatives].tolist()
+    assert {k: negative_sources.count(k) for k in set(negative_sources)} == dict.fromkeys(
+        ["loud", "r0", "r1", "r2"], 3
+    )
+    assert chosen.y[: len(chosen.positives)].all() and not chosen.y[len(chosen.positives) :].any()
+    assert not set(chosen.positives) & set(chosen.negatives)
+
+
+def test_a_site_without_calls_gives_no_pseudo_positives():
+    # Quantiles alone would call the loudest background a call; the run's threshold does not.
+    sources, scores = scripted_site({f"r{k}": list(np.linspace(0.01, 0.3, 20)) for k in range(5)})
+    chosen = select_pseudo_labels(
+        low=scores,
+        high=scores,
+        sources=sources,
+        labels=["call"],
+        thresholds={"call": 0.6},
+        params=SelectionParams(),
+        rng=np.random.default_rng(0),
+    )
+    assert len(chosen.positives) == 0 and len(chosen.negatives) == 0
+    assert chosen.cuts["call"]["positive"] == 0.6 and chosen.candidates["negatives"] > 0
+
+
+def test_views_must_agree():
+    # Window 0 is high only when not shifted; window 1 is high in every view.
+    views = np.array([[[0.2], [0.9], [0.1]], [[0.95], [0.92], [0.1]], [[0.3], [0.97], [0.7]]])
+    low, high = agreement(views)
+    sources = np.array(["a", "b", "c"])
+    chosen = select_pseudo_labels(
+        low=low,
+        high=high,
+        sources=sources,
+        labels=["call"],
+        thresholds={"call": 0.5},
+        params=SelectionParams(
+            positive_quantile=0.5, negative_quantile=0.4, negatives_per_positive=5
+        ),
+        rng=np.random.default_rng(0),
+    )
+    assert chosen.positives.tolist() == [1]
+    assert 2 not in chosen.negatives  # low unshifted, but one view saw a call
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(positive_quantile=1.0),
+        dict(negative_quantile=0.95),
+        dict(max_positives_per_recording=0),
+        dict(negatives_per_positive=0),
+    ],
+)
+def test_selection_params_are_bounded(bad):
+    with pytest.raises(ValueError):
+        SelectionParams(**bad)
+
+
+# --- end to end on the synthetic data: a tiny model trained on site1, adapted to site2 ---
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from train.core import train_run
+
+    root = tmp_path_factory.mktemp("adapt")
+    data = tiny_data(root / "data", sites=2)
+    values = demo_config(
+        epochs=4,
+        patience=4,
+        split={"test_groups": ["site2"], "validation_by": "file", "validation": 0.3},
+    )
+    run = root / "run"
+    train_run(config=validate(values), data_root=data, out=run, cache_dir=None, log=lambda m: None)
+    site = root / "site2"  # the new site's recordings, without their folders (the labels)
+    site.mkdir()
+    for k, path in enumerate(sorted(data.rglob("site2_*.wav"))):
+        shutil.copy(path, site / f"rec_{k:02d}.wav")
+    return run, site, data
+
+
+@pytest.mark.slow
+def test_adaptation_writes_a_run_that_convert_takes(trained, tmp_path):
+    from train.adapt_core import AdaptSettings, adapt_run
+
+    run, site, data = trained
+    out = tmp_path / "adapted"
+    record = adapt_run(
+        run=run,
+        unlabelled=[site],
+        out=out,
+        settings=AdaptSettings(epochs=2, tolerance=0.2),
+        log=lambda m: None,
+    )
+    info = json.loads((out / "run.json").read_text())
+    a = info["adaptation"]
+    assert a == json.loads(json.dumps(record, default=float))
+    assert a["from_run"] == str(run.resolve()) and a["unlabelled"]["paths"] == [str(site)]
+    assert (
+        len(a["unlabelled"]["files"]) == len(list(site.iterdir())) and a["unlabelled"]["hours"] > 0
+    )
+    assert a["pseudo_labels"]["positives"] > 0 and a["pseudo_labels"]["negatives"] > 0
+    assert a["rounds"][0]["check"]["passed"] and a["rounds"][0]["kept"]
+    assert set(info["thresholds"]) == {"call"} and 0 < info["thresholds"]["call"] < 1
+    # The run itself is untouched; the adapted one is a complete run folder with new weights.
+    assert not (run / "model.json").exists()
+    assert (out / "model.keras").read_bytes() != (run / "model.keras").read_bytes()
+    with np.load(run / "test_windows.npz") as before, np.load(out / "test_windows.npz") as after:
+        np.testing.assert_array_equal(before["x"], after["x"])
+    assert "Site adaptation" in (out / "report.md").read_text()
+
+    converted = subprocess.run(
+        [sys.executable, "-m", "convert", "--int8", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert converted.returncode == 0, converted.stderr[-2000:]
+    bundle = json.loads((out / "model.json").read_text())
+    assert bundle["metrics"]["adaptation"]["pseudo_labels"] == a["pseudo_labels"]
+    assert bundle["metrics"]["adaptation"]["from_run"] == a["from_run"]
+    assert "adapted" in (out / "report.md").read_text().split("Site adaptation")[-1]
+
+
+@pytest.mark.slow
+def test_the_safeguard_refuses_a_model_that_got_worse(trained, tmp_path, monkeypatch):
+    import train.adapt_core as core
+
+    real = core.select_pseudo_labels
+
+    def flipped(**kwargs) -> PseudoLabels:
+        # A constructed case of confirmation bias gone wrong: calls taught as background and
+        # background as calls, learnt fast.
+        chosen = real(**kwargs)
+        return PseudoLabels(
+            positives=chosen.negatives,
+            negatives=chosen.positives,
+            y=np.concatenate(
+                [
+                    np.ones((len(chosen.negatives), 1), np.float32),
+                    np.zeros((len(chosen.positives), 1), np.float32),
+                ]
+            ),
+            cuts=chosen.cuts,
+            candidates=chosen.candidates,
+        )
+
+    monkeypatch.setattr(core, "select_pseudo_labels", flipped)
+    run, site, _ = trained
+    out = tmp_path / "adapted"
+    with pytest.raises(core.AdaptRefused, match="worse on the run's validation split"):
+        core.adapt_run(
+            run=run,
+            unlabelled=[site],
+            out=out,
+            settings=core.AdaptSettings(
+                epochs=4, learning_rate_scale=1.0, pseudo_share=0.9, tolerance=0.0
+            ),
+            log=lambda m: None,
+        )
+    assert not out.exists()
+
+
+def _adapt(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "train.adapt", *args], capture_output=True, text=True, cwd=ROOT
+    )
+
+
+def test_command_line_bad_input_exits_2_with_one_line(tmp_path, tone_bundle):
+    site = tmp_path / "site"
+    site.mkdir()
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("model.keras", "run.json", "config.resolved.yaml", "split.csv", "calibration.npy"):
+        (run / name).write_text("")
+    cases = [
+        (["--run", str(tmp_path / "nowhere"), "--unlabelled", str(site)], "nowhere"),
+        (["--run", str(tone_bundle), "--unlabelled", str(site)], "without its run folder"),
+        (["--run", str(run), "--unlabelled", str(site)], "test_windows.npz: missing"),
+        (["--run", str(run), "--unlabelled", str(site), "--pseudo-share", "1.5"], "pseudo_share"),
+        (["--run", str(run), "--unlabelled", str(site), "--positive-quantile", "0.3"], "quantile"),
+        (["--run", str(run), "--unlabelled", str(site), "--rounds", "5"], "rounds"),
+    ]
+    for args, expected in cases:
+        result = _adapt(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.strip().count("\n") == 0 and expected in result.stderr, (
+            args,
+            result.stderr,
+        )
+        assert "Traceback" not in result.stderr
+    (run / "test_windows.npz").write_text("")
+    for args, expected in [
+        (["--run", str(run), "--unlabelled", str(tmp_path / "no_audio_here")], "no_audio_here"),
+        (["--run", str(run), "--unlabelled", str(site)], "no audio files"),
+    ]:
+        result = _adapt(*args)
+        assert (
+            result.returncode == 2
+            and result.stderr.strip().count("\n") == 0
+            and expected in result.stderr
+        )
+    assert not (tmp_path / "run-adapted").exists()

@@ -1,0 +1,245 @@
+"""The adapted run folder: thresholds recalibrated, test figures, and the files convert reads.
+
+The folder has the run folder contract of :mod:`train.core` (``model.keras``, ``run.json``,
+``calibration.npy``, ``test_windows.npz``, ``split.csv``, ``config.resolved.yaml``,
+``metrics.json``, ``report.md``), so ``python -m convert --int8`` takes it as it takes a
+trained run. run.json is the source run's, with the new thresholds, event rule and test
+figures, and an ``adaptation`` record; convert carries that record into model.json's metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from device.config import Section
+from train.evaluate import clip_level, metrics_by_label
+from train.windows import WindowSet
+
+Scorer = Callable[[np.ndarray], np.ndarray]
+COPIED = ("config.resolved.yaml", "split.csv", "test_windows.npz")
+
+
+def recalibrate(
+    *,
+    config: Section,
+    model,
+    prepared,
+    validation: WindowSet,
+    recordings: list,
+    run_info: dict,
+    log: Callable[[str], None],
+) -> tuple[dict[str, float], dict | None, dict | None]:
+    """(thresholds, events, calibration record) of the adapted model: calibrated on the run's
+    validation split by ``train.calibration`` as training does; the run's own when it has no
+    validation split (a final model)."""
+    from device.detector import detector_params
+    from train.core import calibrate_events, calibrate_thresholds
+    from train.evaluate import timeline_scores
+    from train.fit import predict_probabilities
+
+    cfg = config.train
+    labels = list(cfg.labels)
+    if not recordings:
+        log(
+            "no validation split: thresholds and event rule kept from the run (recalibrate them on the site's "
+            "background with python -m train.recalibrate)"
+        )
+        return dict(run_info["thresholds"]), run_info.get("events"), run_info.get("calibration")
+    window_s, hop_s = float(cfg.window_s), float(config.detection.hop_s)
+    timelines = {
+        r.name: timeline_scores(
+            lambda x: predict_probabilities(model, x),
+            prepared.inputs_of(r.name),
+            params=prepared.params,
+            window_s=window_s,
+            hop_s=hop_s,
+            duration_s=r.duration_s,
+        )
+        for r in recordings
+        if cfg.calibration.method == "false_alarms" or r.kind == "selections"
+    }
+    untrimmed = detector_params(
+        labels=tuple(labels),
+        bundle_thresholds=dict.fromkeys(labels, 0.5),
+        detection=config.detection,
+    )
+    thresholds = calibrate_thresholds(
+        cfg=cfg,
+        labels=labels,
+        y=validation.y,
+        scores=predict_probabilities(model, validation.x),
+        timelines=timelines,
+        recordings=recordings,
+        window_s=window_s,
+        hop_s=hop_s,
+        detection=untrimmed,
+    )
+    values = {label: t.value for label, t in thresholds.items()}
+    for label, t in thresholds.items():
+        log(
+            f"threshold {label}: {run_info['thresholds'][label]:.4f} -> {t.value:.4f} ({t.method}, {t.achieved})"
+        )
+    _, events = calibrate_events(
+        detection=config.detection,
+        labels=labels,
+        thresholds=values,
+        timelines=timelines,
+        recordings=recordings,
+        window_s=window_s,
+        hop_s=hop_s,
+        log=log,
+    )
+    calibration = {
+        **run_info.get("calibration", {}),
+        "labels": {k: t.to_dict() for k, t in thresholds.items()},
+    }
+    return values, events, calibration
+
+
+def test_metrics(
+    *,
+    run: Path,
+    prepared,
+    labels: list[str],
+    thresholds: dict[str, float],
+    scores: dict[str, Scorer],
+) -> dict:
+    """The run's test split (test_windows.npz) scored by each of ``scores`` ("before", "after"):
+    the adapted model's metrics (window and clip level) and every label's ROC-AUC before and after."""
+    with np.load(run / "test_windows.npz") as data:
+        x, y, source, start_s = data["x"], data["y"], data["source"].astype(str), data["start_s"]
+    kinds = {r.name: r.kind for r in prepared.inventory.recordings}
+    windows = WindowSet(
+        x, y, source, start_s, np.array([kinds.get(s, "background") for s in source], dtype=str)
+    )
+    out: dict = {"before_after": {"windows": int(len(y))}}
+    for when, scorer in scores.items():
+        p = scorer(x)
+        metrics = {"float": metrics_by_label(y, p, labels, thresholds)}
+        names, clip_y, clip_scores = clip_level(windows, p)
+        if names:
+            metrics["clip"] = metrics_by_label(clip_y, clip_scores, labels, thresholds)
+        for level, per_label in metrics.items():
+            for label, m in per_label.items():
+                out["before_after"].setdefault(label, {})[f"{level}_roc_auc_{when}"] = m["roc_auc"]
+        if when == "after":
+            out["metrics"] = metrics
+    return out
+
+
+def write_adapted_run(
+    *,
+    run: Path,
+    out: Path,
+    model,
+    run_info: dict,
+    record: dict,
+    thresholds: dict[str, float],
+    events: dict | None,
+    calibration: dict | None,
+    metrics: dict,
+    site,
+    windows: int,
+) -> None:
+    """Write the adapted run folder ``out`` (see the module docstring)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in COPIED:
+        shutil.copy2(run / name, out / name)
+    model.save(out / "model.keras")
+    # int8 ranges from the run's training windows, a quarter of them replaced by the site's own.
+    original = np.load(run / "calibration.npy")
+    n_site = min(len(site), max(1, windows // 4))
+    rows = np.random.default_rng(0).choice(len(site), size=n_site, replace=False)
+    np.save(
+        out / "calibration.npy",
+        np.concatenate(
+            [original[: max(1, windows - n_site)], site.model_inputs(np.sort(rows))]
+        ).astype(np.float32),
+    )
+    info = dict(run_info)
+    info["thresholds"] = thresholds
+    if events is not None:
+        info["events"] = events
+    if calibration is not None:
+        info["calibration"] = calibration
+    info["metrics"] = {"float": metrics["float"]}
+    info["title"] = (
+        f"{run_info.get('title', run.name)}, adapted to {len(site.files)} unlabelled recordings"
+    )
+    info["adaptation"] = record
+    (out / "run.json").write_text(json.dumps(info, indent=2, default=float) + "\n")
+    (out / "metrics.json").write_text(
+        json.dumps(
+            {
+                "title": info["title"],
+                "labels": run_info["labels"],
+                "thresholds": thresholds,
+                "metrics": metrics,
+                "adaptation": record,
+            },
+            indent=2,
+            default=float,
+        )
+        + "\n"
+    )
+    (out / "report.md").write_text(report_text(info, metrics))
+
+
+def report_text(info: dict, metrics: dict) -> str:
+    """report.md of an adapted run: what it was adapted from and on, the check, the test figures."""
+    a = info["adaptation"]
+    lines = [
+        f"# {info['title']}",
+        "",
+        "## Site adaptation",
+        "",
+        f"- Adapted from `{a['from_run']}` (model.keras sha256 {a['from_model_sha256'][:12]}...).",
+        f"- Unlabelled audio: {len(a['unlabelled']['files'])} recordings, {a['unlabelled']['hours']:.2f} h, "
+        f"{a['unlabelled']['windows']} windows every {a['unlabelled']['hop_s']} s "
+        f"({', '.join(a['unlabelled']['paths'])}).",
+        f"- Pseudo-labels kept: {a['pseudo_labels']['positives']} calls, {a['pseudo_labels']['negatives']} "
+        "background windows.",
+        f"- Checked on {a['checked_on']}, tolerance {a['settings']['tolerance']}:",
+        "",
+    ]
+    lines += [
+        "| round | calls | background | label | ROC-AUC before -> after | PR-AUC before -> after | kept |",
+        "|---|---:|---:|---|---|---|---|",
+    ]
+    for r in a["rounds"]:
+        for label, v in r["check"]["labels"].items():
+            lines.append(
+                f"| {r['round']} | {r['pseudo_labels']['positives']} | {r['pseudo_labels']['negatives']} | "
+                f"{label} | {v['roc_auc_before']:.3f} -> {v['roc_auc_after']:.3f} | "
+                f"{v['pr_auc_before']:.3f} -> {v['pr_auc_after']:.3f} | {'yes' if r['kept'] else 'no'} |"
+            )
+    lines += [
+        "",
+        "## Test split (the run's test_windows.npz)",
+        "",
+        "| label | level | ROC-AUC before | ROC-AUC after | threshold | precision | recall |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for level, per_label in metrics.items():
+        for label, m in per_label.items():
+            before = a["test_split"].get(label, {}).get(f"{level}_roc_auc_before")
+            lines.append(
+                f"| {label} | {'window' if level == 'float' else level} | {_fmt(before)} | "
+                f"{_fmt(m['roc_auc'])} | {m['threshold']:.4f} | {_fmt(m['precision'])} | {_fmt(m['recall'])} |"
+            )
+    lines += [
+        "",
+        "If the test split is not the new site, these figures say what the adaptation cost elsewhere, "
+        "not what it gained there.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
