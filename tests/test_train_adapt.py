@@ -164,6 +164,8 @@ def test_adaptation_writes_a_run_that_convert_takes(trained, tmp_path):
     with np.load(run / "test_windows.npz") as before, np.load(out / "test_windows.npz") as after:
         np.testing.assert_array_equal(before["x"], after["x"])
     assert "Site adaptation" in (out / "report.md").read_text()
+    rows = (out / "pseudo_labels.csv").read_text().splitlines()
+    assert len(rows) == 1 + a["pseudo_labels"]["positives"] + a["pseudo_labels"]["negatives"]
 
     converted = subprocess.run(
         [sys.executable, "-m", "convert", "--int8", str(out)],

@@ -234,6 +234,7 @@ def adapt_run(
     before = predict_probabilities(original, validation.x)
     thresholds = {label: float(run_info["thresholds"][label]) for label in labels}
     rounds: list[dict] = []
+    chosen_rows: list[list] = []  # pseudo_labels.csv: what each round took, to listen to
     kept = None
     learning_rate = cfg.learning_rate * settings.learning_rate_scale
     for round_ in range(1, settings.rounds + 1):
@@ -248,6 +249,18 @@ def adapt_run(
             rng=np.random.default_rng([cfg.seed, 23, round_]),
         )
         chosen = pseudo.to_dict(site.sources)
+        for k, row in enumerate(pseudo.indices):
+            called = [label for i, label in enumerate(labels) if pseudo.y[k, i]]
+            chosen_rows.append(
+                [
+                    round_,
+                    str(site.sources[row]),
+                    f"{site.start_s[row]:.3f}",
+                    " ".join(called),
+                    " ".join(f"{v:.4f}" for v in low[row]),
+                    " ".join(f"{v:.4f}" for v in high[row]),
+                ]
+            )
         log(
             f"round {round_}: pseudo-labels {chosen['positives']} calls (from {chosen['recordings_with_positives']} "
             f"recordings) and {chosen['negatives']} background windows; cuts "
@@ -353,6 +366,7 @@ def adapt_run(
         "command": command,
     }
     write_adapted_run(
+        pseudo_rows=chosen_rows,
         run=run,
         out=out,
         model=model,

@@ -2,13 +2,14 @@
 
 The folder has the run folder contract of :mod:`train.core` (``model.keras``, ``run.json``,
 ``calibration.npy``, ``test_windows.npz``, ``split.csv``, ``config.resolved.yaml``,
-``metrics.json``, ``report.md``), so ``python -m convert --int8`` takes it as it takes a
+``metrics.json``, ``report.md``, plus ``pseudo_labels.csv``), so ``python -m convert --int8`` takes it as it takes a
 trained run. run.json is the source run's, with the new thresholds, event rule and test
 figures, and an ``adaptation`` record; convert carries that record into model.json's metrics.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from collections.abc import Callable
@@ -22,6 +23,9 @@ from train.windows import WindowSet
 
 Scorer = Callable[[np.ndarray], np.ndarray]
 COPIED = ("config.resolved.yaml", "split.csv", "test_windows.npz")
+PSEUDO_LABELS = "pseudo_labels.csv"
+"""Every window a round took as a pseudo-label: round, file, start_s, labels (empty for
+background), the lowest and highest score over its views."""
 
 
 def recalibrate(
@@ -145,9 +149,16 @@ def write_adapted_run(
     metrics: dict,
     site,
     windows: int,
+    pseudo_rows: list[list],
 ) -> None:
     """Write the adapted run folder ``out`` (see the module docstring)."""
     out.mkdir(parents=True, exist_ok=True)
+    with open(out / PSEUDO_LABELS, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["round", "file", "start_s", "labels", "lowest_view_score", "highest_view_score"]
+        )
+        writer.writerows(pseudo_rows)
     for name in COPIED:
         shutil.copy2(run / name, out / name)
     model.save(out / "model.keras")
@@ -203,7 +214,7 @@ def report_text(info: dict, metrics: dict) -> str:
         f"{a['unlabelled']['windows']} windows every {a['unlabelled']['hop_s']} s "
         f"({', '.join(a['unlabelled']['paths'])}).",
         f"- Pseudo-labels kept: {a['pseudo_labels']['positives']} calls, {a['pseudo_labels']['negatives']} "
-        "background windows.",
+        "background windows (each listed in pseudo_labels.csv, to listen to).",
         f"- Checked on {a['checked_on']}, tolerance {a['settings']['tolerance']}:",
         "",
     ]
