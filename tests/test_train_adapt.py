@@ -260,3 +260,87 @@ def test_command_line_bad_input_exits_2_with_one_line(tmp_path, tone_bundle):
             and expected in result.stderr
         )
     assert not (tmp_path / "run-adapted").exists()
+
+
+# --- the optional teacher: one more view that must agree ---
+
+
+def test_teacher_is_one_more_view_and_its_mistakes_are_one_line(tmp_path):
+    from device.features import FeatureParams
+    from train.adapt_site import SiteWindows
+    from train.adapt_teacher import TeacherError, load_teacher, teacher_view
+
+    module = tmp_path / "my_teacher.py"
+    module.write_text(
+        "import numpy as np\n"
+        "def score(path, starts_s, window_s, labels):\n"
+        "    return np.full((len(starts_s), len(labels)), 0.25 if path.name == 'a.wav' else 0.75)\n"
+        "def wrong(path, starts_s, window_s, labels):\n"
+        "    return np.ones((len(starts_s) + 1, len(labels)))\n"
+    )
+    site = SiteWindows(
+        files=[Path("a.wav"), Path("b.wav")],
+        features=[np.zeros((10, 40), np.float32)] * 2,
+        file_index=np.array([0, 0, 1]),
+        start_s=np.array([0.0, 0.5, 0.0]),
+        params=FeatureParams(),
+        window_s=3.0,
+        hop_s=0.5,
+        skipped=[],
+    )
+    scores = teacher_view(load_teacher(f"{module}:score"), site, ["call"])
+    assert scores[:, 0].tolist() == [0.25, 0.25, 0.75]
+    with pytest.raises(TeacherError, match=r"expected \(2, 1\)"):
+        teacher_view(load_teacher(f"{module}:wrong"), site, ["call"])
+    for spec, expected in [
+        (f"{module}:absent", "no function 'absent'"),
+        ("no_such_teacher_module:score", "cannot import"),
+        (str(tmp_path / "none.py") + ":score", "no such Python file"),
+        ("score", "MODULE:FUNCTION"),
+    ]:
+        with pytest.raises(TeacherError, match=expected):
+            load_teacher(spec)
+
+
+def test_command_line_rejects_a_teacher_it_cannot_load(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in (
+        "model.keras",
+        "run.json",
+        "config.resolved.yaml",
+        "split.csv",
+        "calibration.npy",
+        "test_windows.npz",
+    ):
+        (run / name).write_text("")
+    result = _adapt(
+        "--run",
+        str(run),
+        "--unlabelled",
+        str(tmp_path),
+        "--teacher",
+        "no_such_teacher_module:score",
+    )
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert (
+        "cannot import no_such_teacher_module" in result.stderr and "Traceback" not in result.stderr
+    )
+
+
+@pytest.mark.slow
+def test_a_teacher_that_hears_no_call_vetoes_every_pseudo_call(trained, tmp_path):
+    from train.adapt_core import AdaptRefused, adapt_run
+
+    run, site, _ = trained
+
+    def silent(path, starts_s, window_s, labels):
+        return np.zeros((len(starts_s), len(labels)))
+
+    with pytest.raises(
+        AdaptRefused, match="no window of the unlabelled audio scored as a confident call"
+    ):
+        adapt_run(
+            run=run, unlabelled=[site], out=tmp_path / "adapted", teacher=silent, log=lambda m: None
+        )
+    assert not (tmp_path / "adapted").exists()

@@ -3,7 +3,7 @@
     python -m train.adapt --run RUN_OR_BUNDLE --unlabelled PATH... [--out NEW_RUN] [--data-root DIR]
                           [--rounds N] [--epochs N] [--learning-rate-scale X] [--pseudo-share X]
                           [--positive-quantile Q] [--negative-quantile Q]
-                          [--max-positives-per-recording N] [--tolerance X]
+                          [--max-positives-per-recording N] [--tolerance X] [--teacher MODULE:FUNCTION]
 
 Self-training: the run's model scores an hour or more of the new site's recordings; its
 confident calls and the site's own background become pseudo-labels; the model is fine-tuned on
@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="X",
         help="refuse the adapted model when validation ROC-AUC or PR-AUC drops by more",
     )
+    parser.add_argument(
+        "--teacher",
+        metavar="MODULE:FUNCTION",
+        help="optional scorer you supply (a module or path/to/file.py and a function, see "
+        "train.adapt_teacher) that must agree with every pseudo-label",
+    )
     parser.add_argument("--version", action="version", version=f"callwatch {__version__}")
     return parser
 
@@ -120,6 +126,7 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from train.adapt_core import AdaptError, AdaptRefused, AdaptSettings, resolve_run
     from train.adapt_select import SelectionParams
+    from train.adapt_teacher import TeacherError, load_teacher
 
     try:
         settings = AdaptSettings(
@@ -135,6 +142,7 @@ def _main(argv: list[str] | None) -> int:
             tolerance=args.tolerance,
         )
         resolve_run(Path(args.run))  # one line before TensorFlow's start-up
+        teacher = load_teacher(args.teacher) if args.teacher else None
         missing = [p for p in args.unlabelled if not Path(p).exists()]
         if missing:
             raise AdaptError(f"{missing[0]}: no such file or folder (--unlabelled)")
@@ -142,7 +150,7 @@ def _main(argv: list[str] | None) -> int:
             raise AdaptError(
                 f"{', '.join(args.unlabelled)}: no audio files to adapt on (--unlabelled)"
             )
-    except (ValueError, AdaptError) as exc:
+    except (ValueError, AdaptError, TeacherError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from train.adapt_core import adapt_run
@@ -160,6 +168,7 @@ def _main(argv: list[str] | None) -> int:
             out=Path(args.out) if args.out else None,
             settings=settings,
             data_root=Path(args.data_root) if args.data_root else None,
+            teacher=teacher,
             command=command,
             log=log,
         )

@@ -36,6 +36,7 @@ from device.audio import find_audio_files
 from device.config import ConfigError, load_config
 from train.adapt_select import SelectionParams, agreement, select_pseudo_labels
 from train.adapt_site import read_site
+from train.adapt_teacher import Teacher, TeacherError, teacher_view
 from train.adapt_tune import fine_tune, validation_check
 from train.windows import WindowSet
 
@@ -118,6 +119,7 @@ def adapt_run(
     out: Path | None = None,
     settings: AdaptSettings | None = None,
     data_root: Path | None = None,
+    teacher: Teacher | None = None,
     command: str = "",
     log: Log = print,
 ) -> dict:
@@ -233,12 +235,22 @@ def adapt_run(
 
     before = predict_probabilities(original, validation.x)
     thresholds = {label: float(run_info["thresholds"][label]) for label in labels}
+    teacher_scores = None
+    if teacher is not None:  # one more view, fixed across rounds (train.adapt_teacher)
+        try:
+            teacher_scores = teacher_view(teacher, site, labels)[None]
+        except TeacherError as exc:
+            raise AdaptError(str(exc)) from None
+        log(f"teacher {getattr(teacher, '__name__', teacher)}: scored {len(site)} windows")
     rounds: list[dict] = []
     chosen_rows: list[list] = []  # pseudo_labels.csv: what each round took, to listen to
     kept = None
     learning_rate = cfg.learning_rate * settings.learning_rate_scale
     for round_ in range(1, settings.rounds + 1):
-        low, high = agreement(site.score_views(predict))
+        views = site.score_views(predict)
+        low, high = agreement(
+            views if teacher_scores is None else np.concatenate([views, teacher_scores])
+        )
         pseudo = select_pseudo_labels(
             low=low,
             high=high,
@@ -355,6 +367,7 @@ def adapt_run(
             "negatives": sum(r["pseudo_labels"]["negatives"] for r in rounds if r["kept"]),
         },
         "rounds": rounds,
+        "teacher": None if teacher is None else getattr(teacher, "__name__", str(teacher)),
         "checked_on": checked_on,
         "settings": {
             **asdict(settings),
