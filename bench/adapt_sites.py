@@ -1,0 +1,194 @@
+"""Site adaptation from unlabelled audio (issue 17), on the two Bobwhite sites, at three seeds.
+
+For each seed (1234, 7, 42) and each direction: train ``examples/bobwhite.yaml`` on one site
+with the other as its test split (``train.split.test_groups``; the same model as that
+direction's leave-one-site-out fold, with cross-validation and ``final`` off), then adapt it with
+``python -m train.adapt`` on the other site's clips WITHOUT their labels (symbolic links named
+``clip_NNN.wav`` in a shuffled order: neither the presence/absence folder nor the file name
+reaches the command), and score that site's clips with the adapted model exactly as the run
+scored them (its test_windows.npz: windows every 0.5 s, a clip's score the max over them).
+Variants: one round (the defaults) and ``--rounds 2``. The pseudo-labels' precision is counted
+afterwards against the clips' folders (a pseudo-call from a presence clip counts as true).
+
+Runs live in ``runs/adapt-bench/`` (made when missing, reused when present: several hours of
+training on a loaded 2-core machine; one training about 4 minutes, one adaptation 3-4).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from bench import preamble
+
+NAME = "adapt_sites"
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+RUNS = REPO / "runs" / "adapt-bench"
+SEEDS = (1234, 7, 42)
+SITES = ("WLFW_AL", "DiLane")
+VARIANTS = {"adapt": [], "r2": ["--rounds", "2"]}
+"""Adapted run prefix -> extra arguments of python -m train.adapt."""
+_THREAD_LIMITS = (
+    "OPENBLAS_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
+)
+
+
+def _config(site: str, seed: int) -> Path:
+    """examples/bobwhite.yaml with ``site`` as the test split, one model, the given seed."""
+    text = (REPO / "examples" / "bobwhite.yaml").read_text()
+    for old, new in (
+        ("test_groups: [WLFW_AL]", f"test_groups: [{site}]"),
+        ("leave_one_group_out: true", "leave_one_group_out: false"),
+        ("final: true", "final: false"),
+        (
+            "  name: bobwhite",
+            f"  name: bw-{site}-{seed}\n  seed: {seed}\n  cache_dir: {REPO / 'runs' / '.cache'}",
+        ),
+    ):
+        if old not in text:
+            raise ValueError(f"examples/bobwhite.yaml no longer has {old!r}")
+        text = text.replace(old, new)
+    path = RUNS / f"bw-{site}-{seed}.yaml"
+    path.write_text(text)
+    return path
+
+
+def _site_folder(site: str) -> Path:
+    """The site's clips as shuffled, anonymous links (the unlabelled audio)."""
+    folder = RUNS / f"site-{site}"
+    if not folder.is_dir():
+        folder.mkdir(parents=True)
+        clips = sorted(str(p) for p in (DATA / "bobwhite").glob(f"*/{site}_*.wav"))
+        random.Random(0).shuffle(clips)
+        for i, clip in enumerate(clips):
+            (folder / f"clip_{i:03d}.wav").symlink_to(clip)
+    return folder
+
+
+def _python(*args: str, log: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in _THREAD_LIMITS}
+    with open(log, "w") as f:
+        subprocess.run(
+            [sys.executable, *args], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT
+        )
+
+
+def _base(site: str, seed: int) -> float | None:
+    run = RUNS / f"base-{site}-{seed}"
+    if not (run / "metrics.json").is_file():
+        _python(
+            "-m",
+            "train",
+            "--config",
+            str(_config(site, seed)),
+            "--data-root",
+            str(DATA),
+            "--out",
+            str(run),
+            log=run.with_suffix(".log"),
+        )
+    if not (run / "metrics.json").is_file():
+        return None
+    return json.loads((run / "metrics.json").read_text())["metrics"]["clip"]["bobwhite"]["roc_auc"]
+
+
+def _adapted(prefix: str, site: str, seed: int) -> tuple[float | None, str]:
+    """(clip ROC-AUC of the adapted model on the site, a note on its pseudo-labels)."""
+    run = RUNS / f"{prefix}-{site}-{seed}"
+    if not (run / "run.json").is_file():
+        _python(
+            "-m",
+            "train.adapt",
+            "--run",
+            str(RUNS / f"base-{site}-{seed}"),
+            "--unlabelled",
+            str(_site_folder(site)),
+            "--out",
+            str(run),
+            *VARIANTS[prefix],
+            log=run.with_suffix(".log"),
+        )
+    if not (run / "run.json").is_file():
+        lines = (
+            run.with_suffix(".log").read_text().strip().splitlines()
+            if run.with_suffix(".log").is_file()
+            else []
+        )
+        return None, f"seed {seed}: no adapted model ({lines[-1] if lines else 'no log'})"
+    a = json.loads((run / "run.json").read_text())["adaptation"]
+    rows = list(csv.DictReader(open(run / "pseudo_labels.csv")))
+    kept = {r["round"] for r in a["rounds"] if r["kept"]}
+    rows = [r for r in rows if int(r["round"]) in {int(k) for k in kept}]
+
+    def called(r: dict) -> bool:
+        return "Presence" in os.path.realpath(r["file"])
+
+    calls = [r for r in rows if r["labels"]]
+    background = [r for r in rows if not r["labels"]]
+    check = a["rounds"][-1]["check"]["labels"]["bobwhite"]
+    note = (
+        f"seed {seed}: {len(kept)} round(s) kept; pseudo-calls {sum(map(called, calls))}/{len(calls)} from "
+        f"presence clips, background {sum(not called(r) for r in background)}/{len(background)} from absence "
+        f"clips; validation ROC-AUC {check['roc_auc_before']:.3f} -> {check['roc_auc_after']:.3f}"
+    )
+    return a["test_split"]["bobwhite"]["clip_roc_auc_after"], note
+
+
+def _row(name: str, site: str, values: list[float | None]) -> str:
+    cells = " | ".join("-" if v is None else f"{v:.3f}" for v in values)
+    done = [v for v in values if v is not None]
+    spread = f"{statistics.mean(done):.3f} ± {statistics.stdev(done):.3f}" if len(done) > 1 else "-"
+    return f"| {name} | {site} | {cells} | {spread} |"
+
+
+def run() -> str:
+    lines = [
+        "## Site adaptation from unlabelled audio (issue 17)",
+        "",
+        preamble(NAME),
+        __doc__.split("\n\n")[1],
+        "",
+    ]
+    if not DATA.is_dir():
+        return "\n".join(lines + ["Skipped: ../shared/data is not present."]) + "\n"
+    RUNS.mkdir(parents=True, exist_ok=True)
+    table = [
+        "| model | held out (adapted to) | seed 1234 | seed 7 | seed 42 | mean ± sd |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    notes = []
+    for site in SITES:
+        table.append(
+            _row("trained on the other site (no adaptation)", site, [_base(site, s) for s in SEEDS])
+        )
+    for prefix, extra in VARIANTS.items():
+        for site in SITES:
+            results = [_adapted(prefix, site, s) for s in SEEDS]
+            name = "adapted, " + (" ".join(extra) or "defaults (one round)")
+            table.append(_row(name, site, [v for v, _ in results]))
+            notes += [f"- {name}, {site}: {note}" for _, note in results]
+    commands = [
+        "Commands (per seed and site; runs/adapt-bench/):",
+        "",
+        "```",
+        "python -m train --config runs/adapt-bench/bw-<site>-<seed>.yaml --data-root ../shared/data "
+        "--out runs/adapt-bench/base-<site>-<seed>",
+        "python -m train.adapt --run runs/adapt-bench/base-<site>-<seed> --unlabelled "
+        "runs/adapt-bench/site-<site> --out runs/adapt-bench/adapt-<site>-<seed> [--rounds 2]",
+        "```",
+    ]
+    return "\n".join(lines + table + [""] + notes + [""] + commands) + "\n"
