@@ -139,9 +139,11 @@ def _adapted(prefix: str, site: str, seed: int) -> tuple[float | None, str]:
 
     calls = [r for r in rows if r["labels"]]
     background = [r for r in rows if not r["labels"]]
-    check = a["rounds"][-1]["check"]["labels"]["bobwhite"]
+    check = [r for r in a["rounds"] if r["kept"]][-1]["check"]["labels"]["bobwhite"]
+    refused = [r["round"] for r in a["rounds"] if not r["kept"]]
+    dropped = f" (round {refused[0]} refused by the check)" if refused else ""
     note = (
-        f"seed {seed}: {len(kept)} round(s) kept; pseudo-calls {sum(map(called, calls))}/{len(calls)} from "
+        f"seed {seed}: {len(kept)} round(s) kept{dropped}; pseudo-calls {sum(map(called, calls))}/{len(calls)} from "
         f"presence clips, background {sum(not called(r) for r in background)}/{len(background)} from absence "
         f"clips; validation ROC-AUC {check['roc_auc_before']:.3f} -> {check['roc_auc_after']:.3f}"
     )
