@@ -3,7 +3,7 @@
 :func:`adapt_run` is what ``python -m train.adapt`` calls (tests call it directly):
 
 1. read the run folder (``model.keras``, ``run.json``, ``config.resolved.yaml``, ``split.csv``)
-   and the datasets it was trained on (its training and validation recordings, from the cache);
+   and its datasets (training and validation recordings; hard negatives are not re-added);
 2. tile the new site's recordings into windows every ``hop_s`` and score each in three views
    (:mod:`train.adapt_site`);
 3. choose pseudo-labels: confident calls and the site's own background, by quantiles, agreement,
