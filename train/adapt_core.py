@@ -181,9 +181,7 @@ def adapt_run(
         window_s=window_s,
         shift_s=cfg.augment.time_shift_s,
         negatives_per_minute=[
-            cfg.negatives_per_minute
-            if dataset_rate.get(r.dataset) is None
-            else dataset_rate[r.dataset]
+            cfg.negatives_per_minute if (rate := dataset_rate.get(r.dataset)) is None else rate
             for r in parts["train"]
         ],
         max_positive_ratio=cfg.max_positive_ratio,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from device.config import Section
+from device.config import Config
 from train.adapt_select import PseudoLabels
 from train.adapt_site import SiteWindows
 
@@ -49,7 +49,7 @@ def fine_tune(
     sampler,
     site: SiteWindows,
     pseudo: PseudoLabels,
-    config: Section,
+    config: Config,
     epochs: int,
     learning_rate: float,
     pseudo_share: float,
@@ -61,7 +61,7 @@ def fine_tune(
     replacement (``pseudo_share`` of the epoch), all augmented as training augments."""
     import keras
 
-    from train.augment import AugmentParams, augment
+    from train.augment import augment
     from train.frontend import window_inputs
 
     cfg = config.train
@@ -71,7 +71,7 @@ def fine_tune(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.BinaryCrossentropy(from_logits=True),
     )
-    augment_params = AugmentParams.from_config(cfg.augment)
+    augment_params = cfg.augment
     for epoch in range(1, epochs + 1):
         rng = np.random.default_rng([cfg.seed, 17, round_, epoch])
         x, y = sampler.epoch(rng)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device.config import Section
+from device.config import Config
 from train.evaluate import clip_level, metrics_by_label
 from train.windows import WindowSet
 
@@ -30,7 +30,7 @@ background), the lowest and highest score over its views."""
 
 def recalibrate(
     *,
-    config: Section,
+    config: Config,
     model,
     prepared,
     validation: WindowSet,
