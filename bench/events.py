@@ -9,11 +9,9 @@
   scores (the replay's scores CSV) under the other extent rules, through the device's own
   detector, show what the extent rule changes.
 - Onset latency on the live PulseAudio path: see :func:`onset_latency`.
-- Capuchinbird folds (``runs/capuchin`` trained with ``--folds 5``): each recording scored by
-  the fold model that never heard it (float Keras, windows every hop); 3 s chunk F1 and the
-  per-recording count correlation from the window scores on the chunk grid and from the events
-  (a chunk is positive when events cover at least 1 s of it). Each fold's extent is calibrated
-  on its own validation recordings, as training does.
+- The same with the frame-output demo model ``runs/demo_frames`` (``examples/demo_frames.yaml``:
+  ``pooling: time``, events by the frames rule from the stitched frame scores).
+- Capuchinbird folds (``runs/capuchin`` trained with ``--folds 5``): :mod:`bench.events_capuchin`.
 """
 
 from __future__ import annotations
@@ -32,17 +30,19 @@ import uuid
 from pathlib import Path
 
 from bench import preamble
+from bench.events_capuchin import capuchin_rows
+from bench.events_cost import cost_rows
 
 NAME = "events"
 REPO = Path(__file__).resolve().parents[1]
 DEMO_RUN = REPO / "runs/demo"
 DEMO_SOUNDSCAPE = REPO / "demo/replay/demo_soundscape.wav"
+DEMO_FRAMES_RUN = REPO / "runs/demo_frames"
 CAPUCHIN_RUN = REPO / "runs/capuchin"
 HOP_S = 0.5
 SYNTH_FILES, SYNTH_SECONDS, SYNTH_SEED = 20, 60.0, 2026
 GAPS_S = (0.3, 5.0)
 MIN_IOU = 0.3
-CHUNK_S, CHUNK_COVER_S = 3.0, 1.0
 
 
 def synth_set(folder: Path) -> list[Path]:
@@ -160,23 +160,44 @@ def rule_events(rows: list[dict], bundle, *, label: str, trims: tuple[float, flo
     return out
 
 
+def demo_rules(run: Path) -> list[tuple[str, tuple[float, float] | None]]:
+    """(row name, trims or None for what the daemon wrote) of the demo rows for ``run``."""
+    from device.bundle import load_bundle
+
+    bundle = load_bundle(run)
+    label = bundle.labels[0]
+    name = run.relative_to(REPO)
+    if bundle.frame_rule:
+        return [(f"`{name}`, as shipped: frames rule, frame threshold {bundle.event_thresholds()[label]:.2f}, "
+                 f"{bundle.frames['step_s']:.2f} s steps stitched on {bundle.frame_layout(HOP_S).cell_s:.2f} s cells",
+                 None)]
+    shipped = bundle.extent_trims(HOP_S)[label]
+    centre = ((bundle.window_s - HOP_S) / 2,) * 2
+    return [(f"`{name}`, as shipped: {bundle.events.get('extent', {}).get(label, {}).get('rule', 'centre')}"
+             f" {shipped[0]:.2f} / {shipped[1]:.2f} s", None),
+            ("windows' span (before: no trim)", (0.0, 0.0)),
+            (f"centre rule {centre[0]:.2f} / {centre[1]:.2f} s", centre)]
+
+
 def localisation_rows() -> list[str]:
     from device.bundle import load_bundle
 
-    if not (DEMO_RUN / "model.json").is_file() or not DEMO_SOUNDSCAPE.is_file():
-        return [f"(not measured: needs {DEMO_RUN.relative_to(REPO)} and {DEMO_SOUNDSCAPE.relative_to(REPO)}: "
-                "`bash scripts/demo` makes both)"]
-    bundle = load_bundle(DEMO_RUN)
-    label = bundle.labels[0]
-    shipped = bundle.extent_trims(HOP_S)[label]
-    centre = ((bundle.window_s - HOP_S) / 2,) * 2
-    rules = [(f"as shipped: {bundle.events.get('extent', {}).get(label, {}).get('rule', 'centre (no rule recorded)')}"
-              f" {shipped[0]:.2f} / {shipped[1]:.2f} s", None),
-             ("windows' span (before: no trim)", (0.0, 0.0)),
-             (f"centre rule {centre[0]:.2f} / {centre[1]:.2f} s", centre)]
-    lines = ["| set | extent rule (start / end trim) | calls | events | F1 @ IoU 0.3 | precision / recall "
+    runs = [run for run in (DEMO_RUN, DEMO_FRAMES_RUN) if (run / "model.json").is_file()]
+    if not runs or not DEMO_SOUNDSCAPE.is_file():
+        return [f"(not measured: needs {DEMO_RUN.relative_to(REPO)} or {DEMO_FRAMES_RUN.relative_to(REPO)}, and "
+                f"{DEMO_SOUNDSCAPE.relative_to(REPO)}: `bash scripts/demo`; examples/demo_frames.yaml)"]
+    lines = ["| set | model and extent rule (start / end trim) | calls | events | F1 @ IoU 0.3 | precision / recall "
              "| median onset / offset error s | calls >= 1 s apart reported separately | targets |",
              "|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        lines += _run_rows(run, load_bundle(run))
+    return lines
+
+
+def _run_rows(run: Path, bundle) -> list[str]:
+    label = bundle.labels[0]
+    rules = demo_rules(run)
+    lines = []
     with tempfile.TemporaryDirectory(prefix="bench_events_") as tmp:
         sets = [("demo soundscape", [DEMO_SOUNDSCAPE]),
                 (f"synthetic, {SYNTH_FILES} x {SYNTH_SECONDS:.0f} s, gaps {GAPS_S[0]}-{GAPS_S[1]} s",
@@ -184,7 +205,7 @@ def localisation_rows() -> list[str]:
         for name, files in sets:
             folder = Path(tmp) / name.split()[0]
             folder.mkdir()
-            events, rows = replay(files, DEMO_RUN, folder)
+            events, rows = replay(files, run, folder)
             calls = {f.name: calls_of(f) for f in files}
             for rule, trims in rules:
                 if trims is None:  # what the daemon wrote
@@ -205,135 +226,59 @@ def localisation_rows() -> list[str]:
     return lines
 
 
-def capuchin_rows() -> list[str]:
-    """Chunk F1 and count r from window scores and from events, pooled over the folds."""
-    import numpy as np
-
-    folds = [f for f in [CAPUCHIN_RUN] + sorted((CAPUCHIN_RUN / "folds").glob("fold*"))
-             if (f / "run.json").is_file()]  # the folds finished so far
-    if len(folds) < 2:
-        return [f"(not measured: needs {CAPUCHIN_RUN.relative_to(REPO)} trained with `--folds 5`: "
-                "`python -m train --config examples/capuchin.yaml --data-root ../shared/data --folds 5`)"]
-    from device.config import load_config
-    from train.datasets import load_datasets
-
-    config = load_config(CAPUCHIN_RUN / "config.resolved.yaml")
-    inventory = load_datasets(config.train.datasets, data_root=REPO.parent / "shared/data",
-                              labels=list(config.train.labels))
-    recordings = {r.name: r for r in inventory.recordings if r.kind == "selections"}
-    features: dict = {}
-    windows_y, windows_p, events_p, counts = [], [], [], {"table": [], "windows": [], "events": []}
-    for fold in folds:
-        for y, from_windows, from_events in fold_chunks(fold, config.detection, recordings, features):
-            windows_y += y
-            windows_p += from_windows
-            events_p += from_events
-            counts["table"].append(sum(y))
-            counts["windows"].append(sum(from_windows))
-            counts["events"].append(sum(from_events))
-    y = np.array(windows_y, bool)
-
-    def f1(p) -> float:
-        p = np.array(p, bool)
-        tp, fp, fn = (p & y).sum(), (p & ~y).sum(), (~p & y).sum()
-        return 2 * tp / max(2 * tp + fp + fn, 1)
-
-    def r(key) -> float:
-        return float(np.corrcoef(counts["table"], counts[key])[0, 1])
-
-    f_windows, f_events = f1(windows_p), f1(events_p)
-    planned = config.train.split.folds or len(folds)
-    return [f"| capuchin, {len(counts['table'])} recordings ({len(folds)} of {planned} folds), each scored by the fold "
-            "model that never heard it "
-            "| from window scores (chunk grid) | from the events the device emits |",
-            "|---|---|---|",
-            f"| 3 s chunk F1 ({len(y)} chunks, {int(y.sum())} positive) | {f_windows:.3f} | {f_events:.3f} "
-            f"(difference {f_events - f_windows:+.3f}; target within 0.01: "
-            f"{'met' if abs(f_events - f_windows) <= 0.01 else 'not met'}) |",
-            f"| positive chunks per recording, Pearson r | {r('windows'):.4f} | {r('events'):.4f} "
-            f"(target >= 0.995: {'met' if r('events') >= 0.995 else 'not met'}) |"]
-
-
-def fold_chunks(fold: Path, detection, recordings: dict, features: dict):
-    """Per test recording of ``fold``: (chunk truth, chunk from windows, chunk from events) lists.
-    ``detection``: the run's detection settings; ``features``: name -> log-mel frames, filled
-    as recordings are read (shared by the folds)."""
-    import keras
-    import numpy as np
-
-    from device.detector import detect
-    from device.features import FeatureParams
-    from train.cache import recording_features
-    from train.core import calibrate_events
-    from train.evaluate import timeline_scores
-    from train.fit import predict_probabilities
-    from train.windows import window_labels
-
-    run = json.loads((fold / "run.json").read_text())
-    labels, window_s, thresholds = run["labels"], run["window_s"], run["thresholds"]
-    feature_params = FeatureParams.from_dict(run["features"])
-    with open(fold / "split.csv") as f:
-        split = {row["recording"]: row["split"] for row in csv.DictReader(f)}
-    model = keras.models.load_model(fold / "model.keras")
-
-    def timeline(r):
-        if r.name not in features:
-            features[r.name] = recording_features(r.path, feature_params, None)
-        return timeline_scores(lambda x: predict_probabilities(model, x), features[r.name], params=feature_params,
-                               window_s=window_s, hop_s=HOP_S, duration_s=r.duration_s)
-
-    validation = [r for name, r in recordings.items() if split.get(name) == "validation"]
-    params, _ = calibrate_events(detection=detection, labels=labels, thresholds=thresholds,
-                                 timelines={r.name: timeline(r) for r in validation}, recordings=validation,
-                                 window_s=window_s, hop_s=HOP_S, log=lambda m: None)
-    label = labels[0]
-    for name, r in sorted(recordings.items()):
-        if split.get(name) != "test":
-            continue
-        starts, scores = timeline(r)
-        events = detect(starts, scores[:, 0], params[label], window_s=window_s, hop_s=HOP_S)
-        y, from_windows, from_events = [], [], []
-        for chunk in np.arange(0, r.duration_s - CHUNK_S + 1e-6, CHUNK_S):
-            truth, ambiguous = window_labels(r, chunk, CHUNK_S, labels)
-            if ambiguous:
-                continue
-            k = int(np.argmin(np.abs(starts - chunk)))
-            covered = sum(max(0.0, min(e.end_s, chunk + CHUNK_S) - max(e.start_s, chunk)) for e in events)
-            y.append(bool(truth[0]))
-            from_windows.append(bool(scores[k, 0] >= thresholds[label]))
-            from_events.append(covered >= CHUNK_COVER_S - 1e-9)
-        yield y, from_windows, from_events
-
-
 def run() -> str:
     lines = ["## Events against calls: localisation, separation, chunk figures", "", preamble(NAME),
              "What users receive: the events `python -m device --replay` writes, scored against calls with "
              f"exact boundaries (DCASE few-shot style: one-to-one matching at IoU >= {MIN_IOU}; uncertain "
-             "calls, SNR < 4.5 dB, count neither as misses nor as false alarms). Model: `runs/demo` "
-             "(`bash scripts/demo`), hop 0.5 s, the config's default detection settings. Rows other "
-             "than 'as shipped' rerun the replay's own scores through the device's detector with another "
+             "calls, SNR < 4.5 dB, count neither as misses nor as false alarms). Models, both trained on the "
+             "demo data (`python -m train.synth`), hop 0.5 s, the config's default detection settings: "
+             "`runs/demo` (`bash scripts/demo`: window scores, `pooling: max`, extent by the calibrated trims) "
+             "and `runs/demo_frames` (`python -m train --config examples/demo_frames.yaml --data-root demo/data "
+             "--out runs/demo_frames`, then `python -m convert --int8 runs/demo_frames`: `pooling: time` with "
+             "its frame output, events by the frames rule from the steps stitched across windows). Rows other "
+             "than 'as shipped' rerun the replay's own window scores through the device's detector with another "
              "extent rule. Targets (issue #14): F1 >= 0.9, median onset and offset error <= 0.3 s, "
              "calls 1 s or more apart reported separately.", ""]
     lines += localisation_rows()
-    lines += ["", "Reading: the calibrated trim puts an isolated call's event on the call (median onset and "
-              "offset errors about 0.1-0.25 s, against 2.5 s for the windows' span), but a model that scores "
-              "3 s windows keeps firing for every window that holds half of either of two calls less than "
-              "about 2.5 s apart, so such calls make one event, whatever the extent rule: recall at IoU 0.3 "
-              "and the separation of calls 1-2.5 s apart are limited by the window, not by the detector. "
-              "Meeting the targets needs time resolution from the model (a frame-level output of a "
-              "`pooling: time` head, or windows about as long as the call).", "", "Capuchinbird (`runs/capuchin`, `python -m train --config examples/capuchin.yaml "
-              "--data-root ../shared/data --folds 5`): targets chunk F1 from events within 0.01 of the "
-              "chunk F1 from window scores, count r from events >= 0.995.", ""]
-    lines += capuchin_rows()
-    lines += ["", "Reading: events are the same windows' decisions spread over time, so a call near a chunk "
-              "boundary (the silver labels are BirdNET's own 3 s grid) covers 1 s of the neighbouring chunk "
-              "more often than the single window on the grid fires there: more positive chunks, mostly "
-              "neighbours of labelled ones.", "", "Onset latency on the live path: the synthetic soundscapes played into a PulseAudio null sink, "
+    lines += ["", "Reading: from window scores, a model that scores 3 s windows keeps firing for every window "
+              "that holds half of either of two calls less than about 2.5 s apart, so such calls make one "
+              "event whatever the extent rule. The frame output gives the time resolution the windows lack: "
+              "each 0.32 s step is scored, the steps of the overlapping windows are averaged on 0.1 s cells, "
+              "and the device's detector runs over the cells, so every call is its own event, placed within "
+              "a step of its annotated extent.", "",
+              "Capuchinbird (`runs/capuchin`, `python -m train --config examples/capuchin.yaml "
+              "--data-root ../shared/data --out runs/capuchin`, 5 folds; `pooling: time`, so the frames rule "
+              "with each fold's frame threshold calibrated on its validation recordings): targets chunk F1 "
+              "from events within 0.01 of the chunk F1 from window scores, count r from events >= 0.995.", ""]
+    lines += capuchin_rows(CAPUCHIN_RUN, REPO)
+    lines += ["", CAPUCHIN_READING, "",
+              "Device cost (CPU seconds per hour of audio, `bench.daemon`'s in-process worker, hop 0.5 s, "
+              "one core, best of several):", ""]
+    lines += cost_rows([DEMO_RUN, DEMO_FRAMES_RUN, CAPUCHIN_RUN], repo=REPO, hop_s=HOP_S)
+    lines += ["", COST_READING]
+    lines += ["", "Onset latency on the live path: the synthetic soundscapes played into a PulseAudio null sink, "
               "the daemon capturing its monitor (the real sounddevice path) and publishing to a local "
               "Mosquitto; per opening event, from the arrival of the audio block that completes its first "
-              "firing window to the PUBLISH arriving at a subscriber on the same machine.", ""]
+              "firing window to the PUBLISH arriving at a subscriber on the same machine. Model `runs/demo` "
+              "(window scores). Under the frames rule an event opens when its first cell is final, i.e. once "
+              "the last window covering it has been scored: up to one window (3 s) after the call begins "
+              "(not measured live here).", ""]
     lines += latency_rows()
     return "\n".join(lines) + "\n"
+
+
+COST_READING = (
+    "Reading: the frame head adds one 1x1 convolution (inference per window within this machine's noise of the "
+    "window model's) and the stitcher and frame rule 0.17-0.2 CPU-s per audio hour. Front end + inference "
+    "sit at the 2 CPU-s target on this shared 2-core machine, whose figures vary by 10-20 % between runs "
+    "(a run of this bench ten minutes earlier measured the same bundles at 1.95 (`runs/demo`), 1.91 "
+    "(`runs/demo_frames`) and 1.79 (`runs/capuchin`); see also the daemon section).")
+
+CAPUCHIN_READING = (
+    "Reading: the chunk labels are BirdNET's own 3 s grid, not call times, so a fold's frame targets are "
+    "whole chunks and the frames rule can only be as sharp as those labels; a call near a chunk boundary "
+    "that covers 1 s of the neighbouring chunk makes that chunk positive from events, where the single "
+    "window on the grid may stay below its threshold.")
 
 
 LATENCY_FILES = 3

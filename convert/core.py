@@ -101,10 +101,11 @@ def _load_keras(run: RunFolder):
     except Exception as exc:  # keras raises ValueError, TypeError, OSError, zipfile errors...
         first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise ConvertInputError(f"{run.model_path}: cannot load the Keras model ({first})") from None
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ConvertInputError(f"{run.model_path}: needs one input and one output")
+    if len(model.inputs) != 1 or len(model.outputs) not in (1, 2):
+        raise ConvertInputError(f"{run.model_path}: needs one input and one output (and maybe a frame output)")
     expected_in, expected_out = (None, *run.window_shape), (None, len(run.labels))
-    if tuple(model.input_shape) != expected_in or tuple(model.output_shape) != expected_out:
+    output_shape = model.output_shape[0] if len(model.outputs) == 2 else model.output_shape  # [window, frames]
+    if tuple(model.input_shape) != expected_in or tuple(output_shape) != expected_out:
         raise ConvertInputError(
             f"{run.model_path}: input {model.input_shape} -> output {model.output_shape}, but run.json "
             f"describes {expected_in} -> {expected_out} (features, window_s, labels)"
@@ -164,11 +165,32 @@ def _write_manifest(run: RunFolder, content: bytes, *, metrics: dict, variants: 
             metrics=metrics,
             variants=variants,
             events=run.run_info.get("events"),  # the event rule thresholds were calibrated for
+            frames=io_.frames_record(step_frames=_step_frames(run, io_), frame_rate=run.features.frame_rate),
         )
         load_bundle(path)  # as the device will read it
     except BundleError as exc:
         raise ConvertFailure(f"the device would refuse this bundle: {exc}") from None
     return path
+
+
+FRAME_AGREEMENT = 0.95
+"""Least share of test steps on which int8 and float frame scores fall on the same side of the
+frame threshold."""
+
+
+def _step_frames(run: RunFolder, io_: export.TensorIO) -> int:
+    """Spectrogram frames per step of the frame output: run.json's ``frames.step_frames`` (the
+    window's frames over its steps, rounded down, for a run that did not record it)."""
+    if io_.frames_shape is None:
+        return 0
+    recorded = (run.run_info.get("frames") or {}).get("step_frames")
+    return int(recorded) if recorded else run.features.window_frames(run.window_s) // io_.frames_shape[1]
+
+
+def _frame_thresholds(run: RunFolder) -> dict[str, float]:
+    """Per label, the frame threshold of the frames extent rule (else the window threshold)."""
+    extent = (run.run_info.get("events") or {}).get("extent", {})
+    return {label: float(extent.get(label, {}).get("threshold", run.thresholds[label])) for label in run.labels}
 
 
 def _auc_line(labels: tuple[str, ...], result: dict) -> str:
@@ -270,14 +292,21 @@ def _verify_and_bundle(*, run: RunFolder, model, content: bytes, x: np.ndarray, 
     size_kb = len(content) / 1024
     # A provisional manifest lets the device's own reader and classifier score the int8 model.
     _write_manifest(run, content, metrics={"status": "verifying"}, variants={})
-    float_scores = verify.keras_scores(model, x)
+    float_scores, float_frames = verify.keras_both(model, x)
     try:
-        int8_scores = verify.device_scores(run.path, x)
+        int8_scores, int8_frames = verify.device_both(run.path, x)
     except BundleError as exc:
         raise ConvertFailure(f"the device runtime refuses the converted model: {exc}") from None
     int8 = verify.compare(labels=run.labels, y=y, float_scores=float_scores,
                           model_scores=int8_scores, thresholds=run.thresholds)
     log(f"verify on {len(x)} test windows (device runtime): " + _auc_line(run.labels, int8))
+    frames_vs_float = None
+    if float_frames is not None and int8_frames is not None:
+        frames_vs_float = verify.compare_frames(labels=run.labels, float_frames=float_frames,
+                                                model_frames=int8_frames, thresholds=_frame_thresholds(run))
+        log("frame output int8 vs float: " + "; ".join(
+            f"{label}: largest difference {d['max_score_diff']:.4f}, agreement at threshold "
+            f"{d['agreement_at_threshold']:.4f}" for label, d in frames_vs_float.items()))
     comparisons = {"int8": int8}
     variants: dict = {}
     for name, wanted in (("float32", float32), ("float16", float16)):
@@ -303,6 +332,11 @@ def _verify_and_bundle(*, run: RunFolder, model, content: bytes, x: np.ndarray, 
             f"float: {', '.join(losses)}; no {MANIFEST_NAME} written (check that "
             f"{run.path / 'calibration.npy'} holds typical training windows)"
         )
+    poor = [label for label, d in (frames_vs_float or {}).items()
+            if d["agreement_at_threshold"] < FRAME_AGREEMENT]
+    if poor:
+        failures.append(f"int8 frame output agrees with float on fewer than {FRAME_AGREEMENT:.0%} of steps at "
+                        f"the frame threshold for {', '.join(poor)}; no {MANIFEST_NAME} written")
     verified = not failures
     if edgetpu and not verified:
         report_notes.append("Edge TPU: skipped (int8 verification failed)")
@@ -321,6 +355,7 @@ def _verify_and_bundle(*, run: RunFolder, model, content: bytes, x: np.ndarray, 
         "float": int8["float"],
         "int8": int8["model"],
         "int8_vs_float": int8["vs_float"],
+        **({"frames_int8_vs_float": frames_vs_float} if frames_vs_float else {}),
     }
     final = run.run_info.get("final")
     if isinstance(final, dict):

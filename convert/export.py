@@ -7,6 +7,10 @@ about 0.996), so the device applies the sigmoid itself after dequantizing.
 
 The batch axis is fixed to 1 (the device scores one window at a time) because the Edge TPU
 compiler refuses dynamic-sized tensors.
+
+A model with a frame output (``train.model``: ``pooling: time``) converts to a model with two
+int8 outputs: the window logits (1, n_labels) and the frame logits (1, steps, 1, n_labels),
+told apart by their rank (their order in the file is the converter's).
 """
 
 from __future__ import annotations
@@ -40,6 +44,19 @@ class TensorIO:
     output_shape: tuple[int, ...]
     output_dtype: str
     output_quantization: tuple[float, int] | None
+    frames_shape: tuple[int, ...] | None = None
+    """Shape of the frame output, (1, steps, 1, n_labels); None when the model has none."""
+    frames_dtype: str | None = None
+    frames_quantization: tuple[float, int] | None = None
+
+    def frames_record(self, *, step_frames: int, frame_rate: float) -> dict | None:
+        """model.json's ``frames`` for this model (None without a frame output)."""
+        if self.frames_shape is None:
+            return None
+        q = self.frames_quantization
+        return {"shape": list(self.frames_shape), "step_frames": int(step_frames),
+                "step_s": round(step_frames / frame_rate, 6), "dtype": self.frames_dtype,
+                "quantization": {"scale": q[0], "zero_point": q[1]} if q else None}
 
 
 @contextlib.contextmanager
@@ -144,9 +161,10 @@ def check_full_integer(model_content: bytes) -> None:
     int8 speed budget cannot afford. So the converted model itself is inspected.
     """
     io_ = tensor_io(model_content)
-    if io_.input_dtype != "int8" or io_.output_dtype != "int8":
+    if io_.input_dtype != "int8" or io_.output_dtype != "int8" or io_.frames_dtype not in (None, "int8"):
         raise ConvertInputError(
-            f"model.keras: converted input/output are {io_.input_dtype}/{io_.output_dtype}, not int8"
+            f"model.keras: converted input/output are {io_.input_dtype}/{io_.output_dtype}"
+            f"{'/' + io_.frames_dtype if io_.frames_dtype else ''}, not int8"
         )
     bad = float_ops(model_content)
     if bad:
@@ -160,13 +178,18 @@ def check_full_integer(model_content: bytes) -> None:
 
 
 def tensor_io(model_content: bytes) -> TensorIO:
-    """Shapes, dtypes and quantization of the model's single input and output."""
+    """Shapes, dtypes and quantization of the model's input and outputs (the window output and,
+    when there is one, the frame output)."""
     interpreter = _interpreter(model_content)
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
-    if len(inputs) != 1 or len(outputs) != 1:
+    ranks = sorted(len(o["shape"]) for o in outputs)
+    if len(inputs) != 1 or ranks not in ([2], [2, 4]):
         raise ConvertInputError(
-            f"model.keras: needs exactly one input and one output, got {len(inputs)} and {len(outputs)}"
+            f"model.keras: needs one input and one output (plus a frame output), got {len(inputs)} "
+            f"and {len(outputs)} of ranks {ranks}"
         )
+    frames = [o for o in outputs if len(o["shape"]) == 4]
+    outputs = [o for o in outputs if len(o["shape"]) == 2]
 
     def quantization(detail: dict) -> tuple[float, int] | None:
         scale, zero_point = detail["quantization"]
@@ -179,4 +202,7 @@ def tensor_io(model_content: bytes) -> TensorIO:
         output_shape=tuple(int(x) for x in outputs[0]["shape"]),
         output_dtype=np.dtype(outputs[0]["dtype"]).name,
         output_quantization=quantization(outputs[0]),
+        frames_shape=tuple(int(x) for x in frames[0]["shape"]) if frames else None,
+        frames_dtype=np.dtype(frames[0]["dtype"]).name if frames else None,
+        frames_quantization=quantization(frames[0]) if frames else None,
     )

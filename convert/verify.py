@@ -22,19 +22,57 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 
 def keras_scores(model, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
     """Probabilities (N, n_labels) of the float Keras model (logits out) for windows x (N, frames, n_mels, 1)."""
-    out = [np.asarray(model(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
-    return sigmoid(np.concatenate(out))
+    return keras_both(model, x, batch_size=batch_size)[0]
+
+
+def keras_both(model, x: np.ndarray, *, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
+    """Window probabilities (N, n_labels) and, for a model with a frame output, frame
+    probabilities (N, steps, n_labels) (else None), of the float Keras model."""
+    windows, frames = [], []
+    for i in range(0, len(x), batch_size):
+        out = model(x[i : i + batch_size], training=False)
+        if isinstance(out, (list, tuple)):
+            frames.append(np.asarray(out[1])[:, :, 0, :])
+            out = out[0]
+        windows.append(np.asarray(out))
+    return sigmoid(np.concatenate(windows)), (sigmoid(np.concatenate(frames)) if frames else None)
 
 
 def device_scores(bundle_path: str | Path, x: np.ndarray) -> np.ndarray:
     """Probabilities (N, n_labels) of a bundle as the device computes them, on the CPU."""
+    return device_both(bundle_path, x)[0]
+
+
+def device_both(bundle_path: str | Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Window probabilities (N, n_labels) and frame probabilities (N, steps, n_labels) (None
+    without a frame output) of a bundle as the device computes them, on the CPU."""
     from convert.export import quiet
     from device.bundle import load_bundle
     from device.runtime import load_classifier
 
     with quiet():  # the runtime announces its XNNPACK delegate on stderr
         classifier = load_classifier(load_bundle(bundle_path), delegate="cpu")
-    return np.stack([classifier.predict(window[:, :, 0]) for window in x]).astype(np.float64)
+    windows, frames = [], []
+    for window in x:
+        windows.append(classifier.predict(window[:, :, 0]))
+        if classifier.last_frames is not None:
+            frames.append(classifier.last_frames)
+    return (np.stack(windows).astype(np.float64),
+            np.stack(frames).astype(np.float64) if frames else None)
+
+
+def compare_frames(*, labels: tuple[str, ...], float_frames: np.ndarray, model_frames: np.ndarray,
+                   thresholds: dict[str, float]) -> dict:
+    """Per label, how far the converted model's frame probabilities (N, steps, n_labels) are from
+    float: the largest difference and the share of steps both put on the same side of the
+    label's frame threshold."""
+    out = {}
+    for j, label in enumerate(labels):
+        f, m, t = float_frames[:, :, j], model_frames[:, :, j], thresholds[label]
+        out[label] = {"max_score_diff": float(np.max(np.abs(f - m))) if f.size else 0.0,
+                      "agreement_at_threshold": float(np.mean((f >= t) == (m >= t))) if f.size else 1.0,
+                      "threshold": float(t)}
+    return out
 
 
 def tflite_scores(path: str | Path, x: np.ndarray) -> np.ndarray:
@@ -51,7 +89,8 @@ def tflite_scores(path: str | Path, x: np.ndarray) -> np.ndarray:
     with quiet():  # the runtime announces its XNNPACK delegate on stderr
         interpreter = Interpreter(model_path=str(path))
         interpreter.allocate_tensors()
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    inp = interpreter.get_input_details()[0]
+    out = next(o for o in interpreter.get_output_details() if len(o["shape"]) == 2)  # the window output
     in_type, out_type = np.dtype(inp["dtype"]), np.dtype(out["dtype"])
     in_scale, in_zero = inp["quantization"]
     out_scale, out_zero = out["quantization"]

@@ -23,7 +23,9 @@ model.json (format_version 1)::
         "detection": {"hop_s": 0.5, "smoothing_windows": 1, "confirm_k": 1, "confirm_n": 1,
                       "hysteresis": 0.1, "merge_gap_s": 0.0, "refractory_s": 0.0, "max_event_s": 60.0},
         "extent": {"capuchinbird": {"rule": "trim", "trim_s": [1.2, 1.3], "calls": 40}}
-      },
+      },                                                # or {"rule": "frames", "threshold": 0.4}
+      "frames": {"shape": [1, 9, 1, 1], "step_frames": 16, "step_s": 0.32,   # optional second
+                 "dtype": "int8", "quantization": {"scale": s, "zero_point": z}},  # output
       "metrics": {...},                                 # test metrics of float and int8
       "variants": {"edgetpu": {"file": "model_edgetpu.tflite", "sha256": "..."}},
       "callwatch_version": "0.1.0", "created_utc": "2026-11-22T23:00:00Z",
@@ -60,11 +62,13 @@ BUNDLE_VERSION = 1
 MANIFEST_NAME = "model.json"
 MODEL_NAME = "model.tflite"
 OUTPUT_KINDS = ("logits", "probabilities")
-EXTENT_RULES = ("trim", "centre", "windows")
+EXTENT_RULES = ("trim", "centre", "windows", "frames")
 """How an event's extent comes from its run of windows (device.detector): "trim" cuts the
 calibrated seconds (``trim_s``: [start, end]) off the run's span; "centre" lets each window stand
 for the hop at its centre ((window_s - hop_s) / 2 off each side); "windows" is the whole span of
-the windows that fired. A bundle without ``events`` (made before the rule was written down) gets
+the windows that fired; "frames" makes events from the model's frame output stitched across
+windows (``threshold``: the frame score an event needs, probability units; device.frames). A
+bundle without ``events`` (made before the rule was written down) gets
 "centre": which windows fire, and so thresholds and counts, do not depend on the rule."""
 EVENT_SETTINGS = ("hop_s", "smoothing_windows", "confirm_k", "confirm_n", "hysteresis", "merge_gap_s",
                   "refractory_s", "max_event_s")
@@ -118,6 +122,9 @@ class Bundle:
     events: dict = field(default_factory=dict)
     """The event rule: {"detection": settings calibrated with, "extent": {label: {"rule",
     "trim_s"}}}; empty for a bundle made before it was recorded (the centre rule)."""
+    frames: dict = field(default_factory=dict)
+    """The frame output, when the model has one: {"shape": [1, steps, 1, n_labels],
+    "step_frames", "step_s", "dtype", "quantization"}; empty otherwise."""
     variants: dict = field(default_factory=dict)
     """Other files of the same model, e.g. {"edgetpu": {"file": ..., "sha256": ...}}."""
     manifest: dict = field(default_factory=dict)
@@ -142,6 +149,32 @@ class Bundle:
                 centre = max(0.0, (self.window_s - hop_s) / 2)
                 out[label] = (centre, centre)
         return out
+
+    @property
+    def frame_rule(self) -> bool:
+        """True when events come from the frame output (every label's extent rule is "frames")."""
+        extent = self.events.get("extent", {})
+        return bool(self.frames) and all(extent.get(label, {}).get("rule") == "frames" for label in self.labels)
+
+    def event_thresholds(self) -> dict[str, float]:
+        """Per label, the score an event needs: the frame threshold under the frame rule, else
+        the window threshold."""
+        if not self.frame_rule:
+            return dict(self.thresholds)
+        return {label: float(self.events["extent"][label]["threshold"]) for label in self.labels}
+
+    def frame_layout(self, hop_s: float):
+        """The :class:`device.frames.FrameLayout` for windows every ``hop_s`` under the frame
+        rule; None otherwise."""
+        from device.frames import FrameLayout, cell_frames_for
+
+        if not self.frame_rule:
+            return None
+        hop_frames = max(1, round(hop_s * self.features.frame_rate))
+        step = int(self.frames["step_frames"])
+        return FrameLayout(steps=int(self.frames["shape"][1]), step_frames=step,
+                           frame_s=1.0 / self.features.frame_rate,
+                           cell_frames=cell_frames_for(hop_frames=hop_frames, step_frames=step))
 
     def variant_path(self, name: str) -> Path | None:
         """Path of a verified variant (e.g. "edgetpu"), or None when the bundle has none."""
@@ -221,6 +254,8 @@ def _check_types(m: dict, where: str) -> None:
         if not isinstance(entry, dict) or entry.get("rule") not in EXTENT_RULES:
             return False
         trim = entry.get("trim_s")
+        if entry["rule"] == "frames":
+            return _is_number(entry.get("threshold")) and 0 < entry["threshold"] < 1
         return entry["rule"] != "trim" or (
             isinstance(trim, list) and len(trim) == 2 and all(_is_number(x) and x >= 0 for x in trim)
         )
@@ -247,7 +282,14 @@ def _check_types(m: dict, where: str) -> None:
         "events": (
             lambda v: isinstance(v, dict) and isinstance(v.get("extent", {}), dict)
             and all(map(is_extent, v.get("extent", {}).values())),
-            f"a mapping with extent: label -> {{rule: one of {EXTENT_RULES}, trim_s: [start, end] >= 0}}",
+            f"a mapping with extent: label -> {{rule: one of {EXTENT_RULES}, trim_s: [start, end] >= 0, "
+            "threshold (frames) in (0, 1)}",
+        ),
+        "frames": (
+            lambda v: isinstance(v, dict) and isinstance(v.get("shape"), list) and len(v["shape"]) == 4
+            and all(type(x) is int and x > 0 for x in v["shape"]) and type(v.get("step_frames")) is int
+            and v["step_frames"] > 0 and isinstance(v.get("dtype"), str),
+            "a mapping {shape: [1, steps, 1, n_labels], step_frames > 0, step_s, dtype, quantization}",
         ),
     }
     for key, (ok, expected) in checks.items():
@@ -331,6 +373,14 @@ def load_bundle(path: str | Path) -> Bundle:
     output_kind = m.get("output_kind", "logits")
     if output_kind not in OUTPUT_KINDS:
         raise BundleError(f"{where}: output_kind must be one of {OUTPUT_KINDS}, got {output_kind!r}")
+    frame_output = dict(m.get("frames") or {})
+    shape_ok = frame_output.get("shape", [1, 1, 1, len(labels)])
+    if shape_ok[0] != 1 or shape_ok[2] != 1 or shape_ok[3] != len(labels):
+        raise BundleError(f"{where}: frames.shape must be [1, steps, 1, {len(labels)}], got {shape_ok}")
+    if frame_output:
+        _quantization(frame_output.get("quantization"), f"{where}: frames.quantization")
+    if any(e.get("rule") == "frames" for e in m.get("events", {}).get("extent", {}).values()) and not frame_output:
+        raise BundleError(f"{where}: events.extent names the frames rule but the model has no frames output")
     folder = manifest_path.parent
     model_path = _inside(folder, m["model_file"], where, "model_file")
     for name, entry in m.get("variants", {}).items():
@@ -370,6 +420,7 @@ def load_bundle(path: str | Path) -> Bundle:
         recommended_hop_s=float(m.get("recommended_hop_s", 0.5)),
         metrics=dict(m.get("metrics", {})),
         events=dict(m.get("events", {})),
+        frames=frame_output,
         variants=dict(m.get("variants", {})),
         manifest=m,
     )
@@ -392,6 +443,7 @@ def write_bundle(
     metrics: dict | None = None,
     variants: dict | None = None,
     events: dict | None = None,
+    frames: dict | None = None,
 ) -> Path:
     """Write model.json for ``folder/model_file`` (which must exist); returns the manifest path.
 
@@ -402,7 +454,7 @@ def write_bundle(
     model_path = folder / model_file
     if not model_path.is_file():
         raise BundleError(f"{model_path}: model file missing, cannot write its manifest")
-    frames = features.window_frames(window_s)
+    n_frames = features.window_frames(window_s)
     manifest = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
@@ -411,7 +463,7 @@ def write_bundle(
         "labels": list(labels),
         "features": features.to_dict(),
         "window_s": float(window_s),
-        "input_shape": [1, frames, features.n_mels, 1],
+        "input_shape": [1, n_frames, features.n_mels, 1],
         "input_dtype": input_dtype,
         "output_dtype": output_dtype,
         "input_quantization": input_quantization.to_dict() if input_quantization else None,
@@ -420,6 +472,7 @@ def write_bundle(
         "thresholds": {label: float(thresholds[label]) for label in labels},
         "recommended_hop_s": float(recommended_hop_s),
         **({"events": events} if events else {}),
+        **({"frames": frames} if frames else {}),
         "metrics": metrics or {},
         "variants": variants or {},
         "callwatch_version": __version__,

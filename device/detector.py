@@ -29,6 +29,13 @@ each side: each window stands for the hop at its centre). An extent shorter than
 
 Times are seconds from the start of the source: a window ending at sample t covers
 [t - window_s, t]. The peak is the highest smoothed score in the event.
+
+Frame rule (a bundle whose model has a frame output and whose extent rule is "frames"): the
+windows' frame scores are stitched into one track of short cells (:mod:`device.frames`) and
+each cell goes through the same steps above as a "window" one cell long, with the settings
+counted in windows turned into cells spanning the same time (:func:`device.frames.at_frame_rate`)
+and no trims: an event is the span of its cells. A cell is final once no later window covers
+it, so an event opens up to a window's length after the audio that shows it.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import numpy as np
 
 from device.config.fields import check_settings, default_of
 from device.config.sections_device import DetectionSection
+from device.frames import FrameLayout, FrameStitcher, at_frame_rate
 
 
 @dataclass(frozen=True)
@@ -206,6 +214,7 @@ class LabelDetector:
 
     def _close(self) -> list[Detection]:
         event, self._open = self._open, None
+        assert event is not None  # called with an open event
         self._quiet_until_s = event.last_window_start_s + self._hop_s + self.params.refractory_s
         self._history.clear()
         if self.params.merge_gap_s > 0:
@@ -217,8 +226,10 @@ class LabelDetector:
         """Emit the held event once no later event can begin within merge_gap_s of it."""
         candidates = [s for s, a in self._history if a]
         earliest_next = candidates[0] if candidates else now_start_s + self._hop_s
-        if self._gap_s(self._pending, earliest_next) > self.params.merge_gap_s:
-            event, self._pending = self._pending, None
+        event = self._pending
+        assert event is not None  # called with a held event
+        if self._gap_s(event, earliest_next) > self.params.merge_gap_s:
+            self._pending = None
             return [self._detection(event, closed=True)]
         return []
 
@@ -231,24 +242,69 @@ class LabelDetector:
 
 
 class Detector:
-    """One :class:`LabelDetector` per label, fed a whole score vector per window."""
+    """One :class:`LabelDetector` per label, fed a whole score vector per window.
 
-    def __init__(self, params: dict[str, DetectorParams], *, hop_s: float = 0.0) -> None:
+    frames: the layout of the model's frame output when events come from it (the frame rule;
+    ``params`` are then the window-rate settings, converted here); None: from window scores.
+    """
+
+    def __init__(self, params: dict[str, DetectorParams], *, hop_s: float = 0.0,
+                 frames: FrameLayout | None = None) -> None:
         self.labels = list(params)
+        self.frames = frames
+        self._stitcher = FrameStitcher(frames, len(self.labels)) if frames is not None else None
+        if frames is not None:
+            params = {label: at_frame_rate(p, hop_s=hop_s, cell_s=frames.cell_s) for label, p in params.items()}
+            hop_s = frames.cell_s
         self._by_label = [LabelDetector(label, params[label], hop_s=hop_s) for label in self.labels]
 
-    def update(self, start_s: float, end_s: float, scores) -> list[Detection]:
-        """scores: one probability per label, in ``labels`` order."""
+    def update(self, start_s: float, end_s: float, scores, frames: np.ndarray | None = None) -> list[Detection]:
+        """scores: one probability per label, in ``labels`` order; frames: (steps, n_labels)
+        frame probabilities of the same window (needed by the frame rule, ignored otherwise)."""
         done: list[Detection] = []
+        if self._stitcher is not None:
+            if frames is None:
+                raise ValueError("the frame rule needs the window's frame scores")
+            return self._cells(*self._stitcher.push(start_s, frames))
         for detector, score in zip(self._by_label, scores):
             done += detector.update(start_s, end_s, float(score))
         return done
 
+    def _cells(self, cells: np.ndarray, scores: np.ndarray) -> list[Detection]:
+        """Feed stitched cells (indices from time 0, scores (K, n_labels)) to the labels."""
+        done: list[Detection] = []
+        cell_s = self.frames.cell_s if self.frames is not None else 0.0
+        for cell, row in zip(cells.tolist(), scores.tolist()):
+            for detector, score in zip(self._by_label, row):
+                done += detector.update(cell * cell_s, (cell + 1) * cell_s, score)
+        return done
+
     def finish(self) -> list[Detection]:
         done: list[Detection] = []
+        if self._stitcher is not None:
+            done += self._cells(*self._stitcher.finish())
         for detector in self._by_label:
             done += detector.finish()
         return done
+
+
+def detect_frames(starts, frames, params: DetectorParams, *, layout: FrameLayout, hop_s: float,
+                  label: str = "") -> list[Detection]:
+    """:func:`detect` for the frame rule: the finished events of one label along one recording.
+
+    starts: (K,) window starts, seconds; frames: (K, steps) frame probabilities of the label.
+    ``params`` are window-rate settings, as for the device's :class:`Detector`.
+    """
+    detector = Detector({label: params}, hop_s=hop_s, frames=layout)
+    frames = np.asarray(frames, np.float64).reshape(len(frames), layout.steps, 1)
+    out: list[Detection] = []
+    previous = None
+    for start, window in zip(np.asarray(starts, np.float64).tolist(), frames):
+        if previous is not None and start - previous > 1.5 * hop_s:
+            out += [d for d in detector.finish() if d.closed]
+        previous = start
+        out += [d for d in detector.update(start, start + 0.0, (), window) if d.closed]
+    return out + [d for d in detector.finish() if d.closed]
 
 
 def detect(starts, scores, params: DetectorParams, *, window_s: float, hop_s: float,

@@ -302,7 +302,7 @@ class Pipeline:
                     {label: float(s) for label, s in zip(self.labels, scores)},
                 )
             )
-        for detection in self.detector.update(start_s, end_s, scores):
+        for detection in self.detector.update(start_s, end_s, scores, self.classifier.last_frames):
             self._emit(detection)
         if self._arrival is not None:
             arrival_mono, written = self._arrival
@@ -490,7 +490,7 @@ def build_pipeline(
     hop_s = max(1, round(cfg.detection.hop_s * frame_rate)) / frame_rate  # as Pipeline rounds it
     params = detector_params(
         labels=bundle.labels,
-        bundle_thresholds=bundle.thresholds,
+        bundle_thresholds=bundle.event_thresholds(),
         detection=cfg.detection,
         trims=bundle.extent_trims(hop_s),
     )
@@ -505,7 +505,7 @@ def build_pipeline(
     clips = cfg.outputs.clips
     return Pipeline(
         classifier=classifier,
-        detector=Detector(params, hop_s=hop_s),
+        detector=Detector(params, hop_s=hop_s, frames=bundle.frame_layout(hop_s)),
         hop_s=cfg.detection.hop_s,
         queue=queue,
         events=events,

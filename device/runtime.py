@@ -5,6 +5,10 @@ installed (older Raspberry Pi OS images). With ``detection.delegate: edgetpu`` i
 Edge TPU delegate (``libedgetpu.so.1``) and the bundle's ``edgetpu`` variant when it has one;
 when the delegate cannot be loaded it warns and runs the plain int8 model on the CPU.
 
+A model with a frame output (model.json ``frames``) has a second output tensor, (1, steps, 1,
+n_labels): :meth:`Classifier.predict` reads it too, into :attr:`Classifier.last_frames`.
+Outputs are told apart by shape, not by their order in the file.
+
 Quantization comes from the model itself (the tensors' scale and zero point), which
 :func:`load_classifier` checks against model.json: a disagreement is a :class:`BundleError`.
 """
@@ -45,7 +49,8 @@ class Classifier:
 
     Input: a window of log-mel frames, shape (frames, n_mels), either float32 dB or already
     quantized with :meth:`quantize` (the worker quantizes each frame once, as it arrives).
-    Output: probabilities, shape (n_labels,), float32 in 0..1.
+    Output: probabilities, shape (n_labels,), float32 in 0..1; with a frame output, also
+    :attr:`last_frames`, (steps, n_labels) float32 in 0..1, of the same window.
     """
 
     def __init__(self, interpreter, bundle: Bundle, *, delegate: str) -> None:
@@ -54,7 +59,7 @@ class Classifier:
         """'edgetpu' or 'cpu': what actually runs the model."""
         self._interpreter = interpreter
         inp = interpreter.get_input_details()[0]
-        out = interpreter.get_output_details()[0]
+        out, frames_out = _outputs(interpreter, bundle)
         self._input_index = inp["index"]
         self._output_index = out["index"]
         self.input_dtype = np.dtype(inp["dtype"])
@@ -76,6 +81,24 @@ class Classifier:
             # each window's scores are one table lookup instead of six array operations.
             raw = np.arange(256, dtype=np.uint8).view(output_dtype)
             self._table = self._scores(raw)
+        self.last_frames: np.ndarray | None = None
+        """Frame probabilities (steps, n_labels) of the last window, when the model has them."""
+        self._frames_index = None
+        if frames_out is not None:
+            self._frames_index = frames_out["index"]
+            self._frames_shape = (int(frames_out["shape"][1]), len(bundle.labels))
+            self._frames_q = frames_out["quantization"]
+            self._frames_table = None
+            if np.dtype(frames_out["dtype"]).itemsize == 1:  # 256 values: one lookup, as above
+                self._frames_table = self._frame_scores(np.arange(256, dtype=np.uint8).view(frames_out["dtype"]))
+
+    def _frame_scores(self, raw: np.ndarray) -> np.ndarray:
+        """Raw frame output values (logits, maybe quantized) -> probabilities, float32."""
+        values = raw.astype(np.float32)
+        scale, zero = self._frames_q
+        if scale:
+            values = (values - np.float32(zero)) * np.float32(scale)
+        return (1.0 / (1.0 + np.exp(-values))).astype(np.float32)
 
     def _scores(self, raw: np.ndarray) -> np.ndarray:
         """Raw output values -> probabilities, float32."""
@@ -84,7 +107,7 @@ class Classifier:
             values -= self.output_quantization.zero_point
             values *= self.output_quantization.scale
         if self._sigmoid:
-            values = 1.0 / (1.0 + np.exp(-values))
+            values = (1.0 / (1.0 + np.exp(-values))).astype(np.float32)
         return values
 
     def quantize(self, frames: np.ndarray) -> np.ndarray:
@@ -106,6 +129,10 @@ class Classifier:
         self._interpreter.set_tensor(self._input_index, window.reshape(self._input_shape))
         self._interpreter.invoke()
         raw = self._interpreter.get_tensor(self._output_index).reshape(-1)
+        if self._frames_index is not None:
+            frames = self._interpreter.get_tensor(self._frames_index).reshape(self._frames_shape)
+            self.last_frames = (self._frames_table[frames.view(np.uint8)] if self._frames_table is not None
+                                else self._frame_scores(frames))
         if self._table is not None:
             return self._table[raw.view(np.uint8)]
         return self._scores(raw)
@@ -117,15 +144,41 @@ class Classifier:
         return scores, time.perf_counter() - t0
 
 
+def _outputs(interpreter, bundle: Bundle) -> tuple[dict, dict | None]:
+    """(window output, frame output or None) of the interpreter, told apart by shape: the frame
+    output is the one of model.json's ``frames.shape``."""
+    outs = interpreter.get_output_details()
+    declared = bundle.frames.get("shape") if bundle.frames else None
+    if len(outs) == 2 and declared is not None:
+        is_frames = [[int(x) for x in o["shape"]] == list(declared) for o in outs]
+        if sum(is_frames) == 1:
+            return outs[is_frames.index(False)], outs[is_frames.index(True)]
+    return outs[0], None
+
+
 def _check(interpreter, bundle: Bundle, path: Path) -> None:
     """Refuse a model file whose tensors disagree with model.json."""
     inp = interpreter.get_input_details()
     out = interpreter.get_output_details()
-    if len(inp) != 1 or len(out) != 1:
+    expected = 2 if bundle.frames else 1
+    if len(inp) != 1 or len(out) != expected:
         raise BundleError(
-            f"{path}: expected one input and one output tensor, got {len(inp)} and {len(out)}"
+            f"{path}: expected one input and {expected} output tensor(s) (model.json "
+            f"{'declares' if bundle.frames else 'declares no'} frame output), got {len(inp)} and {len(out)}"
         )
-    inp, out = inp[0], out[0]
+    out, frames_out = _outputs(interpreter, bundle)
+    if bundle.frames and frames_out is None:
+        raise BundleError(f"{path}: no output of shape {bundle.frames['shape']} (model.json frames.shape)")
+    if frames_out is not None:
+        declared_q = _quantization_of(bundle.frames.get("quantization"))
+        scale, zero = frames_out["quantization"]
+        actual_q = Quantization(float(scale), int(zero)) if scale else None
+        if np.dtype(frames_out["dtype"]).name != bundle.frames["dtype"] or not _same(actual_q, declared_q):
+            raise BundleError(
+                f"{path}: frame output {np.dtype(frames_out['dtype']).name} {actual_q} but model.json "
+                f"says {bundle.frames['dtype']} {declared_q}"
+            )
+    inp = inp[0]
     shape = tuple(int(x) for x in inp["shape"])
     if shape != bundle.input_shape:
         raise BundleError(
@@ -152,16 +205,20 @@ def _check(interpreter, bundle: Bundle, path: Path) -> None:
     ):
         scale, zero = tensor["quantization"]
         actual = Quantization(float(scale), int(zero)) if scale else None
-        if (actual is None) != (declared is None) or (
-            actual is not None
-            and (
-                not np.isclose(actual.scale, declared.scale, rtol=1e-5)
-                or actual.zero_point != declared.zero_point
-            )
-        ):
+        if not _same(actual, declared):
             raise BundleError(
                 f"{path}: {name} quantization {actual} but model.json says {declared}"
             )
+
+
+def _quantization_of(value) -> Quantization | None:
+    return Quantization(float(value["scale"]), int(value["zero_point"])) if value else None
+
+
+def _same(actual: Quantization | None, declared: Quantization | None) -> bool:
+    if actual is None or declared is None:
+        return actual is None and declared is None
+    return bool(np.isclose(actual.scale, declared.scale, rtol=1e-5)) and actual.zero_point == declared.zero_point
 
 
 def load_classifier(bundle: Bundle, *, delegate: str = "cpu", num_threads: int = 1) -> Classifier:

@@ -4,6 +4,8 @@ The device's detector (``device.detector.Detector``, fed window by window as the
 it) is the reference. Random score sequences and detection settings go to it and to each place
 that turns scores into events elsewhere: ``detect`` (the benches and training), training's
 event metrics, false-alarm counting and threshold calibration (which ``train.recalibrate`` runs).
+The frame rule (a model's frame output, stitched) is checked the same way: ``detect_frames``,
+training's event metrics and frame-threshold calibration against the device's ``Detector``.
 """
 
 from __future__ import annotations
@@ -15,10 +17,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from device.detector import Detection, Detector, DetectorParams, detect
+from device.detector import Detection, Detector, DetectorParams, detect, detect_frames
+from device.frames import FrameLayout
 from train.calibrate import alarm_rate, threshold_at_false_alarms
 from train.datasets import Annotation, Recording
-from train.evaluate import event_metrics
+from train.evaluate import (
+    FRAME_THRESHOLDS,
+    calibrate_frame_threshold,
+    event_metrics,
+    label_events,
+    localisation,
+)
 
 HOP, WINDOW = 0.5, 3.0
 
@@ -126,3 +135,67 @@ def test_calibrated_threshold_gives_the_rate_the_device_gives(tracks, params, pe
     hours = chosen.achieved["hours"]
     assert alarms / hours == pytest.approx(chosen.achieved["false_alarms_per_hour"])
     assert alarms / hours <= per_hour + 1e-6 or "even the highest threshold" in chosen.note
+
+
+LAYOUT = FrameLayout(steps=9, step_frames=16, frame_s=0.02, cell_frames=5)
+frame_tracks = st.lists(st.lists(st.sampled_from([0.0, 0.2, 0.45, 0.55, 0.8, 1.0]), min_size=9, max_size=9),
+                        min_size=1, max_size=40)
+
+
+def device_frame_events(frames: list[list[float]], params: DetectorParams) -> list[Detection]:
+    """What the pipeline emits under the frame rule: each window's frame scores in turn."""
+    detector = Detector({"call": params}, hop_s=HOP, frames=LAYOUT)
+    out: list[Detection] = []
+    for k, window in enumerate(frames):
+        out += detector.update(k * HOP, k * HOP + WINDOW, [max(window)], np.array(window)[:, None])
+    return [d for d in out + detector.finish() if d.closed]
+
+
+@PROPERTY
+@given(frames=frame_tracks, params=detector_params())
+def test_frame_rule_consumers_make_the_device_events(frames, params):
+    starts = np.arange(len(frames)) * HOP
+    track = np.array(frames)[:, :, None]
+    expected = device_frame_events(frames, params)
+    assert detect_frames(starts, track[:, :, 0], params, layout=LAYOUT, hop_s=HOP, label="call") == expected
+    timeline = (starts, track.max(axis=1), track)
+    assert label_events(timeline, 0, params, window_s=WINDOW, hop_s=HOP, layout=LAYOUT, label="call") == expected
+    for event in expected:
+        assert event.start_s < event.end_s  # a frame event is the span of its cells, never trimmed
+    # Training's event metrics: the device's events, annotated, are hits with no error.
+    calls = [(e.start_s, e.end_s) for i, e in enumerate(expected)
+             if all(min(e.end_s, o.end_s) - max(e.start_s, o.start_s) < -1e-6
+                    for j, o in enumerate(expected) if j != i)]
+    rec = recording("a.wav", [0.0] * len(frames), calls)
+    where = event_metrics({rec.name: timeline}, [rec], ["call"], {"call": params}, WINDOW, HOP,
+                          LAYOUT)["call"]["localisation"]
+    assert where["tp"] == len(calls) and where["tp"] + where["fp"] == len(expected)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frames=frame_tracks, calls=st.lists(st.tuples(st.floats(0, 20), st.floats(0.2, 2.0)), max_size=4))
+def test_frame_threshold_is_the_best_the_device_reaches(frames, calls):
+    starts = np.arange(len(frames)) * HOP
+    track = np.array(frames)[:, :, None]
+    rec = recording("a.wav", [0.0] * len(frames), [(s, s + d) for s, d in calls])
+    params = DetectorParams(threshold=0.5)
+    chosen = calibrate_frame_threshold({rec.name: (starts, track.max(axis=1), track)}, [rec], 0, "call", params,
+                                       layout=LAYOUT, hop_s=HOP, fallback=0.5)
+    if chosen["calls"] == 0:
+        assert chosen["threshold"] == 0.5
+        return
+
+    def f1(threshold: float) -> float:
+        events = device_frame_events(frames, DetectorParams(threshold=threshold))
+        part = localisation([(e.start_s, e.end_s) for e in events], [(s, e) for s, e in _merged(rec)])
+        return 2 * part["tp"] / (2 * part["tp"] + part["fp"] + part["fn"])
+
+    assert f1(chosen["threshold"]) == pytest.approx(chosen["f1"], abs=1e-4)
+    assert chosen["threshold"] in FRAME_THRESHOLDS
+    assert all(f1(t) <= chosen["f1"] + 1e-4 for t in (0.1, 0.3, 0.5, 0.7, 0.9))
+
+
+def _merged(rec: Recording) -> list[tuple[float, float]]:
+    from train.windows import merged_regions
+
+    return merged_regions(rec, "call")

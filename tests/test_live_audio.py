@@ -125,10 +125,14 @@ class Daemon:
         return [json.loads(line) for line in self.events.read_text().splitlines()]
 
 
-def replay_events(folder: Path, model: Path, recording: Path, detection: dict | None = None) -> list[dict]:
+def replay_events(
+    folder: Path, model: Path, recording: Path, detection: dict | None = None
+) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     config = folder / "replay.yaml"
-    config.write_text(yaml.safe_dump({"detection": {"model": str(model), "hop_s": HOP_S, **(detection or {})}}))
+    config.write_text(
+        yaml.safe_dump({"detection": {"model": str(model), "hop_s": HOP_S, **(detection or {})}})
+    )
     result = subprocess.run(
         [
             sys.executable,
@@ -283,3 +287,29 @@ def test_the_real_microphone_reopens_after_portaudio_restarts(null_sink, monkeyp
             source.close()
     finally:
         source.close()
+
+
+@pytest.mark.slow
+def test_frame_rule_events_live_are_those_of_replay(tone_frames_bundle, null_sink, tmp_path):
+    """A model with a frame output: calls 1.2 s apart are separate events, opened then closed,
+    with the same boundaries live and in replay (within one hop)."""
+    x = noise(10.0, SR)
+    for start, length in ((2.0, 0.6), (3.8, 0.7), (6.5, 0.5)):
+        x[int(start * SR) : int((start + length) * SR)] += tone(2000, length, SR)
+    recording = tmp_path / "close_calls.wav"
+    soundfile.write(recording, x, SR)
+    daemon = Daemon(tmp_path, tone_frames_bundle, null_sink)
+    daemon.wait_listening()
+    time.sleep(1.0)
+    play = _run("paplay", f"--device={null_sink}", str(recording), timeout=60)
+    assert play.returncode == 0, play.stderr
+    time.sleep(2.5)  # cells are final one window after their audio
+    assert daemon.stop(signal.SIGTERM) == 0, daemon.log.read_text()
+    live = daemon.read_events()
+    replayed = replay_events(tmp_path, tone_frames_bundle, recording)
+    assert len(replayed) == 3, replayed
+    assert len(live) == len(replayed), (live, replayed)
+    offset = float(np.median([a["start_s"] - b["start_s"] for a, b in zip(live, replayed)]))
+    for a, b in zip(live, replayed):
+        assert abs(a["start_s"] - offset - b["start_s"]) <= HOP_S, (live, replayed)
+        assert abs(a["end_s"] - offset - b["end_s"]) <= HOP_S, (live, replayed)

@@ -94,9 +94,39 @@ def test_time_pooling_weighs_each_time_step(stem_stride):
     x = np.full((2, FRAMES, MELS, 1), -60.0, np.float32)
     x[0, 10:30, 15:20] = 0.0
     x[1, FRAMES - 30:FRAMES - 10, 15:20] = 0.0
-    out = m.predict(x, verbose=0)
+    out = m.predict(x, verbose=0)[0]  # [window logits, frame logits]
     assert abs(out[0, 0] - out[1, 0]) > 1e-3
     kernel[:] = 1.0 / steps  # ...and the same weight everywhere treats them (nearly) alike
     m.get_layer("time_weights").kernel.assign(kernel)
-    out_flat = m.predict(x, verbose=0)
+    out_flat = m.predict(x, verbose=0)[0]
     assert abs(out_flat[0, 0] - out_flat[1, 0]) < abs(out[0, 0] - out[1, 0])
+
+
+@pytest.mark.parametrize("stem_stride", [1, 2])
+def test_time_pooling_has_a_frame_output_where_the_call_is(stem_stride):
+    from train.model import FRAME_OUTPUT, has_frames, step_frames
+
+    m = model(pooling="time", stem_stride=stem_stride)
+    assert has_frames(m) and not has_frames(model())
+    steps = m.get_layer("freq_pool").output.shape[1]
+    assert m.output_shape[1] == (None, steps, 1, 2)
+    step = step_frames(frames=FRAMES, n_mels=MELS, filters=[16, 24, 32, 48], stem_stride=stem_stride)
+    assert steps * step <= FRAMES < (steps + 1) * step
+    # Only the 1x1 head sits between the time steps and the frame logits: a step's logit
+    # depends on that step's features alone.
+    head = m.get_layer(FRAME_OUTPUT)
+    assert head.kernel.shape[:2] == (1, 1) and head.kernel.shape[-1] == 2
+
+
+def test_the_frame_output_converts_to_a_second_int8_output():
+    pytest.importorskip("tensorflow")
+    from convert.export import check_full_integer, export_tflite, float_ops, tensor_io
+
+    m = model(n_labels=1, pooling="time", stem_stride=2)
+    rng = np.random.default_rng(4)
+    content = export_tflite(m, kind="int8", representative=rng.normal(-50, 10, (8, FRAMES, MELS, 1)).astype(np.float32))
+    check_full_integer(content)
+    assert not float_ops(content)
+    io_ = tensor_io(content)
+    assert io_.output_shape == (1, 1) and io_.frames_shape == (1, m.output_shape[1][1], 1, 1)
+    assert io_.frames_dtype == "int8" and io_.frames_quantization is not None

@@ -101,3 +101,63 @@ def build_tone_bundle(
         metrics={"note": "hand-set tone detector for tests"},
     )
     return folder / "model.tflite"
+
+
+def build_tone_frames_bundle(
+    folder: str | Path,
+    *,
+    tone_hz: float = 2000.0,
+    label: str = "tone",
+    window_s: float = 1.0,
+    step_frames: int = 10,
+    frame_threshold: float = 0.5,
+    params: FeatureParams | None = None,
+) -> Path:
+    """A tone detector with a frame output (as ``pooling: time`` models have), events by the
+    frames rule: per spectrogram frame the same band contrast as :func:`build_tone_bundle`,
+    averaged over ``step_frames`` frames a step (the frame logits, (1, steps, 1, 1)); the
+    window logit is the highest step's. Writes model.tflite + model.json; returns the .tflite."""
+    import tensorflow as tf
+
+    from convert.export import export_tflite, tensor_io
+
+    params = params or FeatureParams()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = params.window_frames(window_s)
+    band = tone_band(params, tone_hz)
+    inputs = tf.keras.Input((frames, params.n_mels, 1))
+    contrast = tf.keras.layers.Conv2D(1, (1, params.n_mels), name="contrast")(inputs)
+    steps = tf.keras.layers.AveragePooling2D((step_frames, 1), name="frame_logits")(contrast)
+    window = tf.keras.layers.Dense(1, name="logits")(tf.keras.layers.GlobalMaxPooling2D()(steps))
+    model = tf.keras.Model(inputs, [window, steps])
+    weights = np.full((1, params.n_mels, 1, 1), -0.5 / (params.n_mels - 1), np.float32)
+    weights[0, band] = 0.5
+    model.get_layer("contrast").set_weights([weights, np.array([-10.0], np.float32)])
+    model.get_layer("logits").set_weights([np.ones((1, 1), np.float32), np.zeros(1, np.float32)])
+    sr = params.sample_rate
+    examples = []
+    for seed in range(16):
+        clip = noise(window_s, sr, seed=seed)
+        if seed % 2:
+            clip = clip + tone(tone_hz, window_s, sr, amplitude=0.05 + 0.02 * seed)
+        examples.append(logmel(clip, params)[:frames, :, None])
+    content = export_tflite(model, kind="int8", representative=np.stack(examples).astype(np.float32))
+    (folder / "model.tflite").write_bytes(content)
+    io_ = tensor_io(content)
+    write_bundle(
+        folder,
+        labels=[label],
+        features=params,
+        window_s=window_s,
+        input_dtype="int8",
+        output_dtype="int8",
+        input_quantization=Quantization(*io_.input_quantization),
+        output_quantization=Quantization(*io_.output_quantization),
+        thresholds={label: 0.5},
+        recommended_hop_s=0.5,
+        metrics={"note": "hand-set tone detector with a frame output, for tests"},
+        events={"extent": {label: {"rule": "frames", "threshold": frame_threshold}}},
+        frames=io_.frames_record(step_frames=step_frames, frame_rate=params.frame_rate),
+    )
+    return folder / "model.tflite"

@@ -31,6 +31,7 @@ from device.bundle import event_settings
 from device.config import Config, DetectionSection, TrainSection
 from device.detector import DetectorParams, detect, detector_params
 from device.features import FeatureParams
+from device.frames import FrameLayout, cell_frames_for
 from train import report
 from train.cache import recording_features
 from train.calibrate import (
@@ -41,6 +42,7 @@ from train.calibrate import (
 )
 from train.datasets import DatasetError, Inventory, Recording, load_datasets
 from train.evaluate import (
+    calibrate_frame_threshold,
     clip_level,
     count_correlation,
     event_metrics,
@@ -48,7 +50,7 @@ from train.evaluate import (
     timeline_scores,
 )
 from train.final import FinalPlan, HeldOut, final_plan
-from train.fit import fit, predict_probabilities
+from train.fit import fit, predict_both, predict_probabilities
 from train.frontend import context_frames, recording_inputs, window_inputs
 from train.hard_negatives import apply_hard_negatives
 from train.split import (
@@ -118,8 +120,8 @@ def split_for(cfg: TrainSection, recordings: list[Recording], *, test_groups: li
 
 
 def _timelines(model, recordings: list[Recording], prepared: Prepared, window_s: float,
-               hop_s: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    return {r.name: timeline_scores(lambda x: predict_probabilities(model, x), prepared.inputs_of(r.name),
+               hop_s: float) -> dict[str, tuple]:
+    return {r.name: timeline_scores(lambda x: predict_both(model, x), prepared.inputs_of(r.name),
                                     params=prepared.params, window_s=window_s, hop_s=hop_s,
                                     duration_s=r.duration_s)
             for r in recordings}
@@ -140,7 +142,7 @@ def calibrate_thresholds(*, cfg: TrainSection, labels: list[str], y: np.ndarray,
             continue
         sources, starts, negatives = [], [], []
         for r in recordings:
-            starts_r, probs_r = timelines[r.name]
+            starts_r, probs_r = timelines[r.name][:2]
             for start, score in zip(starts_r, probs_r[:, i]):
                 if r.kind == "clips":
                     negative = r.annotations[0].label != label
@@ -159,18 +161,29 @@ def calibrate_thresholds(*, cfg: TrainSection, labels: list[str], y: np.ndarray,
 
 
 def calibrate_events(*, detection: DetectionSection, labels: list[str], thresholds: dict[str, float], timelines: dict,
-                     recordings: list[Recording], window_s: float, hop_s: float, log: Log = print
-                     ) -> tuple[dict[str, DetectorParams], dict]:
+                     recordings: list[Recording], window_s: float, hop_s: float, log: Log = print,
+                     layout: FrameLayout | None = None) -> tuple[dict[str, DetectorParams], dict]:
     """The event rule the bundle ships: the detection settings (the config's ``detection``
-    section) and, per label, the extent trims calibrated on the annotated validation recordings.
+    section) and, per label, the extent trims calibrated on the annotated validation recordings
+    (with a frame ``layout``: the frames rule and its threshold, on the same recordings).
     Returns (detector params per label, the ``events`` record of run.json / model.json)."""
     untrimmed = detector_params(labels=tuple(labels), bundle_thresholds=thresholds, detection=detection)
     extent = {}
+    if layout is not None:
+        for i, label in enumerate(labels):
+            extent[label] = calibrate_frame_threshold(timelines, recordings, i, label, untrimmed[label],
+                                                      layout=layout, hop_s=hop_s, fallback=thresholds[label])
+            log(f"event extent {label}: frames rule, frame threshold {extent[label]['threshold']} "
+                f"(event F1 {extent[label]['f1']}, 1 s segment F1 {extent[label]['segment_f1']} on "
+                f"{extent[label]['calls']} validation calls)")
+        frame_thresholds = {label: e["threshold"] for label, e in extent.items()}
+        params = detector_params(labels=tuple(labels), bundle_thresholds=frame_thresholds, detection=detection)
+        return params, {"detection": event_settings(detection), "extent": extent}
     for i, label in enumerate(labels):
         pairs = []
         for r in recordings:
             if r.kind == "selections" and r.name in timelines:
-                starts, scores = timelines[r.name]
+                starts, scores = timelines[r.name][:2]
                 events = detect(starts, scores[:, i], untrimmed[label], window_s=window_s, hop_s=hop_s)
                 pairs.append(([(d.start_s, d.end_s) for d in events], merged_regions(r, label)))
         extent[label] = calibrate_extent(pairs, window_s=window_s, hop_s=hop_s)
@@ -192,7 +205,7 @@ def train_split(*, config: Config, prepared: Prepared, split: dict[str, str], ou
     keeps the pooled held-out windows as ``test_windows.npz`` (for convert's int8 check)."""
     import keras
 
-    from train.model import build_model, describe
+    from train.model import build_model, describe, has_frames, step_frames
 
     cfg = config.train
     labels, params, window_s = list(cfg.labels), prepared.params, cfg.window_s
@@ -236,12 +249,19 @@ def train_split(*, config: Config, prepared: Prepared, split: dict[str, str], ou
                         normalisation=cfg.model.normalisation, pooling=cfg.model.pooling,
                         stem_stride=cfg.model.stem_stride)
     log(describe(model))
+    steps_of = step_frames(frames=params.window_frames(window_s), n_mels=params.n_mels,
+                           filters=list(cfg.model.filters), stem_stride=cfg.model.stem_stride)
+    layout = None
+    if has_frames(model):
+        hop_frames = max(1, round(hop_s * params.frame_rate))
+        layout = FrameLayout(steps=int(model.output_shape[1][1]), step_frames=steps_of, frame_s=1 / params.frame_rate,
+                             cell_frames=cell_frames_for(hop_frames=hop_frames, step_frames=steps_of))
     began = time.monotonic()
     history = fit(model, sampler=sampler, validation=windows["validation"],
                   augment_params=cfg.augment, epochs=cfg.epochs,
                   patience=cfg.patience, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
                   seed=cfg.seed, to_inputs=lambda x: window_inputs(x, params),
-                  stop_after=final.epochs if final else None, log=log)
+                  stop_after=final.epochs if final else None, step_frames=steps_of, log=log)
     train_seconds = time.monotonic() - began
     model.save(out / "model.keras")
 
@@ -269,7 +289,7 @@ def train_split(*, config: Config, prepared: Prepared, split: dict[str, str], ou
         log(f"threshold {label}: {t.value:.4f} ({t.method}, {t.achieved}){' - ' + t.note if t.note else ''}")
     detection, events_rule = calibrate_events(detection=config.detection, labels=labels, thresholds=threshold_values,
                                               timelines=val_timelines, recordings=val_recordings,
-                                              window_s=window_s, hop_s=hop_s, log=log)
+                                              window_s=window_s, hop_s=hop_s, log=log, layout=layout)
 
     test = windows["test"]
     test_scores = predict_probabilities(model, test.x)
@@ -306,7 +326,7 @@ def train_split(*, config: Config, prepared: Prepared, split: dict[str, str], ou
         collect.append(HeldOut(test, test_scores, test_timelines, parts["test"], history.best_epoch))
     if timeline_recordings:
         metrics["events"] = event_metrics(_timelines(model, timeline_recordings, prepared, window_s, hop_s),
-                                          timeline_recordings, labels, detection, window_s, hop_s)
+                                          timeline_recordings, labels, detection, window_s, hop_s, layout)
 
     keep = np.random.default_rng([cfg.seed, 1]).permutation(len(calibration_x))[:cfg.calibration_windows]
     np.save(out / "calibration.npy", calibration_x[keep][..., None].astype(np.float32))
@@ -315,6 +335,7 @@ def train_split(*, config: Config, prepared: Prepared, split: dict[str, str], ou
     run_info = {
         "labels": labels, "features": params.to_dict(), "window_s": float(window_s),
         "thresholds": threshold_values, "recommended_hop_s": float(hop_s), "events": events_rule,
+        **({"frames": {"step_frames": steps_of}} if layout is not None else {}),
         "calibration": {"method": cfg.calibration.method,
                         "target": (cfg.calibration.target_precision if cfg.calibration.method == "precision"
                                    else "best F1" if cfg.calibration.method == "f1"

@@ -10,7 +10,8 @@
   by the device's own detector (``device.detector.detect``) with the settings the bundle ships;
   an event that touches an annotation is a hit, one that touches only unannotated background is
   a false alarm; an annotation no event touches is a miss; and how well events localise calls
-  (F1 at IoU >= 0.3, onset and offset errors).
+  (F1 at IoU >= 0.3, onset and offset errors). A timeline with frame scores (a model with a
+  frame output) and a frame layout make events by the frame rule (``detect_frames``).
 """
 
 from __future__ import annotations
@@ -20,13 +21,25 @@ from collections.abc import Callable
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from device.detector import DetectorParams, detect
+from device.detector import Detection, DetectorParams, detect, detect_frames
+from device.frames import FrameLayout
 from train.calibrate import covered_hours
 from train.datasets import Recording
 from train.windows import WindowSet, crop, floor_db, merged_regions, tile_starts, window_labels
 
-Predict = Callable[[np.ndarray], np.ndarray]
-"""x (N, frames, n_mels, 1) float32 dB -> (N, n_labels) probabilities."""
+Predict = Callable[[np.ndarray], np.ndarray | tuple]
+"""x (N, frames, n_mels, 1) float32 dB -> (N, n_labels) probabilities, or (those, (N, steps,
+n_labels) frame probabilities) for a model with a frame output."""
+
+
+def label_events(timeline: tuple, i: int, params: DetectorParams, *, window_s: float, hop_s: float,
+                 layout: FrameLayout | None = None, label: str = "") -> list[Detection]:
+    """The device's events for label ``i`` of one recording's timeline: (starts, scores) or
+    (starts, scores, frames); by the frame rule when the timeline has frames and ``layout`` is
+    given, else from the window scores."""
+    if layout is not None and len(timeline) == 3:
+        return detect_frames(timeline[0], timeline[2][:, :, i], params, layout=layout, hop_s=hop_s, label=label)
+    return detect(timeline[0], timeline[1][:, i], params, window_s=window_s, hop_s=hop_s, label=label)
 
 
 def rates(tp: int, fp: int, fn: int) -> dict:
@@ -95,14 +108,22 @@ def count_correlation(windows: WindowSet, scores: np.ndarray, labels: list[str],
 
 
 def timeline_scores(predict: Predict, features: np.ndarray, *, params, window_s: float, hop_s: float,
-                    duration_s: float, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(starts (K,), probabilities (K, n_labels)) of windows every ``hop_s`` along a recording."""
+                    duration_s: float, batch: int = 256) -> tuple:
+    """(starts (K,), probabilities (K, n_labels)) of windows every ``hop_s`` along a recording,
+    and the frame probabilities (K, steps, n_labels) third when ``predict`` gives them."""
     starts = tile_starts(duration_s, window_s, hop_s)
     frames, floor = params.window_frames(window_s), floor_db(params)
-    out = []
+    out, frame_out = [], []
     for i in range(0, len(starts), batch):
         x = np.stack([crop(features, round(s * params.frame_rate), frames, floor) for s in starts[i:i + batch]])
-        out.append(predict(x[..., None]))
+        p = predict(x[..., None])
+        if isinstance(p, tuple):
+            p, f = p
+            if f is not None:
+                frame_out.append(f)
+        out.append(p)
+    if frame_out:
+        return starts, np.concatenate(out), np.concatenate(frame_out)
     return starts, np.concatenate(out)
 
 
@@ -153,7 +174,7 @@ def summarise_localisation(parts: list[dict]) -> dict:
 
 def event_metrics(timelines: dict[str, tuple[np.ndarray, np.ndarray]], recordings: list[Recording],
                   labels: list[str], params: dict[str, DetectorParams], window_s: float,
-                  hop_s: float) -> dict:
+                  hop_s: float, layout: FrameLayout | None = None) -> dict:
     """Event-level figures per label, from the events the device's detector makes of the window
     scores (``params``: the detection settings and extents the bundle ships):
 
@@ -169,12 +190,13 @@ def event_metrics(timelines: dict[str, tuple[np.ndarray, np.ndarray]], recording
         for r in recordings:
             if r.name not in timelines:
                 continue
-            starts, scores = timelines[r.name]
+            starts = timelines[r.name][0]
             regions = merged_regions(r, label)
             others = [(s, e) for other in labels if other != label for s, e in merged_regions(r, other)]
             excused = regions + others + list(r.ignored)
-            events = [(d.start_s, d.end_s) for d in detect(starts, scores[:, i], params[label],
-                                                           window_s=window_s, hop_s=hop_s, label=label)]
+            events = [(d.start_s, d.end_s) for d in label_events(timelines[r.name], i, params[label],
+                                                                 window_s=window_s, hop_s=hop_s,
+                                                                 layout=layout, label=label)]
             for event in events:
                 if any(_touches(event, region) for region in regions):
                     hits += 1
@@ -198,3 +220,61 @@ def event_metrics(timelines: dict[str, tuple[np.ndarray, np.ndarray]], recording
                       "false_alarms_per_hour": false_alarms / hours if hours > 0 else None,
                       "background_hours": hours, "localisation": summarise_localisation(parts)}
     return out
+
+
+FRAME_THRESHOLDS = np.round(np.concatenate([np.arange(0.1, 0.951, 0.05), [0.97, 0.98, 0.99]]), 2)
+"""Frame thresholds tried by :func:`calibrate_frame_threshold`."""
+
+
+SEGMENT_S = 1.0
+"""Segment length of the segment-based F1 (DCASE's 1 s segments) that breaks ties between frame
+thresholds of equal event F1."""
+
+
+def segment_counts(events: list[tuple[float, float]], calls: list[tuple[float, float]], *,
+                   ignored: list[tuple[float, float]], duration_s: float) -> tuple[int, int, int]:
+    """(tp, fp, fn) of back-to-back ``SEGMENT_S`` segments from 0: a segment is positive when an
+    event (predicted) or a call (true) touches it; segments touching an ignored stretch do not count."""
+    tp = fp = fn = 0
+    for start in np.arange(0.0, duration_s - 1e-9, SEGMENT_S).tolist():
+        segment = (start, start + SEGMENT_S)
+        if any(_touches(segment, x) for x in ignored):
+            continue
+        predicted = any(_touches(segment, e) for e in events)
+        true = any(_touches(segment, c) for c in calls)
+        tp, fp, fn = tp + (predicted and true), fp + (predicted and not true), fn + (true and not predicted)
+    return tp, fp, fn
+
+
+def calibrate_frame_threshold(timelines: dict, recordings: list[Recording], i: int, label: str,
+                              params: DetectorParams, *, layout: FrameLayout, hop_s: float,
+                              fallback: float) -> dict:
+    """The frames extent rule of one label: the frame threshold whose events (the device's frame
+    rule, ``params`` otherwise) reach the best F1 at IoU >= 0.3 against the annotated calls of
+    the recordings with frame timelines; a few validation calls often leave a wide plateau, so
+    ties go to the best segment-based F1 (1 s segments, DCASE's other metric: how much of each
+    call's time the events cover), then to the middle one. ``fallback`` when the recordings
+    hold no call. Returns {"rule": "frames", "threshold", "calls", "f1", "segment_f1"}."""
+    from dataclasses import replace
+
+    chosen = [(r, timelines[r.name]) for r in recordings
+              if r.kind == "selections" and r.name in timelines and len(timelines[r.name]) == 3]
+    calls = sum(len(merged_regions(r, label)) for r, _ in chosen)
+    if not calls:
+        return {"rule": "frames", "threshold": float(fallback), "calls": 0, "f1": None, "segment_f1": None}
+    scores = []
+    for t in FRAME_THRESHOLDS.tolist():
+        at = replace(params, threshold=t)
+        parts, segments = [], np.zeros(3)
+        for r, timeline in chosen:
+            events = [(d.start_s, d.end_s) for d in label_events(timeline, i, at, window_s=0.0, hop_s=hop_s,
+                                                                 layout=layout)]
+            parts.append(localisation(events, merged_regions(r, label)))
+            segments += segment_counts(events, merged_regions(r, label), ignored=list(r.ignored),
+                                       duration_s=r.duration_s)
+        tp, fp, fn = segments
+        scores.append((round(summarise_localisation(parts)["f1"] or 0.0, 9), round(2 * tp / max(2 * tp + fp + fn, 1), 9)))
+    best = max(scores)
+    tied = [t for t, score in zip(FRAME_THRESHOLDS.tolist(), scores) if score == best]
+    return {"rule": "frames", "threshold": float(tied[(len(tied) - 1) // 2]), "calls": calls,
+            "f1": round(best[0], 4), "segment_f1": round(best[1], 4)}

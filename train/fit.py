@@ -7,6 +7,12 @@ The kept weights are those of the latest epoch whose mean validation PR-AUC is w
 ``MIN_DELTA`` of the best so far: small validation sets saturate near 1.0 early, and at an equal
 score the longer-trained, lower-learning-rate weights generalise better to new sites. Training
 stops after ``patience`` epochs that fall short of that.
+
+A model with a frame output (:func:`train.model.has_frames`) also learns it: a masked
+from-logits binary cross-entropy against the frame targets where the annotations give call
+times, and for positive clips (a call somewhere, time unknown) the cross-entropy of the
+window's highest step against 1 (multiple-instance learning). Validation, early stopping and
+the window scores use the window output.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ import numpy as np
 from sklearn.metrics import average_precision_score
 
 from train.augment import AugmentParams, augment
-from train.windows import WindowSampler, WindowSet
+from train.model import has_frames
+from train.windows import SOMEWHERE, WindowSampler, WindowSet
 
 
 @dataclass
@@ -49,10 +56,40 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 
 
 def predict_probabilities(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """(N, n_labels) probabilities of (N, frames, n_mels, 1) windows."""
+    """(N, n_labels) window probabilities of (N, frames, n_mels, 1) windows."""
+    return predict_both(model, x, batch_size)[0]
+
+
+def predict_both(model: keras.Model, x: np.ndarray,
+                 batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
+    """Window probabilities (N, n_labels) and, for a model with a frame output, frame
+    probabilities (N, steps, n_labels) (else None)."""
+    frames = has_frames(model)
+    n_labels = int(model.output_shape[0][-1] if frames else model.output_shape[-1])
     if len(x) == 0:
-        return np.zeros((0, model.output_shape[-1]), np.float32)
-    return sigmoid(model.predict(x, batch_size=batch_size, verbose=0))
+        steps = int(model.output_shape[1][1]) if frames else 0
+        return np.zeros((0, n_labels), np.float32), (np.zeros((0, steps, n_labels), np.float32)
+                                                      if frames else None)
+    out = model.predict(x, batch_size=batch_size, verbose=0)
+    if frames:
+        return sigmoid(out[0]), sigmoid(out[1][:, :, 0, :])
+    return sigmoid(out), None
+
+
+def frame_loss(y_true, y_pred):
+    """Per window: the mean from-logits cross-entropy over steps with a target in [0, 1], plus,
+    per label marked ``SOMEWHERE``, that of the highest step against 1. Shapes (N, steps, 1, L)."""
+    from keras import ops
+
+    known = ops.cast(y_true >= 0, y_pred.dtype)
+    target = ops.clip(y_true, 0.0, 1.0)
+    bce = ops.relu(y_pred) - y_pred * target + ops.log1p(ops.exp(-ops.abs(y_pred)))
+    somewhere = ops.cast(ops.max(ops.cast(y_true <= SOMEWHERE + 0.5, y_pred.dtype), axis=(1, 2)), y_pred.dtype)
+    best = ops.max(y_pred, axis=(1, 2))  # (N, L)
+    mil = ops.relu(-best) + ops.log1p(ops.exp(-ops.abs(best)))
+    total = ops.sum(bce * known, axis=(1, 2, 3)) + ops.sum(mil * somewhere, axis=1)
+    count = ops.sum(known, axis=(1, 2, 3)) + ops.sum(somewhere, axis=1)
+    return total / ops.maximum(count, 1.0)
 
 
 def _bce(y: np.ndarray, p: np.ndarray) -> float:
@@ -78,6 +115,7 @@ def fit(
     seed: int,
     to_inputs: Callable[[np.ndarray], np.ndarray] | None = None,
     stop_after: int | None = None,
+    step_frames: int = 0,
     log: Callable[[str], None] = print,
 ) -> History:
     """Train ``model`` in place (best weights restored) and return its history.
@@ -88,26 +126,36 @@ def fit(
 
     ``to_inputs`` turns the augmented dB crops into model inputs (:func:`train.frontend.window_inputs`).
     ``stop_after``: train exactly this many epochs of the ``epochs``-long schedule and keep the
-    last weights, whatever validation says (a final model, whose epoch count cross-validation chose)."""
+    last weights, whatever validation says (a final model, whose epoch count cross-validation chose).
+    ``step_frames``: spectrogram frames per step of the frame output (:func:`train.model.step_frames`;
+    0: the window's frames over its steps, rounded down)."""
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(seed)
     steps = epochs * -(-(sampler.positives_per_epoch + sampler.negatives_per_epoch) // batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=0.05)
-    model.compile(optimizer=keras.optimizers.Adam(schedule),
-                  loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    bce = keras.losses.BinaryCrossentropy(from_logits=True)
+    frames = has_frames(model)
+    steps = int(model.output_shape[1][1]) if frames else 0
+    step_frames = step_frames or (sampler.frames // steps if steps else 1)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=[bce, frame_loss] if frames else bce)
     history = History()
     best_score, best_weights, waited = None, model.get_weights(), 0
     for epoch in range(1, (stop_after or epochs) + 1):
         began = time.monotonic()
         rng = np.random.default_rng([seed, epoch])
-        x, y = sampler.epoch(rng)
-        x, y = augment(x, y, params=augment_params, rng=rng, floor=sampler.floor,
-                       backgrounds=sampler.mixing_windows, frame_rate=sampler.params.frame_rate)
+        x, y, f = sampler.epoch_with_frames(rng, steps=steps, step_frames=step_frames)
+        n_labels = y.shape[1]
+        # Frame targets ride along as extra label columns (mixup mixes them with the same weights).
+        x, y = augment(x, np.concatenate([y, f.reshape(len(y), -1)], axis=1), params=augment_params, rng=rng,
+                       floor=sampler.floor, backgrounds=sampler.mixing_windows,
+                       frame_rate=sampler.params.frame_rate)
+        y, f = y[:, :n_labels], y[:, n_labels:].reshape(len(y), steps, 1, n_labels)
         if to_inputs is not None:
             x = to_inputs(x)
-        fitted = model.fit(x[..., None], y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+        fitted = model.fit(x[..., None], [y, f] if frames else y, batch_size=batch_size, epochs=1,
+                           shuffle=False, verbose=0)
         loss = float(fitted.history["loss"][-1])
         if len(validation):
             p = predict_probabilities(model, validation.x)
@@ -132,4 +180,6 @@ def fit(
             log(f"early stop: no validation improvement for {patience} epochs; best epoch {history.best_epoch}")
             break
     model.set_weights(best_weights)
+    # A plain loss in the saved compile config, so model.keras loads anywhere without this package.
+    model.compile(loss=bce)
     return history

@@ -11,6 +11,12 @@ and weighs each remaining time step with a DepthwiseConv2D as long as the time a
 clips its edge; it converts without RESHAPE/PACK ops. No custom layers, so ``model.keras``
 loads anywhere without this package.
 
+Frame output (``pooling="time"``): a 1x1 Conv2D from the frequency-pooled time steps to one logit
+per label and step, a second output of shape (None, steps, 1, n_labels) named ``frame_logits``:
+where in the window the call is, at ``step_frames(...)`` spectrogram frames a step (weakly
+supervised sound event detection, as DCASE Task 4 systems do). The model's outputs are then
+``[logits, frame_logits]``; the window output is unchanged.
+
 Per-band normalisation: each mel band's mean over the window is subtracted inside the model.
 It removes the recorder's gain and the site's steady background spectrum (hum, a distant
 road), a causal stand-in for PCEN that the stream reproduces exactly, since the device feeds
@@ -27,6 +33,20 @@ _BN_MOMENTUM = 0.9
 """Keras' 0.99 needs thousands of steps before the moving statistics that inference uses catch
 up with the batches; runs here take a few hundred."""
 POOLINGS = ("max", "avg", "time")
+FRAME_OUTPUT = "frame_logits"
+"""Name of the frame output layer (models with ``pooling="time"``)."""
+
+
+def step_frames(*, frames: int, n_mels: int, filters: list[int], stem_stride: int = 1) -> int:
+    """Spectrogram frames per step of the frame output: the time downsampling of the trunk
+    (the stem's stride, then halved by every pooling that :func:`build_model` applies)."""
+    height, width, step = -(-frames // stem_stride), -(-n_mels // stem_stride), stem_stride
+    if min(height, width) >= 2:
+        height, width, step = height // 2, width // 2, step * 2
+    for i in range(1, len(filters)):
+        if i < len(filters) - 1 and min(height, width) >= 2:
+            height, width, step = height // 2, width // 2, step * 2
+    return step
 
 
 def build_model(
@@ -78,16 +98,24 @@ def build_model(
         # Max over frequency, then one learned weight per time step and channel (a depthwise
         # convolution as long as the time axis): the output knows where in the window a call is.
         # (A Reshape/Flatten would do too, but converts with PACK/SHAPE ops around the RESHAPE.)
-        x = layers.MaxPooling2D((1, width), name="freq_pool")(x)
+        x = steps = layers.MaxPooling2D((1, width), name="freq_pool")(x)
         x = layers.DepthwiseConv2D((height, 1), padding="valid", use_bias=False, name="time_weights")(x)
         x = layers.BatchNormalization(momentum=_BN_MOMENTUM, name="time_bn")(x)
+        frames_out = layers.Conv2D(n_labels, 1, name=FRAME_OUTPUT)(steps)
         x = layers.ReLU(name="time_relu")(x)
     pool = layers.GlobalMaxPooling2D if pooling in ("max", "time") else layers.GlobalAveragePooling2D
     x = pool(name="global_pool")(x)
     if dropout > 0:
         x = layers.Dropout(dropout, name="dropout")(x)
     logits = layers.Dense(n_labels, name="logits")(x)
+    if pooling == "time":
+        return keras.Model(inputs, [logits, frames_out], name=name)
     return keras.Model(inputs, logits, name=name)
+
+
+def has_frames(model: keras.Model) -> bool:
+    """True when the model has the frame output (a second output, :data:`FRAME_OUTPUT`)."""
+    return len(model.outputs) == 2
 
 
 def int8_size_estimate(model: keras.Model) -> int:
@@ -107,5 +135,7 @@ def int8_size_estimate(model: keras.Model) -> int:
 
 def describe(model: keras.Model) -> str:
     """One line: input shape, parameters, estimated int8 size."""
-    return (f"model: input {tuple(model.input_shape[1:])}, output {tuple(model.output_shape[1:])} logits, "
+    shapes = model.output_shape if has_frames(model) else [model.output_shape]
+    outputs = " + ".join(str(tuple(shape[1:])) for shape in shapes)
+    return (f"model: input {tuple(model.input_shape[1:])}, output {outputs} logits, "
             f"{model.count_params():,} parameters, about {int8_size_estimate(model) / 1024:.1f} KiB as int8")

@@ -68,6 +68,9 @@ def recalibrate_bundle(*, model: Path, background: list[Path], out: Path, false_
     detection: the config's ``detection`` section; alarms are the events the device's detector
     makes with those settings (the bundle's own, ``events.detection``, when it has them)."""
     bundle = load_bundle(model)
+    if bundle.frame_rule:  # its false alarms come from the stitched frame track, not window scores
+        raise BundleError(f"{model}: events come from the model's frame output (events.extent rule "
+                          "'frames'); recalibrating a frame threshold is not supported yet: retrain instead")
     source = resolve_manifest(model).parent
     out = Path(out)
     if out.resolve() == source.resolve():

@@ -63,6 +63,36 @@ def window_labels(recording: Recording, start_s: float, window_s: float, labels:
     return y, ambiguous and not y.any()
 
 
+UNKNOWN = -1.0
+"""Frame target: no loss on this step."""
+SOMEWHERE = -2.0
+"""Frame target: the label is somewhere in the window (a positive clip); the loss uses the
+window's highest step."""
+
+
+def frame_targets(recording: Recording, start_s: float, *, steps: int, step_s: float,
+                  labels: list[str]) -> np.ndarray:
+    """(steps, n_labels) float32 targets of the frame output for the window starting at
+    ``start_s``: step t spans [start_s + t step_s, start_s + (t + 1) step_s)."""
+    out = np.zeros((steps, len(labels)), np.float32)
+    lo = start_s + np.arange(steps) * step_s
+    hi = lo + step_s
+    if recording.kind == "clips":
+        clip_label = recording.annotations[0].label if recording.annotations else NEGATIVE
+        for i, label in enumerate(labels):
+            if clip_label == label:
+                out[:, i] = SOMEWHERE
+        return out
+    for i, label in enumerate(labels):
+        for s, e in merged_regions(recording, label):
+            out[:, i] += np.clip(np.minimum(hi, e) - np.maximum(lo, s), 0.0, None) / step_s
+    np.minimum(out, 1.0, out=out)
+    for s, e in recording.ignored:
+        touched = (np.minimum(hi, e) - np.maximum(lo, s) > 1e-6) & ~(out > 0.5).any(axis=1)
+        out[touched] = UNKNOWN
+    return out
+
+
 def crop_range(start_s: float, end_s: float, *, window_s: float, shift_s: float, duration_s: float) -> tuple[float, float]:
     """Range of window starts, seconds, for an annotation [start_s, end_s)."""
     length = end_s - start_s
@@ -238,15 +268,30 @@ class WindowSampler:
 
     def epoch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """x (N, context + frames, n_mels) float32 dB, y (N, n_labels) float32, unaugmented, shuffled."""
+        x, y, _ = self.epoch_with_frames(rng, steps=0, step_frames=1)
+        return x, y
+
+    def epoch_with_frames(self, rng: np.random.Generator, *, steps: int,
+                          step_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`epoch` (the same draw for the same generator) and the frame targets
+        (N, steps, n_labels) of a frame output with ``step_frames`` spectrogram frames a step
+        (:func:`frame_targets`; steps 0: none)."""
         picks = self._draw(rng)
         order = rng.permutation(len(picks))
         x = np.empty((len(picks), self.context + self.frames, self.params.n_mels), np.float32)
         y = np.zeros((len(picks), len(self.labels)), np.float32)
+        f = np.zeros((len(picks), steps, len(self.labels)), np.float32)
+        step_s = step_frames / self.params.frame_rate
         for row, k in enumerate(order):
             index, start = picks[k]
             x[row] = self.window(index, start)
             y[row] = window_labels(self.recordings[index], start, self.window_s, self.labels)[0]
-        return x, y
+            if steps:
+                # The window starts on a whole frame (self.window rounds the same way).
+                start = round(start * self.params.frame_rate) / self.params.frame_rate
+                f[row] = frame_targets(self.recordings[index], start, steps=steps, step_s=step_s,
+                                       labels=self.labels)
+        return x, y, f
 
     def mixing_windows(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """(n, context + frames, n_mels) background windows (negative material of the training split)."""

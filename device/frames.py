@@ -1,0 +1,178 @@
+"""Stitching a model's frame output across overlapping windows into one track per label.
+
+A model with a frame output (``pooling: time``) gives, for each window, one probability per
+label and *step*: step t of a window whose first spectrogram frame is f0 stands for frames
+[f0 + t step_frames, f0 + (t + 1) step_frames). Windows overlap (a 3 s window every 0.5 s), so
+each moment is seen by several windows. The stitched track lives on a grid of *cells* of
+``cell_frames`` spectrogram frames from time 0 (a divisor of the hop, so every window lands on
+the grid the same way): a cell's score is the mean, over every window covering the cell's
+centre, of the score of the step holding it. A cell is final once a window starts after it
+(windows come in time order), so the stitcher keeps only the cells of the newest window: its
+memory is bounded by the window's length, whatever the recording's.
+
+Batch (:func:`stitch`) and streaming (:class:`FrameStitcher`, fed any run of windows and
+finished at the end) give the same cells.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FrameLayout:
+    """Where a window's frame output lies in time, and the grid it is stitched on."""
+
+    steps: int
+    """Steps of the frame output per window."""
+    step_frames: int
+    """Spectrogram frames per step."""
+    frame_s: float
+    """Seconds per spectrogram frame (hop_length / sample_rate)."""
+    cell_frames: int
+    """Spectrogram frames per cell of the stitched track (:func:`cell_frames_for`)."""
+
+    @property
+    def cell_s(self) -> float:
+        """Seconds per cell."""
+        return self.cell_frames * self.frame_s
+
+    def first_frame(self, start_s: float) -> int:
+        """Spectrogram frame (from time 0) at which a window starting at ``start_s`` begins."""
+        return round(start_s / self.frame_s)
+
+
+def cell_frames_for(*, hop_frames: int, step_frames: int) -> int:
+    """The largest divisor of the hop (frames) no longer than half a step: every window starts
+    on a cell boundary, and a cell is finer than the steps it stitches."""
+    limit = max(1, step_frames // 2)
+    return max(d for d in range(1, hop_frames + 1) if hop_frames % d == 0 and d <= limit)
+
+
+def at_frame_rate(params, *, hop_s: float, cell_s: float):
+    """Window-rate ``DetectorParams`` for a track of cells: counts of windows (smoothing, k of
+    n) become counts of cells spanning the same time ((count - 1) hops, plus one cell); times in
+    seconds stay; no trims (a cell is its own extent)."""
+    scale = max(1, round(hop_s / cell_s))
+
+    def cells(count: int) -> int:
+        return (count - 1) * scale + 1
+
+    return replace(
+        params,
+        smoothing_windows=cells(params.smoothing_windows),
+        confirm_k=cells(params.confirm_k),
+        confirm_n=cells(params.confirm_n),
+        start_trim_s=0.0,
+        end_trim_s=0.0,
+    )
+
+
+class FrameStitcher:
+    """Mean of the frame scores of every window covering each cell, streamed. Not thread-safe.
+
+    Feed windows in time order with :meth:`push`; each call returns the cells that no later
+    window can cover any more; :meth:`finish` returns the rest and resets.
+    """
+
+    def __init__(self, layout: FrameLayout, n_labels: int) -> None:
+        self.layout = layout
+        self.n_labels = n_labels
+        r, span = layout.cell_frames, layout.steps * layout.step_frames
+        self._capacity = -(-span // r) + 1
+        """Most cells one window covers: the accumulators never hold more."""
+        self._sum = np.zeros((self._capacity, n_labels), np.float64)
+        self._count = np.zeros(self._capacity, np.int64)
+        self._patterns: dict[int, np.ndarray] = {}
+        self._empty = (np.zeros(0, np.int64), np.zeros((0, n_labels), np.float64))
+        self._reset()
+
+    def _reset(self) -> None:
+        self._base = 0
+        """Cell index of row 0 of the accumulators."""
+        self._n = 0
+        """Rows in use."""
+        self._sum[:] = 0.0
+        self._count[:] = 0
+
+    def _first_cell(self, f0: int) -> tuple[int, np.ndarray]:
+        """(first cell, step of each cell from it) whose centre lies in the window starting at
+        frame f0. The steps depend only on where f0 falls within its cell: cached."""
+        lay = self.layout
+        r, span = lay.cell_frames, lay.steps * lay.step_frames
+        lo = -(-(2 * f0 - r) // (2 * r))
+        phase = (
+            2 * lo * r + r - 2 * f0
+        )  # twice the first cell centre's offset from f0, 0 <= phase < 2r
+        steps = self._patterns.get(phase)
+        if steps is None:
+            centres = 2 * np.arange(self._capacity) * r + phase
+            steps = self._patterns[phase] = centres[centres < 2 * span] // (2 * lay.step_frames)
+        return lo, steps
+
+    def _cells(self, f0: int) -> tuple[np.ndarray, np.ndarray]:
+        """(cell indices, step of each) whose centre lies in the window starting at frame f0."""
+        lo, steps = self._first_cell(f0)
+        return lo + np.arange(len(steps)), steps
+
+    def push(self, start_s: float, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """frames: (steps, n_labels) probabilities of the window starting at ``start_s``.
+        Returns (cell indices (K,), scores (K, n_labels)) of the cells now final."""
+        lo, steps = self._first_cell(self.layout.first_frame(start_s))
+        done = self._release(lo) if self._n else self._empty
+        if not self._n:
+            self._base = lo
+        k = len(steps)
+        # Rows from 0: the window starts at or after the first cell still held (time order).
+        self._sum[:k] += frames[steps]
+        self._count[:k] += 1
+        self._n = max(self._n, k)
+        return done
+
+    def _release(self, upto: int) -> tuple[np.ndarray, np.ndarray]:
+        """Cells before ``upto`` (with at least one window) leave the accumulators."""
+        n = min(max(0, upto - self._base), self._n)
+        if not n:
+            return self._empty
+        counts = self._count[:n]
+        cells = np.arange(self._base, self._base + n)
+        scores = self._sum[:n] / np.maximum(counts, 1)[:, None]
+        if not counts.all():  # a gap between windows: cells no window covered
+            cells, scores = cells[counts > 0], scores[counts > 0]
+        rest = self._n - n
+        self._sum[:rest] = self._sum[n : self._n]
+        self._count[:rest] = self._count[n : self._n]
+        self._sum[rest : self._n] = 0.0
+        self._count[rest : self._n] = 0
+        self._n = rest
+        self._base = upto if not rest else self._base + n
+        return cells, scores
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every remaining cell; the stitcher starts afresh."""
+        done = self._release(self._base + self._n) if self._n else self._empty
+        self._reset()
+        return done
+
+
+def stitch(
+    layout: FrameLayout, starts: np.ndarray, frames: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Batch stitching of windows starting at ``starts`` (K,) with frame scores (K, steps,
+    n_labels): (cell indices, scores (cells, n_labels)) of every covered cell, in order."""
+    n_labels = frames.shape[2] if frames.ndim == 3 else 1
+    frames = frames.reshape(len(frames), layout.steps, n_labels)
+    stitcher = FrameStitcher(layout, n_labels)
+    sums: dict[int, np.ndarray] = {}
+    counts: dict[int, int] = {}
+    for start, window in zip(np.asarray(starts, np.float64).tolist(), frames):
+        cells, steps = stitcher._cells(layout.first_frame(start))
+        for cell, step in zip(cells.tolist(), steps.tolist()):
+            sums[cell] = sums.get(cell, 0.0) + window[step]
+            counts[cell] = counts.get(cell, 0) + 1
+    order = sorted(sums)
+    if not order:
+        return np.zeros(0, np.int64), np.zeros((0, n_labels))
+    return np.array(order), np.stack([sums[c] / counts[c] for c in order])
