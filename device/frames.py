@@ -16,7 +16,8 @@ finished at the end) give the same cells.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import copy
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -60,14 +61,18 @@ def at_frame_rate(params, *, hop_s: float, cell_s: float):
     def cells(count: int) -> int:
         return (count - 1) * scale + 1
 
-    return replace(
-        params,
-        smoothing_windows=cells(params.smoothing_windows),
-        confirm_k=cells(params.confirm_k),
-        confirm_n=cells(params.confirm_n),
-        start_trim_s=0.0,
-        end_trim_s=0.0,
-    )
+    # A copy, not dataclasses.replace: the counts of cells may exceed the config's bounds on
+    # counts of windows (validated already, in windows), which __post_init__ would check again.
+    out = copy.copy(params)
+    for name, value in (
+        ("smoothing_windows", cells(params.smoothing_windows)),
+        ("confirm_k", cells(params.confirm_k)),
+        ("confirm_n", cells(params.confirm_n)),
+        ("start_trim_s", 0.0),
+        ("end_trim_s", 0.0),
+    ):
+        object.__setattr__(out, name, value)
+    return out
 
 
 class FrameStitcher:

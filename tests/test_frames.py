@@ -45,6 +45,8 @@ def test_settings_counted_in_windows_span_the_same_time_in_cells():
     assert (p.start_trim_s, p.end_trim_s) == (0.0, 0.0)
     one = at_frame_rate(DetectorParams(threshold=0.5), hop_s=0.5, cell_s=0.1)
     assert (one.smoothing_windows, one.confirm_k, one.confirm_n) == (1, 1, 1)
+    most = at_frame_rate(DetectorParams(threshold=0.5, confirm_k=100, confirm_n=100), hop_s=0.5, cell_s=0.1)
+    assert (most.confirm_k, most.confirm_n) == (496, 496)  # past the config's bound on windows: allowed
 
 
 @settings(max_examples=60, deadline=None)
