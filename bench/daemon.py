@@ -140,12 +140,13 @@ def pipeline_cpu(model: Path) -> dict:
 
     from device.bundle import load_bundle
     from device.config import validate
+    from device.eventfactory import EventFactory
     from device.features import StreamingLogMel
     from device.health import Health
-    from device.paths import Sequence
-    from device.pipeline import EventFactory, build_pipeline
+    from device.pipeline import build_pipeline
     from device.ringbuffer import RingBuffer
     from device.runtime import load_classifier
+    from device.sequence import Sequence
     from device.sinks import SinkQueue
 
     bundle = load_bundle(model)

@@ -22,14 +22,17 @@ from device.audio import AudioError
 from device.bundle import Bundle, BundleError, load_bundle
 from device.config import ClipsSection, Config, ConfigError, OutputsSection
 from device.detector import detector_params
+from device.eventfactory import EventFactory
 from device.health import Health
 from device.logsetup import setup_logging
 from device.notify import Notifier
-from device.paths import Sequence, device_id, state_dir
-from device.pipeline import EventFactory, build_pipeline, run_live
+from device.paths import device_id, state_dir
+from device.pipeline import build_pipeline
 from device.runtime import Classifier, load_classifier
+from device.sequence import Sequence
 from device.sinks import Outputs, SinkQueue, build_sinks
 from device.sources import Backoff, Liveness, MicrophoneSource, SourceError
+from device.supervisor import run_live
 
 log = logging.getLogger(__name__)
 

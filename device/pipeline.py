@@ -1,8 +1,15 @@
-"""The worker: ring buffer -> streaming log-mel -> model window every hop -> detector -> sink queue.
+"""Stage: the worker. Ring buffer -> resampler -> streaming log-mel -> model window every
+hop -> detector -> events -> sink queue.
+
+Contract: a :class:`Pipeline` reads mono float32 capture-rate samples from a
+:class:`device.ringbuffer.RingBuffer`, and puts :class:`device.events.Event` (opening and
+closing), :class:`device.events.WindowScores` and clips on the sink queue; times are seconds
+from the start of the source. Not thread-safe: the worker thread owns it (the live supervisor,
+device.supervisor, or the replay loop, device.replay).
 
 One :class:`Pipeline` owns the front end, the window of frames, the classifier and the
-detector; the same object serves the live microphone (:func:`run_live`) and replay (one file
-after another), so live and replay give the same events for the same audio.
+detector; the same object serves the live microphone and replay (one file after another), so
+live and replay give the same events for the same audio.
 
 Per hop the work is proportional to the hop: the front end computes only the frames a chunk
 completes, each frame is quantized once when it arrives and stored twice in a (2W, n_mels)
@@ -17,87 +24,22 @@ the source.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-import uuid
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from device.audio import Resampler
-from device.clock import clock_synced, utc_iso
 from device.detector import Detection, Detector
-from device.events import CLOSED, OPEN, Event, WindowScores
+from device.eventfactory import EventFactory
+from device.events import Event, WindowScores
 from device.features import StreamingLogMel
 from device.health import Health
-from device.paths import Sequence
+from device.resample import Resampler
 from device.ringbuffer import RingBuffer
 from device.runtime import Classifier
 from device.sinks import SinkQueue
-from device.sources import SourceError
 
 log = logging.getLogger(__name__)
-
-STATUS_INTERVAL_S = 10.0
-"""Seconds between systemd STATUS= updates."""
-HEALTH_LOG_INTERVAL_S = 600.0
-"""Seconds between health lines in the log."""
-
-
-class EventFactory:
-    """Turns detections into :class:`Event` messages: id, sequence number, device, clocks.
-
-    ``replay``: events of replayed files: marked ``replay``, their ids derived from the source,
-    label, start and ``id_salt`` (the model), so analysing a file again gives the same ids
-    (a resumed batch equals an uninterrupted one; a subscriber drops re-sent events)."""
-
-    def __init__(
-        self, *, device_id: str, sequence: Sequence, replay: bool = False, id_salt: str = ""
-    ) -> None:
-        self.device_id = device_id
-        self.sequence = sequence
-        self.replay = replay
-        self.id_salt = id_salt
-
-    def make(
-        self,
-        detection: Detection,
-        *,
-        source: str,
-        t0_wall: float | None,
-        t0_mono: float,
-        site: str | None = None,
-        time_source: str | None = "clock",
-        opened: Event | None = None,
-    ) -> Event:
-        """t0_wall / t0_mono: wall-clock and monotonic time of the source's time 0 (t0_wall
-        None: unknown, the event's start_utc is None). opened: the event this detection closes,
-        as sent when it opened (the closing one keeps its id and seq)."""
-        start_s = round(detection.start_s, 3)
-        if opened is not None:
-            event_id = opened.event_id
-        elif self.replay:
-            key = f"{self.id_salt}\0{self.device_id}\0{source}\0{detection.label}\0{start_s:.3f}"
-            event_id = uuid.uuid5(uuid.NAMESPACE_URL, key).hex
-        else:
-            event_id = uuid.uuid4().hex
-        return Event(
-            event_id=event_id,
-            seq=opened.seq if opened is not None else self.sequence.next(),
-            device_id=self.device_id,
-            label=detection.label,
-            start_s=start_s,
-            end_s=round(detection.end_s, 3),
-            peak_score=round(float(detection.peak_score), 4),
-            source=source,
-            start_utc=None if t0_wall is None else utc_iso(t0_wall + detection.start_s),
-            clock_synced=t0_wall is not None if self.replay else clock_synced(),
-            mono_s=round(t0_mono + detection.start_s, 3),
-            site=site,
-            time_source=time_source if t0_wall is not None else None,
-            replay=self.replay,
-            state=CLOSED if detection.closed else OPEN,
-        )
 
 
 @dataclass(frozen=True)
@@ -355,124 +297,6 @@ class Pipeline:
             else:
                 waiting.append((event, start, stop))
         self._clips_pending = waiting
-
-
-def run_live(
-    *,
-    source,
-    pipeline: Pipeline,
-    liveness,
-    backoff,
-    stop: threading.Event,
-    notifier,
-    health: Health,
-) -> None:
-    """The live worker loop (main thread) until ``stop`` is set; ``source`` is already open.
-
-    Reopens the microphone (with backoff, found again by name) when the stream stops, no audio
-    arrives for audio.liveness_timeout_s, or the audio is digital silence for
-    audio.silence_timeout_s. Sends systemd READY=1 once audio flows, WATCHDOG=1 only while
-    both audio and inferences advance and no part registered with ``health.add_check`` (the
-    MQTT publisher) says it is stalled, STATUS= every few seconds.
-    """
-    t0_mono = time.monotonic()
-    liveness.reset(t0_mono)
-    ready = False
-    healthy_since = t0_mono
-    last_status = last_log = t0_mono
-    pinged = (health.audio_s, health.windows)
-    while not stop.is_set():
-        if source.ring.wait(0.1, until=pipeline.next_window_index() if ready else None):
-            if not ready:
-                # Time 0 of the session is its first sample, which may arrive a while after
-                # the stream opened: date it from the newest block's arrival.
-                t0_mono = source.last_block_mono - source.ring.written / source.capture_rate
-                pipeline.begin_source(
-                    source.name, t0_wall=time.time() - (time.monotonic() - t0_mono), t0_mono=t0_mono
-                )
-                pipeline.begin_segment(source.ring, capture_rate=source.capture_rate)
-            samples = pipeline.consume(arrival_mono=source.last_block_mono)
-            liveness.saw(samples, time.monotonic())
-            if not ready:
-                ready = True
-                notifier.ready(status=f"listening on {source.name}")
-                log.info(
-                    "listening on %s (hop %.2f s, window %.2f s)",
-                    source.name,
-                    pipeline.hop_s,
-                    pipeline.window_s,
-                )
-        now = time.monotonic()
-        health.overflows = source.overflows
-        problem = liveness.problem(now, running=source.running, last_audio=source.last_block_mono)
-        if problem is not None:
-            if not _reopen(
-                problem,
-                source=source,
-                pipeline=pipeline,
-                backoff=backoff,
-                stop=stop,
-                health=health,
-                t0_mono=t0_mono,
-            ):
-                break
-            liveness.reset(time.monotonic())
-            healthy_since = time.monotonic()
-            continue
-        if now - healthy_since > backoff.longest:
-            backoff.reset()
-        progress = (health.audio_s, health.windows)
-        if progress[0] > pinged[0] and progress[1] > pinged[1]:
-            stalls = health.stalls()
-            if stalls:
-                # systemd restarts a daemon whose watchdog starves; say why first.
-                log.error("watchdog not fed: %s", "; ".join(stalls))
-            else:
-                notifier.watchdog()
-            pinged = progress
-        if now - last_status >= STATUS_INTERVAL_S:
-            notifier.status(health.status_line())
-            last_status = now
-        if now - last_log >= HEALTH_LOG_INTERVAL_S:
-            log.info("health: %s", health.status_line())
-            last_log = now
-    if ready:
-        pipeline.end_source(pad_short=False)
-
-
-def _reopen(
-    problem: str,
-    *,
-    source,
-    pipeline: Pipeline,
-    backoff,
-    stop: threading.Event,
-    health: Health,
-    t0_mono: float,
-) -> bool:
-    """Close and reopen the microphone until it works or ``stop`` is set; False when stopped."""
-    health.reopens += 1
-    if problem == "no audio":
-        health.liveness_reopens += 1
-    elif problem == "silence":
-        health.silence_reopens += 1
-    else:
-        health.device_errors += 1
-    log.warning("microphone %s: %s; reopening it", source.name, problem)
-    pipeline.end_segment()
-    source.close()
-    while not stop.is_set():
-        if stop.wait(backoff.next_delay()):
-            return False
-        try:
-            source.open(start_s=time.monotonic() - t0_mono)
-        except SourceError as exc:
-            health.device_errors += 1
-            log.warning("microphone reopen failed: %s", exc)
-            continue
-        pipeline.begin_segment(source.ring, capture_rate=source.capture_rate)
-        return True
-    return False
 
 
 def build_pipeline(

@@ -24,13 +24,14 @@ import numpy as np
 from device.audio import AUDIO_EXTENSIONS, AudioError, decoder_quiet
 from device.bundle import load_bundle
 from device.config import Config, validate
+from device.eventfactory import EventFactory
 from device.events import Event, SinkBase, WindowScores
 from device.health import Health
-from device.paths import Sequence
-from device.pipeline import EventFactory, Pipeline, build_pipeline
+from device.pipeline import Pipeline, build_pipeline
 from device.recording import GIVEN, Recording, recording_start, site_of
 from device.ringbuffer import RingBuffer
 from device.runtime import Classifier, load_classifier
+from device.sequence import Sequence
 from device.sinks import SinkQueue, clip_sink
 from device.sources import FileSource
 

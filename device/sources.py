@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from device.audio import downmix_weights, stream_audio
+from device.audio import stream_audio
+from device.resample import downmix_weights
 from device.ringbuffer import RingBuffer
 
 log = logging.getLogger(__name__)

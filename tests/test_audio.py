@@ -13,15 +13,8 @@ import pytest
 import scipy.signal
 import soundfile
 
-from device.audio import (
-    AudioError,
-    Resampler,
-    audio_info,
-    find_audio_files,
-    load_audio,
-    lowpass_taps,
-    stream_audio,
-)
+from device.audio import AudioError, audio_info, find_audio_files, load_audio, stream_audio
+from device.resample import Resampler, lowpass_taps
 
 SR = 16000
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

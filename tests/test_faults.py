@@ -414,7 +414,7 @@ def test_the_direct_resampler_agrees_with_the_polyphase_one():
     same signal, block sizes notwithstanding."""
     import numpy as np
 
-    from device.audio import Resampler
+    from device.resample import Resampler
 
     class Direct(Resampler):
         MAX_WEIGHT_VALUES = 0

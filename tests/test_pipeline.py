@@ -11,17 +11,19 @@ import numpy as np
 import pytest
 from tinymodel import noise, tone
 
-from device.audio import Resampler
 from device.bundle import load_bundle
 from device.config import validate
+from device.eventfactory import EventFactory
 from device.events import SinkBase
 from device.health import Health
-from device.paths import Sequence
-from device.pipeline import EventFactory, build_pipeline, run_live
+from device.pipeline import build_pipeline
+from device.resample import Resampler
 from device.ringbuffer import RingBuffer
 from device.runtime import load_classifier
+from device.sequence import Sequence
 from device.sinks import SinkQueue
 from device.sources import Backoff, Liveness, MicrophoneSource
+from device.supervisor import run_live
 
 SR = 16000
 

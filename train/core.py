@@ -32,6 +32,7 @@ from device.config import Config, DetectionSection, TrainSection
 from device.detector import DetectorParams, detect, detector_params
 from device.features import FeatureParams
 from device.frames import FrameLayout, cell_frames_for
+from device.names import WORD_CHARS, safe_name
 from train import report
 from train.cache import recording_features
 from train.calibrate import (
@@ -430,7 +431,7 @@ def train_run(*, config: Config, data_root: Path | None = None, out: Path | None
                 results.append((name, summary))
                 continue
             results.append((name, train_split(config=config, prepared=prepared, split=fold_split,
-                                              out=out / "folds" / _safe(name), hard_negatives=hard_negatives,
+                                              out=out / "folds" / safe_name(name, allowed=WORD_CHARS, squeeze=False, fallback="group"), hard_negatives=hard_negatives,
                                               title=f"{cfg.name}, fold {name}", command=command, log=log)))
         summary["folds"] = report.fold_table(results, labels=list(cfg.labels))
         summary["folds"]["kind"] = "leave-one-group-out" if folds else f"{k_folds}-fold"
@@ -453,7 +454,7 @@ def train_final(*, config: Config, prepared: Prepared, plan: list[tuple[str, lis
         log(f"== fold {name}: test {', '.join(test_groups[:6])}{' ...' if len(test_groups) > 6 else ''}")
         results.append((name, train_split(config=config, prepared=prepared,
                                           split=split_for(cfg, recordings, test_groups=test_groups),
-                                          out=out / "folds" / _safe(name), hard_negatives=hard_negatives,
+                                          out=out / "folds" / safe_name(name, allowed=WORD_CHARS, squeeze=False, fallback="group"), hard_negatives=hard_negatives,
                                           title=f"{cfg.name}, fold {name}", command=command, log=log,
                                           collect=held_out)))
     folds = report.fold_table(results, labels=list(cfg.labels))
@@ -484,6 +485,3 @@ def _fold_plan(cfg: TrainSection, recordings: list[Recording], split: dict[str, 
                                seed=cfg.seed)
     return [(MAIN_FOLD if i == 1 else f"fold{i}", fold) for i, fold in enumerate(groups, 1)]
 
-
-def _safe(group: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in group) or "group"

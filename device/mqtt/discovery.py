@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,6 +33,8 @@ import paho.mqtt.client as mqtt
 
 from device import __version__
 from device.config import DiscoverySection
+from device.fileio import write_atomic
+from device.names import ID_CHARS, safe_name
 
 if TYPE_CHECKING:
     from device.health import Degradations
@@ -58,7 +58,7 @@ EVENT_ATTRIBUTES = ("peak_score", "start_utc", "start_s", "end_s", "source", "ev
 
 def object_id(name: str) -> str:
     """``name`` reduced to what Home Assistant allows in a discovery topic: [a-zA-Z0-9_-]."""
-    return re.sub(r"[^a-zA-Z0-9_-]", "_", name) or "_"
+    return safe_name(name, allowed=ID_CHARS, squeeze=False, fallback="_")
 
 
 def discovery_configs(
@@ -146,16 +146,7 @@ def load_published(state_dir: Path) -> set[str]:
 def save_published(state_dir: Path, topics: set[str], *, labels: list[str]) -> None:
     """Remember the config topics now on the broker (atomically: write, then rename)."""
     path = Path(state_dir) / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    try:
-        tmp.write_text(json.dumps({"labels": labels, "topics": sorted(topics)}, indent=1))
-        os.replace(tmp, path)
-    except OSError:
-        try:
-            tmp.unlink(missing_ok=True)  # a full disk leaves no half-written file behind
-        except OSError:
-            pass
-        raise
+    write_atomic(path, json.dumps({"labels": labels, "topics": sorted(topics)}, indent=1))
 
 
 class Discovery:

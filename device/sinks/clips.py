@@ -18,7 +18,7 @@ import soundfile
 from numpy.typing import NDArray
 
 from device.events import Event, SinkBase
-from device.sinks.files import _safe_name
+from device.names import safe_name as _safe_name
 
 log = logging.getLogger("device.sinks")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 
 from device.events import Event, SinkBase, WindowScores
+from device.names import safe_name as _safe_name
 
 log = logging.getLogger("device.sinks")
 
@@ -318,10 +319,6 @@ class LogSink(SinkBase):
             printable(event.source),
             event.seq,
         )
-
-
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
 
 
 def table_stem(source: str) -> str:
