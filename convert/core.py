@@ -34,6 +34,7 @@ from device.bundle import (
     write_bundle,
 )
 from device.config import ConfigError, ConvertSection, default_config_path, load_config
+from device.fileio import write_atomic
 
 
 def _stdout(line: str) -> None:
@@ -113,12 +114,6 @@ def _load_keras(run: RunFolder):
     return model
 
 
-def _write_bytes(path: Path, content: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(content)
-    tmp.replace(path)
-
-
 def _quantization(value: tuple[float, int] | None) -> Quantization | None:
     return Quantization(*value) if value else None
 
@@ -128,7 +123,7 @@ def _float_variant(*, name: str, model, run: RunFolder, x: np.ndarray, y: np.nda
     """Export, write and verify model_<name>.tflite; returns (manifest entry, comparison)."""
     content = export.export_tflite(model, kind=name)
     path = run.path / f"model_{name}.tflite"
-    _write_bytes(path, content)
+    write_atomic(path, content)
     result = verify.compare(labels=run.labels, y=y, float_scores=float_scores,
                             model_scores=verify.tflite_scores(path, x), thresholds=run.thresholds)
     io_ = export.tensor_io(content)
@@ -164,7 +159,7 @@ def _write_manifest(run: RunFolder, content: bytes, *, metrics: dict, variants: 
             recommended_hop_s=run.recommended_hop_s,
             metrics=metrics,
             variants=variants,
-            events=run.run_info.get("events"),  # the event rule thresholds were calibrated for
+            events=run.record.events,  # the event rule thresholds were calibrated for
             frames=io_.frames_record(step_frames=_step_frames(run, io_), frame_rate=run.features.frame_rate),
         )
         load_bundle(path)  # as the device will read it
@@ -183,13 +178,13 @@ def _step_frames(run: RunFolder, io_: export.TensorIO) -> int:
     window's frames over its steps, rounded down, for a run that did not record it)."""
     if io_.frames_shape is None:
         return 0
-    recorded = (run.run_info.get("frames") or {}).get("step_frames")
+    recorded = (run.record.extra.get("frames") or {}).get("step_frames")
     return int(recorded) if recorded else run.features.window_frames(run.window_s) // io_.frames_shape[1]
 
 
 def _frame_thresholds(run: RunFolder) -> dict[str, float]:
     """Per label, the frame threshold of the frames extent rule (else the window threshold)."""
-    extent = (run.run_info.get("events") or {}).get("extent", {})
+    extent = run.record.events.get("extent", {})
     return {label: float(extent.get(label, {}).get("threshold", run.thresholds[label])) for label in run.labels}
 
 
@@ -265,7 +260,7 @@ def convert_run(
     content = export.export_tflite(model, kind="int8", representative=representative)
     export.check_full_integer(content)
     model_path = run.path / MODEL_NAME
-    _write_bytes(model_path, content)
+    write_atomic(model_path, content)
     size_kb = len(content) / 1024
     log(f"int8: {model_path} {size_kb:.1f} KiB, {params:,} parameters "
         f"(calibrated on {len(representative)} training windows)")
@@ -357,13 +352,12 @@ def _verify_and_bundle(*, run: RunFolder, model, content: bytes, x: np.ndarray, 
         "int8_vs_float": int8["vs_float"],
         **({"frames_int8_vs_float": frames_vs_float} if frames_vs_float else {}),
     }
-    final = run.run_info.get("final")
-    if isinstance(final, dict):
+    if run.record.final is not None:
         # A final model trained on every recording: its verification windows are the folds'
         # held-out windows, which it trained on. The estimate of accuracy is the folds'.
         metrics["source"] = ("test_windows.npz: the cross-validation folds' pooled held-out windows, "
                              "trained on by this final model (an int8-vs-float check, not an estimate)")
-        metrics["cross_validated"] = run.run_info.get("metrics", {}).get("float")
+        metrics["cross_validated"] = run.record.metrics.get("float")
         report_notes.append("final model trained on every recording: verified on the folds' pooled held-out "
                             "windows, which it trained on; int8 vs float is the check here, the accuracy "
                             "estimate is the cross-validated one in the training report")

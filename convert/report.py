@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from device.fileio import write_atomic
+
 REPORT = "report.md"
 METRICS = "metrics.json"
 BEGIN = "<!-- convert:begin (written by python -m convert; replaced on re-run) -->"
@@ -27,7 +29,7 @@ def replace_section(text: str, section: str) -> str:
 def write_report_section(run_dir: Path, section: str) -> Path:
     path = run_dir / REPORT
     text = path.read_text() if path.is_file() else ""
-    _atomic_write(path, replace_section(text, section))
+    write_atomic(path, replace_section(text, section))
     return path
 
 
@@ -41,14 +43,8 @@ def update_metrics(run_dir: Path, conversion: dict) -> Path:
     if not isinstance(metrics, dict):
         metrics = {"training": metrics}
     metrics["conversion"] = conversion
-    _atomic_write(path, json.dumps(metrics, indent=2) + "\n")
+    write_atomic(path, json.dumps(metrics, indent=2) + "\n")
     return path
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _num(value: float | None, digits: int = 4) -> str:

@@ -14,22 +14,19 @@ Every problem is a :class:`convert.ConvertInputError` naming the file (exit code
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from convert import ConvertInputError
-from device.features import FeatureParams, FeatureParamsError
+from device.features import FeatureParams
+from device.runrecord import RETRAIN, RUN_JSON, RunRecord, RunRecordError
 
 MODEL_KERAS = "model.keras"
-RUN_JSON = "run.json"
 CALIBRATION = "calibration.npy"
 TEST_WINDOWS = "test_windows.npz"
 RESOLVED_CONFIG = "config.resolved.yaml"
-RETRAIN = "re-run 'python -m train' to make a complete run folder"
 
 
 @dataclass(frozen=True)
@@ -37,16 +34,31 @@ class RunFolder:
     """A run folder whose files exist and agree with each other (arrays are loaded on demand)."""
 
     path: Path
-    labels: tuple[str, ...]
-    """Model outputs, in order."""
-    features: FeatureParams
-    window_s: float
-    """Seconds of audio per model window."""
-    thresholds: dict[str, float]
-    """Calibrated decision threshold per label, probability units (sigmoid of the logit)."""
-    recommended_hop_s: float
-    run_info: dict
-    """The whole run.json, for anything else it carries."""
+    record: RunRecord
+    """Its run.json: labels, features, window, thresholds, the event rule, metrics, ..."""
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Model outputs, in order."""
+        return self.record.labels
+
+    @property
+    def features(self) -> FeatureParams:
+        return self.record.features
+
+    @property
+    def window_s(self) -> float:
+        """Seconds of audio per model window."""
+        return self.record.window_s
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Calibrated decision threshold per label, probability units (sigmoid of the logit)."""
+        return self.record.thresholds
+
+    @property
+    def recommended_hop_s(self) -> float:
+        return self.record.recommended_hop_s
 
     @property
     def model_path(self) -> Path:
@@ -116,7 +128,9 @@ def load_run_folder(path: str | Path) -> RunFolder:
     """Check that ``path`` is a complete run folder and read run.json (arrays stay on disk)."""
     path = Path(path)
     if not path.is_dir():
-        raise ConvertInputError(f"{path}: no such run folder; pass the folder 'python -m train' wrote (runs/<name>)")
+        raise ConvertInputError(
+            f"{path}: no such run folder; pass the folder 'python -m train' wrote (runs/<name>)"
+        )
     for name, what in (
         (RUN_JSON, "run description"),
         (MODEL_KERAS, "Keras model"),
@@ -125,51 +139,11 @@ def load_run_folder(path: str | Path) -> RunFolder:
     ):
         if not (path / name).is_file():
             raise ConvertInputError(f"{path / name}: missing ({what}); {RETRAIN}")
-    run_json = path / RUN_JSON
     try:
-        info = json.loads(run_json.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConvertInputError(f"{run_json}: not valid JSON ({exc})") from None
-    if not isinstance(info, dict):
-        raise ConvertInputError(f"{run_json}: must be a JSON object")
-    missing = [k for k in ("labels", "features", "window_s", "thresholds") if k not in info]
-    if missing:
-        raise ConvertInputError(f"{run_json}: missing key(s) {', '.join(missing)}; {RETRAIN}")
-    labels = info["labels"]
-    if (
-        not isinstance(labels, list)
-        or not labels
-        or not all(isinstance(x, str) and x for x in labels)
-        or len(set(labels)) != len(labels)
-    ):
-        raise ConvertInputError(f"{run_json}: labels must be distinct non-empty strings, got {labels!r}")
-    try:
-        features = FeatureParams.from_dict(info["features"])
-    except (FeatureParamsError, TypeError, AttributeError) as exc:
-        raise ConvertInputError(f"{run_json}: features: {exc}") from None
-    window_s = info["window_s"]
-    if not isinstance(window_s, (int, float)) or not window_s > 0 or features.window_frames(window_s) < 1:
-        raise ConvertInputError(f"{run_json}: window_s must be a positive number of seconds, got {window_s!r}")
-    thresholds = info["thresholds"]
-    if not isinstance(thresholds, dict) or set(thresholds) != set(labels):
-        raise ConvertInputError(f"{run_json}: thresholds must name exactly the labels {labels}")
-    for label, value in thresholds.items():
-        if not isinstance(value, (int, float)) or math.isnan(value) or not 0 < value < 1:
-            raise ConvertInputError(
-                f"{run_json}: thresholds.{label} must be a probability in (0, 1), got {value!r}"
-            )
-    hop = info.get("recommended_hop_s", 0.5)
-    if not isinstance(hop, (int, float)) or not hop > 0:
-        raise ConvertInputError(f"{run_json}: recommended_hop_s must be a positive number, got {hop!r}")
-    run = RunFolder(
-        path=path,
-        labels=tuple(labels),
-        features=features,
-        window_s=float(window_s),
-        thresholds={label: float(thresholds[label]) for label in labels},
-        recommended_hop_s=float(hop),
-        run_info=info,
-    )
+        record = RunRecord.load(path)
+    except RunRecordError as exc:
+        raise ConvertInputError(str(exc)) from None
+    run = RunFolder(path=path, record=record)
     # Header-only reads: a wrong shape is reported before minutes of TensorFlow start-up.
     _load_windows(path / CALIBRATION, run.window_shape)
     return run

@@ -47,13 +47,14 @@ import hashlib
 import importlib
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from device import __version__
 from device.config import DetectionSection
-from device.features import FeatureParams, FeatureParamsError
+from device.features import FeatureParams
+from device.fileio import write_atomic
+from device.modelcheck import ModelCheckError, check_model, is_number
 
 log = logging.getLogger(__name__)
 
@@ -238,10 +239,6 @@ def _quantization(value, where: str) -> Quantization | None:
         raise BundleError(f"{where}: expected {{scale, zero_point}}, got {value!r}") from None
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _check_types(m: dict, where: str) -> None:
     """Refuse a hand-edited or damaged manifest with one line, before any value is used."""
 
@@ -257,24 +254,16 @@ def _check_types(m: dict, where: str) -> None:
         if entry["rule"] == "frames":
             return _is_number(entry.get("threshold")) and 0 < entry["threshold"] < 1
         return entry["rule"] != "trim" or (
-            isinstance(trim, list) and len(trim) == 2 and all(_is_number(x) and x >= 0 for x in trim)
+            isinstance(trim, list) and len(trim) == 2 and all(is_number(x) and x >= 0 for x in trim)
         )
 
     checks = {
         "model_file": (lambda v: isinstance(v, str) and v != "", "a file name"),
         "sha256": (lambda v: isinstance(v, str), "a hex string"),
-        "labels": (lambda v: isinstance(v, list), "a list of names"),
-        "features": (lambda v: isinstance(v, dict), "a mapping of feature settings"),
-        "window_s": (lambda v: _is_number(v) and v > 0, "a number of seconds > 0"),
         "input_shape": (
             lambda v: isinstance(v, list) and all(type(x) is int for x in v),
             "a list of integers",
         ),
-        "thresholds": (
-            lambda v: isinstance(v, dict) and all(_is_number(x) for x in v.values()),
-            "a mapping label -> number",
-        ),
-        "recommended_hop_s": (lambda v: _is_number(v) and v > 0, "a number of seconds > 0"),
         "variants": (
             lambda v: isinstance(v, dict) and all(map(is_variant, v.values())),
             "a mapping name -> {file, sha256}",
@@ -348,15 +337,12 @@ def load_bundle(path: str | Path) -> Bundle:
     ]
     if missing:
         raise BundleError(f"{where}: missing key(s) {', '.join(missing)}")
-    _check_types(m, where)
     try:
-        features = FeatureParams.from_dict(m["features"])
-    except FeatureParamsError as exc:
-        raise BundleError(f"{where}: features: {exc}") from None
-    labels = tuple(m["labels"])
-    if not labels or not all(isinstance(x, str) and x for x in labels) or len(set(labels)) != len(labels):
-        raise BundleError(f"{where}: labels must be distinct non-empty strings, got {m['labels']!r}")
-    window_s = float(m["window_s"])
+        model = check_model(m)
+    except ModelCheckError as exc:
+        raise BundleError(f"{where}: {exc}") from None
+    _check_types(m, where)
+    labels, features, window_s = model.labels, model.features, model.window_s
     frames = features.window_frames(window_s)
     shape = tuple(int(x) for x in m["input_shape"])
     if shape != (1, frames, features.n_mels, 1):
@@ -364,12 +350,6 @@ def load_bundle(path: str | Path) -> Bundle:
             f"{where}: input_shape {list(shape)} does not match window_s={window_s} with these "
             f"features, which give [1, {frames}, {features.n_mels}, 1]"
         )
-    thresholds = {str(k): float(v) for k, v in m["thresholds"].items()}
-    if set(thresholds) != set(labels):
-        raise BundleError(f"{where}: thresholds must name exactly the labels {list(labels)}")
-    bad = {k: v for k, v in thresholds.items() if not (0.0 < v < 1.0) or math.isnan(v)}
-    if bad:
-        raise BundleError(f"{where}: thresholds must be in (0, 1), got {bad}")
     output_kind = m.get("output_kind", "logits")
     if output_kind not in OUTPUT_KINDS:
         raise BundleError(f"{where}: output_kind must be one of {OUTPUT_KINDS}, got {output_kind!r}")
@@ -416,8 +396,8 @@ def load_bundle(path: str | Path) -> Bundle:
         input_quantization=_quantization(m.get("input_quantization"), f"{where}: input_quantization"),
         output_quantization=_quantization(m.get("output_quantization"), f"{where}: output_quantization"),
         output_kind=output_kind,
-        thresholds=thresholds,
-        recommended_hop_s=float(m.get("recommended_hop_s", 0.5)),
+        thresholds=model.thresholds,
+        recommended_hop_s=model.recommended_hop_s,
         metrics=dict(m.get("metrics", {})),
         events=dict(m.get("events", {})),
         frames=frame_output,
@@ -480,8 +460,6 @@ def write_bundle(
     }
     manifest = seal_manifest(manifest)
     manifest_path = folder / MANIFEST_NAME
-    tmp = manifest_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(manifest_path)
+    write_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
     load_bundle(manifest_path)
     return manifest_path

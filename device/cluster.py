@@ -34,6 +34,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from device.fileio import write_atomic
+
 CONNECT_TIMEOUT_S = 10.0
 """How long to try to reach the scheduler, s."""
 WORKERS_TIMEOUT_S = 60.0
@@ -107,9 +109,8 @@ def installed_bundle(bundle: ShippedBundle) -> str:
             for name, content in bundle.files.items():
                 target = folder / name
                 if not target.is_file() or target.read_bytes() != content:
-                    part = folder / f".{name}.{os.getpid()}.part"
-                    part.write_bytes(content)
-                    part.replace(target)  # atomic: worker processes of one host share it
+                    # Worker processes of one host share the folder.
+                    write_atomic(target, content, concurrent=True)
             _installed[bundle.sha256] = str(folder / bundle.model_name)
             _stats["bundles_installed"] += 1
         return _installed[bundle.sha256]

@@ -4,8 +4,8 @@ Contract: :func:`write_atomic` leaves either the old content or the whole new co
 ``path``, never a mix, even across a power cut: the bytes go to ``<name>.tmp`` in the same
 folder (so the rename stays on one file system), are fsynced, and replace ``path`` with
 ``os.replace``; the folder is fsynced too, so the rename itself is durable. On failure the
-temporary file is removed and the ``OSError`` is raised. Thread-safe for different paths; two
-writers of one path must be serialised by their owner.
+temporary file is removed and the ``OSError`` is raised. Thread-safe for different paths; writers
+of one path in one process must be serialised by their owner.
 """
 
 from __future__ import annotations
@@ -14,11 +14,19 @@ import os
 from pathlib import Path
 
 
-def write_atomic(path: str | Path, data: str | bytes, *, encoding: str = "utf-8") -> None:
-    """Replace ``path`` with ``data`` (text is encoded with ``encoding``) atomically."""
+def write_atomic(
+    path: str | Path, data: str | bytes, *, encoding: str = "utf-8", concurrent: bool = False
+) -> None:
+    """Replace ``path`` with ``data`` (text is encoded with ``encoding``) atomically.
+
+    concurrent: several processes may write ``path`` at once (the same content), so each
+    writes its own temporary file (``.<name>.<pid>.tmp``); otherwise the temporary file is
+    ``<name>.tmp``, and one left by a kill mid-write is simply overwritten next time.
+    """
     path = Path(path)
     content = data.encode(encoding) if isinstance(data, str) else data
-    tmp = path.with_name(path.name + ".tmp")
+    name = f".{path.name}.{os.getpid()}.tmp" if concurrent else f"{path.name}.tmp"
+    tmp = path.with_name(name)
     try:
         with open(tmp, "wb") as f:
             f.write(content)

@@ -8,14 +8,18 @@ moment. A resumed batch cuts those files back to the sizes of the last line (dro
 killed run wrote for a file it did not finish), takes the finished files' events back into
 the summaries, and analyses only the files not listed, so its outputs equal an uninterrupted
 run's. A last line cut short by a kill is ignored.
+
+Stage: replay's batch bookkeeping. Contract: one :class:`Writer` per batch, owned by the
+thread that gathers results (not thread-safe); paths are relative to the manifest's folder.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from device.fileio import write_atomic
 
 MANIFEST_NAME = "callwatch-manifest.jsonl"
 """Default manifest file name, in the folder of the first file output."""
@@ -58,7 +62,8 @@ def load(path: Path, *, settings: dict) -> list[FileRecord]:
         raise ManifestError(f"{path}: not a callwatch replay manifest; remove it to start afresh")
     if header.get("settings") != settings:
         changed = sorted(
-            k for k in set(settings) | set(header.get("settings", {}))
+            k
+            for k in set(settings) | set(header.get("settings", {}))
             if settings.get(k) != header.get("settings", {}).get(k)
         )
         raise ManifestError(
@@ -97,17 +102,15 @@ def cut_outputs(records: list[FileRecord]) -> None:
 
 class Writer:
     """Appends records; each is flushed to the operating system before the next file starts
-    (it survives SIGKILL of the process; fsync is left to the OS, as for the outputs)."""
+    (it survives SIGKILL of the process; the appended lines' fsync is left to the OS, as for the
+    outputs; the rewrite of the kept lines is atomic)."""
 
     def __init__(self, path: Path, *, settings: dict, records: list[FileRecord]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         # Rewrite what is kept (drops a line cut short), then append.
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps({"manifest": FORMAT, "settings": settings}) + "\n")
-            f.writelines(r.to_json() + "\n" for r in records)
-        os.replace(tmp, path)
+        header = json.dumps({"manifest": FORMAT, "settings": settings}) + "\n"
+        write_atomic(path, header + "".join(r.to_json() + "\n" for r in records))
         self._file = open(path, "a", encoding="utf-8")
 
     def add(self, record: FileRecord) -> None:

@@ -33,6 +33,7 @@ from device.detector import DetectorParams, detect, detector_params
 from device.features import FeatureParams
 from device.frames import FrameLayout, cell_frames_for
 from device.names import WORD_CHARS, safe_name
+from device.runrecord import RunRecord
 from train import report
 from train.cache import recording_features
 from train.calibrate import (
@@ -333,26 +334,26 @@ def train_split(*, config: Config, prepared: Prepared, split: dict[str, str], ou
     np.save(out / "calibration.npy", calibration_x[keep][..., None].astype(np.float32))
     np.savez(out / "test_windows.npz", x=test.x.astype(np.float32), y=test.y.astype(np.float32),
              source=test.source.astype(str), start_s=test.start_s.astype(float))
-    run_info = {
-        "labels": labels, "features": params.to_dict(), "window_s": float(window_s),
-        "thresholds": threshold_values, "recommended_hop_s": float(hop_s), "events": events_rule,
-        **({"frames": {"step_frames": steps_of}} if layout is not None else {}),
-        "calibration": {"method": cfg.calibration.method,
-                        "target": (cfg.calibration.target_precision if cfg.calibration.method == "precision"
-                                   else "best F1" if cfg.calibration.method == "f1"
-                                   else cfg.calibration.false_alarms_per_hour),
-                        "labels": {label: t.to_dict() for label, t in thresholds.items()}},
-        "metrics": {"float": metrics["float"]},
-        "evaluation": {"clip_hop_s": hop_s, "clip_score": "max over the clip's windows",
-                       "chunks": "back-to-back window_s chunks of long recordings"},
-        "model": {"parameters": int(model.count_params()), "input_shape": list(model.input_shape[1:]),
-                  "output": "logits"},
-        "title": title,
-    }
+    evaluation = {"clip_hop_s": hop_s, "clip_score": "max over the clip's windows",
+                  "chunks": "back-to-back window_s chunks of long recordings"}
     if final_info:
-        run_info["final"] = {k: v for k, v in final_info.items() if k != "metrics_on_training_data"}
-        run_info["evaluation"]["metrics"] = "cross-validated: the folds' pooled out-of-fold scores"
-    (out / "run.json").write_text(json.dumps(run_info, indent=2) + "\n")
+        evaluation["metrics"] = "cross-validated: the folds' pooled out-of-fold scores"
+    RunRecord(
+        labels=tuple(labels), features=params, window_s=float(window_s), thresholds=threshold_values,
+        recommended_hop_s=float(hop_s), events=events_rule,
+        calibration={"method": cfg.calibration.method,
+                     "target": (cfg.calibration.target_precision if cfg.calibration.method == "precision"
+                                else "best F1" if cfg.calibration.method == "f1"
+                                else cfg.calibration.false_alarms_per_hour),
+                     "labels": {label: t.to_dict() for label, t in thresholds.items()}},
+        metrics={"float": metrics["float"]},
+        evaluation=evaluation,
+        model={"parameters": int(model.count_params()), "input_shape": list(model.input_shape[1:]),
+               "output": "logits"},
+        title=title,
+        final={k: v for k, v in final_info.items() if k != "metrics_on_training_data"} if final_info else None,
+        extra={"frames": {"step_frames": steps_of}} if layout is not None else {},
+    ).write(out)
     summary = {
         "title": title, "command": command, "labels": labels, "window_s": window_s, "hop_s": hop_s,
         "split_counts": {name: {"recordings": len(m), "groups": sorted({r.group for r in m})[:20],
