@@ -1,6 +1,6 @@
 """Benchmarks: ``python -m bench [--only NAME ...] [--write]`` fills BENCHMARKS.md.
 
-Every module in this folder (other than ``__init__`` and ``__main__``) is a benchmark: it has
+Every module in this folder whose name does not start with ``_`` is a benchmark: it has
 ``run() -> str`` returning one markdown section that starts with ``## <Title>`` and says how to
 reproduce it (:func:`preamble`). ``--write`` puts each section between its markers
 ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in BENCHMARKS.md, leaving the others alone.

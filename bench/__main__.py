@@ -32,7 +32,7 @@ machine (each section gives the load average it started at, and the machine it r
 def available() -> list[str]:
     """Every benchmark module in bench/, sorted."""
     return sorted(
-        m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("__")
+        m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_")
     )
 
 

@@ -25,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.daemon import DATA, architecture_bundle, trained_bundles
+from bench._models import architecture_bundle, trained_bundles
+from bench.daemon import DATA
 
 REPO = Path(__file__).resolve().parents[1]
 SITES = ("SiteA", "SiteB", "SiteC", "SiteD")

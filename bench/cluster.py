@@ -45,16 +45,16 @@ def _archive(folder: Path) -> tuple[Path, str]:
                         "(48 kHz stereo MP3, 180 s each)")
     import soundfile
 
-    from bench.daemon import _signal
+    from bench._models import tone_signal
 
     for i in range(20):
-        soundfile.write(folder / f"synthetic_{i:02d}.mp3", _signal(180, 48000, channels=2), 48000,
+        soundfile.write(folder / f"synthetic_{i:02d}.mp3", tone_signal(180, 48000, channels=2), 48000,
                         format="MP3")
     return folder, "20 synthetic 3-minute recordings (48 kHz stereo MP3; ../shared/data absent)"
 
 
 def _model(folder: Path) -> tuple[Path, str]:
-    from bench.daemon import architecture_bundle, trained_bundles
+    from bench._models import architecture_bundle, trained_bundles
 
     trained = trained_bundles()
     if trained:

@@ -22,16 +22,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 from bench import best_cpu_seconds, preamble
+from bench._live import live_run, live_with_broker, pulse_only_alsa_config
+from bench._models import architecture_bundle, tone_bundle, tone_signal, trained_bundles
 
 NAME = "daemon"
 REPO = Path(__file__).resolve().parents[1]
@@ -45,93 +44,6 @@ BIRDNET = (
     "BirdNET v2.4 on this machine (figures quoted in issue #5): about 84 CPU-s of inference "
     "per hour at a 1.5 s hop, about 177 MiB RSS."
 )
-
-
-def _signal(seconds: float, sample_rate: int, channels: int = 1):
-    """Seeded noise with a 2 kHz tone of 1.5 s every 10 s."""
-    import numpy as np
-
-    rng = np.random.default_rng(5)
-    x = 0.02 * rng.standard_normal(int(seconds * sample_rate)).astype(np.float32)
-    t = np.arange(int(1.5 * sample_rate)) / sample_rate
-    burst = (0.3 * np.sin(2 * np.pi * 2000 * t)).astype(np.float32)
-    for start in range(3, int(seconds) - 2, 10):
-        x[start * sample_rate : start * sample_rate + len(burst)] += burst
-    return x if channels == 1 else np.stack([x] * channels, axis=1)
-
-
-def trained_bundles() -> dict[str, Path]:
-    """The example runs' bundles (runs/bobwhite, runs/capuchin) that load, by name."""
-    from device.bundle import BundleError, load_bundle
-
-    found = {}
-    for name in ("bobwhite", "capuchin"):
-        path = REPO / "runs" / name / "model.tflite"
-        try:
-            load_bundle(path)
-            found[name] = path
-        except BundleError:
-            continue
-    return found
-
-
-def architecture_bundle(folder: Path) -> Path:
-    """An untrained int8 model of train/model.py's default architecture, as a bundle."""
-    import numpy as np
-
-    from convert.export import export_tflite
-    from device.bundle import Quantization, write_bundle
-    from device.config import SCHEMA
-    from device.features import FeatureParams, logmel
-    from device.runtime import _interpreter_api
-    from train.model import build_model
-
-    params = FeatureParams()
-    window_s = SCHEMA["train"]["window_s"].default
-    frames = params.window_frames(window_s)
-    model = build_model(
-        frames=frames,
-        n_mels=params.n_mels,
-        n_labels=1,
-        filters=SCHEMA["train"]["model"]["filters"].default,
-        dropout=0.2,
-        stem_stride=SCHEMA["train"]["model"]["stem_stride"].default,
-    )
-    x = _signal(window_s * 20, params.sample_rate)
-    step = int(window_s * params.sample_rate)
-    representative = np.stack(
-        [logmel(x[i * step : (i + 1) * step], params)[:frames, :, None] for i in range(20)]
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "model.tflite").write_bytes(
-        export_tflite(model, kind="int8", representative=representative)
-    )
-    interpreter_class, _ = _interpreter_api()
-    interpreter = interpreter_class(model_path=str(folder / "model.tflite"))
-    (s_in, z_in), (s_out, z_out) = (
-        d[0]["quantization"]
-        for d in (interpreter.get_input_details(), interpreter.get_output_details())
-    )
-    write_bundle(
-        folder,
-        labels=["call"],
-        features=params,
-        window_s=window_s,
-        input_dtype="int8",
-        output_dtype="int8",
-        input_quantization=Quantization(float(s_in), int(z_in)),
-        output_quantization=Quantization(float(s_out), int(z_out)),
-        thresholds={"call": 0.5},
-        metrics={"note": "untrained, for benchmarks only"},
-    )
-    return folder / "model.tflite"
-
-
-def tone_bundle(folder: Path) -> Path:
-    sys.path.insert(0, str(REPO / "tests"))
-    from tinymodel import build_tone_bundle
-
-    return build_tone_bundle(folder, window_s=3.0)
 
 
 def pipeline_cpu(model: Path) -> dict:
@@ -152,7 +64,7 @@ def pipeline_cpu(model: Path) -> dict:
     bundle = load_bundle(model)
     classifier = load_classifier(bundle)
     params = bundle.features
-    x = _signal(SECONDS, params.sample_rate)
+    x = tone_signal(SECONDS, params.sample_rate)
     hop = int(HOP_S * params.sample_rate)
     n_windows = int((SECONDS - bundle.window_s) / HOP_S) + 1
     window = classifier.quantize(np.zeros((bundle.window_frames, params.n_mels), np.float32) - 60)
@@ -256,120 +168,19 @@ def _best_replay(paths: list[Path], model: Path, folder: Path) -> dict:
     return min(runs, key=lambda r: r.get("cpu_s", float("inf")))
 
 
-def _pulse(*command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, timeout=30)
-
-
-def start_pulseaudio() -> bool | None:
-    """Start PulseAudio unless it runs: True when started here (stop it after), False when it
-    was running already, None when it could not be started."""
-    if _pulse("pulseaudio", "--check").returncode == 0:
-        return False
-    for _ in range(10):  # right after a previous run's --kill, the old server may still be exiting
-        _pulse("pulseaudio", "--start", "--exit-idle-time=-1")
-        if _pulse("pulseaudio", "--check").returncode == 0:
-            return True
-        time.sleep(0.5)
-    return None
-
-
-def pulse_only_alsa_config(folder: Path) -> Path | None:
-    """An ALSA configuration like the system's but with, of the plug-in definitions in
-    /etc/alsa/conf.d, only PulseAudio's: what a recorder has without Debian's full
-    libasound2-plugins set. PortAudio opens every PCM that ALSA defines when sounddevice is
-    imported, which maps each plug-in's libraries (the a52 encoder alone brings libavcodec)."""
-    system, plugins = Path("/usr/share/alsa/alsa.conf"), Path("/etc/alsa/conf.d")
-    if not system.is_file() or '"/etc/alsa/conf.d"' not in system.read_text():
-        return None
-    conf_d = folder / "alsa" / "conf.d"
-    conf_d.mkdir(parents=True, exist_ok=True)
-    for path in plugins.glob("*pulse*.conf"):
-        shutil.copy(path, conf_d / path.name)
-    config = folder / "alsa" / "alsa.conf"
-    config.write_text(system.read_text().replace('"/etc/alsa/conf.d"', json.dumps(str(conf_d))))
-    return config
-
-
-def live_run(model: Path, recording: Path, folder: Path, seconds: float = 30.0,
-             alsa_config: Path | None = None, mqtt_port: int | None = None) -> dict | str:
-    """The daemon on a PulseAudio null sink's monitor; its health at exit and peak RSS.
-    alsa_config: ALSA_CONFIG_PATH for the daemon (None: the system's). mqtt_port: publish to
-    a broker on 127.0.0.1 there (None: MQTT off)."""
-    if not (shutil.which("pulseaudio") and shutil.which("pactl") and shutil.which("paplay")):
-        return "PulseAudio is not installed"
-    started = start_pulseaudio()
-    if started is None:
-        return "PulseAudio could not be started"
-    sink = f"callwatch_bench_{uuid.uuid4().hex[:8]}"
-    module = _pulse("pactl", "load-module", "module-null-sink", f"sink_name={sink}").stdout.strip()
-    config = folder / "live.yaml"
-    config.write_text(
-        f"detection: {{model: {json.dumps(str(model))}, hop_s: {HOP_S}}}\n"
-        f"audio: {{device: pulse}}\nservice: {{state_dir: {json.dumps(str(folder / 'state'))}}}\n"
-        + (f"mqtt: {{enabled: true, host: 127.0.0.1, port: {mqtt_port}}}\n" if mqtt_port else "")
-    )
-    log_path = folder / "live.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PULSE_SOURCE": f"{sink}.monitor"}
-    env.pop("NOTIFY_SOCKET", None)
-    if alsa_config is not None:
-        env["ALSA_CONFIG_PATH"] = str(alsa_config)
-    try:
-        with log_path.open("w") as log:
-            daemon = subprocess.Popen(
-                [sys.executable, "-m", "device", "--config", str(config)],
-                cwd=folder,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-            deadline = time.monotonic() + 60
-            while (
-                "listening on" not in log_path.read_text()
-                and daemon.poll() is None
-                and time.monotonic() < deadline
-            ):
-                time.sleep(0.1)
-            player = subprocess.Popen(["paplay", f"--device={sink}", str(recording)])
-            time.sleep(seconds)
-            status = Path(f"/proc/{daemon.pid}/status").read_text() if daemon.poll() is None else ""
-            hwm = re.search(r"VmHWM:\s+(\d+) kB", status)
-            player.terminate()
-            player.wait(10)
-            daemon.send_signal(signal.SIGTERM)
-            code = daemon.wait(30)
-    finally:
-        _pulse("pactl", "unload-module", module)
-        if started:
-            _pulse("pulseaudio", "--kill")
-    text = log_path.read_text()
-    health = re.search(r"health at exit: (\{.*\})", text)
-    if not health or not hwm:
-        return f"the live daemon did not report (exit {code}): {text.strip().splitlines()[-1:]}"
-    return {"health": json.loads(health[1]), "rss_mib": int(hwm[1]) / 1024, "exit": code}
-
-
-def _live_with_broker(model: Path, recording: Path, folder: Path, alsa_config: Path | None):
-    """live_run with MQTT on, publishing to a Mosquitto started here (tests/broker.py)."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from broker import MOSQUITTO, Broker
-
-    if not Path(MOSQUITTO).exists():
-        return "Mosquitto is not installed"
-    broker = Broker(folder / "broker").start()
-    try:
-        return live_run(model, recording, folder, alsa_config=alsa_config, mqtt_port=broker.port)
-    finally:
-        broker.stop()
-
-
 def _verdict(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
 
 def import_rss_mib(modules: str) -> float:
     """Peak RSS of a fresh ``python -c 'import <modules>'``, MiB (/usr/bin/time)."""
-    out = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-c", f"import {modules}"],
-                         cwd=REPO, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", sys.executable, "-c", f"import {modules}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return int(out.stderr.split()[-1]) / 1024
 
 
@@ -395,18 +206,19 @@ def run() -> str:
         cpu["tone model"] = pipeline_cpu(tiny)
 
         wav = tmp / "hour16k.wav"
-        soundfile.write(wav, _signal(3600, 16000), 16000, subtype="PCM_16")
+        soundfile.write(wav, tone_signal(3600, 16000), 16000, subtype="PCM_16")
         mp3s = sorted((DATA / "capuchin" / "recordings").glob("recording_*.mp3"))[:10]
         if mp3s:
-            mp3_note = (f"{len(mp3s)} real Capuchinbird soundscapes, 48 kHz stereo MP3 "
-                        "(../shared/data)")
+            mp3_note = (
+                f"{len(mp3s)} real Capuchinbird soundscapes, 48 kHz stereo MP3 (../shared/data)"
+            )
         else:
             mp3s = [tmp / "stereo48k.mp3"]
-            soundfile.write(mp3s[0], _signal(1800, 48000, channels=2), 48000, format="MP3")
+            soundfile.write(mp3s[0], tone_signal(1800, 48000, channels=2), 48000, format="MP3")
             mp3_note = "30 min of synthetic 48 kHz stereo MP3 (../shared/data absent)"
         # One second of each format: the CPU of start-up (imports, model, first resampling).
-        soundfile.write(tmp / "second.wav", _signal(1, 16000), 16000, subtype="PCM_16")
-        soundfile.write(tmp / "second.mp3", _signal(1, 48000, channels=2), 48000, format="MP3")
+        soundfile.write(tmp / "second.wav", tone_signal(1, 16000), 16000, subtype="PCM_16")
+        soundfile.write(tmp / "second.mp3", tone_signal(1, 48000, channels=2), 48000, format="MP3")
         replays = []
         for label, files, startup, target in (
             ("1 h of 16 kHz mono wav", [wav], tmp / "second.wav", TARGETS["wav_speed"]),
@@ -421,11 +233,19 @@ def run() -> str:
         jobs = timed_replay(mp3s, realistic, tmp, jobs=2)
         live = live_run(realistic, mp3s[0], tmp)
         lean = pulse_only_alsa_config(tmp)
-        live_lean = live_run(realistic, mp3s[0], tmp, alsa_config=lean) if lean else "no ALSA config"
-        live_mqtt = _live_with_broker(realistic, mp3s[0], tmp, alsa_config=lean)
-    libraries = {name: import_rss_mib(modules) for name, modules in (
-        ("python", "sys"), ("numpy", "numpy"), ("device", "device.daemon, ai_edge_litert.interpreter"),
-        ("device+sd", "device.daemon, ai_edge_litert.interpreter, sounddevice"))}
+        live_lean = (
+            live_run(realistic, mp3s[0], tmp, alsa_config=lean) if lean else "no ALSA config"
+        )
+        live_mqtt = live_with_broker(realistic, mp3s[0], tmp, alsa_config=lean)
+    libraries = {
+        name: import_rss_mib(modules)
+        for name, modules in (
+            ("python", "sys"),
+            ("numpy", "numpy"),
+            ("device", "device.daemon, ai_edge_litert.interpreter"),
+            ("device+sd", "device.daemon, ai_edge_litert.interpreter, sounddevice"),
+        )
+    }
     if isinstance(live, dict):
         for key, other in (("rss_lean_mib", live_lean), ("rss_mqtt_mib", live_mqtt)):
             if isinstance(other, dict):
@@ -451,18 +271,26 @@ def _section(model_note: str, cpu: dict, replays: list, jobs: dict, live, librar
         "| part | " + " | ".join(names) + " |",
         "|---|" + "---:|" * len(names),
         "| front end (streaming log-mel + int8 quantization) | "
-        + " | ".join(f"{cpu[n]['front end']:.2f}" for n in names) + " |",
+        + " | ".join(f"{cpu[n]['front end']:.2f}" for n in names)
+        + " |",
         "| inference alone (ms per window in brackets) | "
-        + " | ".join(f"{cpu[n]['inference']:.2f} ({cpu[n]['invoke_ms']:.3f})" for n in names) + " |",
+        + " | ".join(f"{cpu[n]['inference']:.2f} ({cpu[n]['invoke_ms']:.3f})" for n in names)
+        + " |",
         "| **whole worker** (ring, features, inference, detector, queue) | "
-        + " | ".join(f"**{cpu[n]['worker']:.2f}**" for n in names) + " |",
+        + " | ".join(f"**{cpu[n]['worker']:.2f}**" for n in names)
+        + " |",
         "",
         f"Target <= {goal:.0f} CPU-s per hour for features + inference (front end + inference "
         "alone): "
-        + "; ".join(f"{n} {_verdict(cpu[n]['front end'] + cpu[n]['inference'] <= goal)} "
-                    f"({cpu[n]['front end'] + cpu[n]['inference']:.2f})" for n in names)
+        + "; ".join(
+            f"{n} {_verdict(cpu[n]['front end'] + cpu[n]['inference'] <= goal)} "
+            f"({cpu[n]['front end'] + cpu[n]['inference']:.2f})"
+            for n in names
+        )
         + ". The whole worker, with the ring buffer, the detector and the queue on top: "
-        + "; ".join(f"{n} {cpu[n]['worker']:.2f} ({_verdict(cpu[n]['worker'] <= goal)})" for n in names)
+        + "; ".join(
+            f"{n} {cpu[n]['worker']:.2f} ({_verdict(cpu[n]['worker'] <= goal)})" for n in names
+        )
         + f". {BIRDNET}",
         "",
         "**Replay** (`python -m device --replay FILE...` as a subprocess). Speed = audio time / "

@@ -297,7 +297,7 @@ def onset_latency(model: Path, folder: Path) -> dict | str:
     import numpy as np
     import soundfile
 
-    from bench.daemon import _pulse, start_pulseaudio
+    from bench._live import pulse_command, start_pulseaudio
     from device.bundle import load_bundle
 
     sys.path.insert(0, str(REPO / "tests"))
@@ -314,7 +314,7 @@ def onset_latency(model: Path, folder: Path) -> dict | str:
     if started is None:
         return "PulseAudio could not be started"
     sink = f"callwatch_onset_{uuid.uuid4().hex[:8]}"
-    module = _pulse("pactl", "load-module", "module-null-sink", f"sink_name={sink}").stdout.strip()
+    module = pulse_command("pactl", "load-module", "module-null-sink", f"sink_name={sink}").stdout.strip()
     broker = Broker(folder / "broker").start()
     log_path = folder / "live.log"
     try:
@@ -350,9 +350,9 @@ def onset_latency(model: Path, folder: Path) -> dict | str:
         subscriber.client.loop_stop()
     finally:
         broker.stop()
-        _pulse("pactl", "unload-module", module)
+        pulse_command("pactl", "unload-module", module)
         if started:
-            _pulse("pulseaudio", "--kill")
+            pulse_command("pulseaudio", "--kill")
     if not latencies:
         return f"no event opened (daemon log: {log_path.read_text().strip().splitlines()[-1:]})"
     values = np.array(latencies)

@@ -77,10 +77,10 @@ def recording(folder: Path) -> tuple[Path, str]:
         return mp3s[0], f"`{mp3s[0].name}` (180 s, 48 kHz stereo MP3, ../shared/data)"
     import soundfile
 
-    from bench.daemon import _signal
+    from bench._models import tone_signal
 
     path = folder / "stereo48k.flac"
-    soundfile.write(path, _signal(180, 48000, channels=2), 48000)
+    soundfile.write(path, tone_signal(180, 48000, channels=2), 48000)
     return path, "180 s of synthetic 48 kHz stereo FLAC"
 
 
@@ -88,7 +88,7 @@ def model_bundle(folder: Path) -> tuple[Path, str]:
     for name in ("capuchin", "demo"):  # trained bundles: the examples', or scripts/demo's
         if (REPO / "runs" / name / "model.json").exists():
             return REPO / "runs" / name, f"`runs/{name}` (trained)"
-    from bench.daemon import architecture_bundle
+    from bench._models import architecture_bundle
 
     return architecture_bundle(folder / "architecture").parent, "an untrained model of the default architecture"
 
