@@ -54,7 +54,7 @@ from device import __version__
 from device.config import DetectionSection
 from device.features import FeatureParams
 from device.fileio import write_atomic
-from device.modelcheck import ModelCheckError, check_model, is_number
+from device.modelcheck import ModelCheckError, check_model
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +63,6 @@ BUNDLE_VERSION = 1
 MANIFEST_NAME = "model.json"
 MODEL_NAME = "model.tflite"
 OUTPUT_KINDS = ("logits", "probabilities")
-EXTENT_RULES = ("trim", "centre", "windows", "frames")
-"""How an event's extent comes from its run of windows (device.detector): "trim" cuts the
-calibrated seconds (``trim_s``: [start, end]) off the run's span; "centre" lets each window stand
-for the hop at its centre ((window_s - hop_s) / 2 off each side); "windows" is the whole span of
-the windows that fired; "frames" makes events from the model's frame output stitched across
-windows (``threshold``: the frame score an event needs, probability units; device.frames). A
-bundle without ``events`` (made before the rule was written down) gets
-"centre": which windows fire, and so thresholds and counts, do not depend on the rule."""
 EVENT_SETTINGS = ("hop_s", "smoothing_windows", "confirm_k", "confirm_n", "hysteresis", "merge_gap_s",
                   "refractory_s", "max_event_s")
 """The detection settings (config ``detection:``) that thresholds and trims were calibrated with."""
@@ -137,7 +129,7 @@ class Bundle:
 
     def extent_trims(self, hop_s: float) -> dict[str, tuple[float, float]]:
         """Per label, seconds cut off the start and the end of an event's run of windows, for
-        windows every ``hop_s`` (see EXTENT_RULES)."""
+        windows every ``hop_s`` (see device.modelcheck.EXTENT_RULES)."""
         extent = self.events.get("extent", {})
         out = {}
         for label in self.labels:
@@ -247,16 +239,6 @@ def _check_types(m: dict, where: str) -> None:
             isinstance(entry.get(k), str) for k in ("file", "sha256")
         )
 
-    def is_extent(entry) -> bool:
-        if not isinstance(entry, dict) or entry.get("rule") not in EXTENT_RULES:
-            return False
-        trim = entry.get("trim_s")
-        if entry["rule"] == "frames":
-            return _is_number(entry.get("threshold")) and 0 < entry["threshold"] < 1
-        return entry["rule"] != "trim" or (
-            isinstance(trim, list) and len(trim) == 2 and all(is_number(x) and x >= 0 for x in trim)
-        )
-
     checks = {
         "model_file": (lambda v: isinstance(v, str) and v != "", "a file name"),
         "sha256": (lambda v: isinstance(v, str), "a hex string"),
@@ -267,12 +249,6 @@ def _check_types(m: dict, where: str) -> None:
         "variants": (
             lambda v: isinstance(v, dict) and all(map(is_variant, v.values())),
             "a mapping name -> {file, sha256}",
-        ),
-        "events": (
-            lambda v: isinstance(v, dict) and isinstance(v.get("extent", {}), dict)
-            and all(map(is_extent, v.get("extent", {}).values())),
-            f"a mapping with extent: label -> {{rule: one of {EXTENT_RULES}, trim_s: [start, end] >= 0, "
-            "threshold (frames) in (0, 1)}",
         ),
         "frames": (
             lambda v: isinstance(v, dict) and isinstance(v.get("shape"), list) and len(v["shape"]) == 4

@@ -17,7 +17,17 @@ from typing import Any
 from device.features import FeatureParams, FeatureParamsError
 
 MODEL_KEYS = ("labels", "features", "window_s", "thresholds")
-"""Keys every model description has (``recommended_hop_s`` is optional: 0.5 s)."""
+"""Keys every model description has (``recommended_hop_s`` is optional: 0.5 s; ``events``
+too: without it, the centre rule)."""
+
+EXTENT_RULES = ("trim", "centre", "windows", "frames")
+"""How an event's extent comes from its run of windows (device.detector): "trim" cuts the
+calibrated seconds (``trim_s``: [start, end]) off the run's span; "centre" lets each window stand
+for the hop at its centre ((window_s - hop_s) / 2 off each side); "windows" is the whole span of
+the windows that fired; "frames" makes events from the model's frame output stitched across
+windows (``threshold``: the frame score an event needs, probability units; device.frames). A
+bundle without ``events`` (made before the rule was written down) gets
+"centre": which windows fire, and so thresholds and counts, do not depend on the rule."""
 
 
 class ModelCheckError(ValueError):
@@ -43,6 +53,17 @@ class ModelDescription:
 def is_number(value: Any) -> bool:
     """A finite int or float, not a bool (JSON's true is no number of seconds)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_extent(entry: Any) -> bool:
+    if not isinstance(entry, dict) or entry.get("rule") not in EXTENT_RULES:
+        return False
+    trim = entry.get("trim_s")
+    if entry["rule"] == "frames":
+        return is_number(entry.get("threshold")) and 0 < entry["threshold"] < 1
+    return entry["rule"] != "trim" or (
+        isinstance(trim, list) and len(trim) == 2 and all(is_number(x) and x >= 0 for x in trim)
+    )
 
 
 def check_model(m: Mapping[str, Any]) -> ModelDescription:
@@ -74,6 +95,13 @@ def check_model(m: Mapping[str, Any]) -> ModelDescription:
     bad = {k: v for k, v in thresholds.items() if not 0.0 < v < 1.0}
     if bad:
         raise ModelCheckError(f"thresholds must be in (0, 1) (probabilities), got {bad}")
+    events = m.get("events", {})
+    extent = events.get("extent", {}) if isinstance(events, dict) else None
+    if not isinstance(extent, dict) or not all(map(_is_extent, extent.values())):
+        raise ModelCheckError(
+            f"events must be a mapping with extent: label -> {{rule: one of {EXTENT_RULES}, "
+            f"trim_s: [start, end] >= 0, threshold (frames) in (0, 1)}}, got {events!r}"
+        )
     hop = m.get("recommended_hop_s", 0.5)
     if not (is_number(hop) and hop > 0):
         raise ModelCheckError(f"recommended_hop_s must be a number of seconds > 0, got {hop!r}")

@@ -19,32 +19,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from device.audio import AudioError
-from device.bundle import event_settings
-from device.config import Config, DetectionSection, TrainSection
-from device.detector import DetectorParams, detect, detector_params
-from device.features import FeatureParams
+from device.config import Config, TrainSection
+from device.detector import detector_params
 from device.frames import FrameLayout, cell_frames_for
 from device.names import WORD_CHARS, safe_name
 from device.runrecord import RunRecord
 from train import report
 from train.cache import recording_features
-from train.calibrate import (
-    calibrate_extent,
-    threshold_at_best_f1,
-    threshold_at_false_alarms,
-    threshold_at_precision,
-)
-from train.datasets import DatasetError, Inventory, Recording, load_datasets
+from train.datasets import DatasetError, Recording
+from train.decision import calibrate_events, calibrate_thresholds
 from train.evaluate import (
-    calibrate_frame_threshold,
     clip_level,
     count_correlation,
     event_metrics,
@@ -53,8 +42,9 @@ from train.evaluate import (
 )
 from train.final import FinalPlan, HeldOut, final_plan
 from train.fit import fit, predict_both, predict_probabilities
-from train.frontend import context_frames, recording_inputs, window_inputs
+from train.frontend import context_frames, window_inputs
 from train.hard_negatives import apply_hard_negatives
+from train.prepare import Log, Prepared, prepare_data
 from train.split import (
     check_disjoint,
     fold_groups,
@@ -62,54 +52,10 @@ from train.split import (
     split_recordings,
     write_split_csv,
 )
-from train.windows import WindowSampler, evaluation_windows, merged_regions, window_labels
+from train.windows import WindowSampler, evaluation_windows
 
-Log = Callable[[str], None]
 MAIN_FOLD = "fold1"
 """K-fold cross-validation's first fold: the main run itself (same test split, same model)."""
-
-
-@dataclass
-class Prepared:
-    """Datasets read and their features computed, shared by the main run and every fold."""
-
-    inventory: Inventory
-    features: dict[str, np.ndarray]
-    """Recording name -> (frames, n_mels) float32 log-mel dB of the whole file."""
-    params: FeatureParams
-    data_root: Path
-    inputs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    """Recording name -> (frames, n_mels) model inputs of the whole file (log-mel: the features
-    themselves; PCEN: computed from them on first use, :mod:`train.frontend`)."""
-
-    def inputs_of(self, name: str) -> np.ndarray:
-        if name not in self.inputs:
-            self.inputs[name] = recording_inputs(self.features[name], self.params)
-        return self.inputs[name]
-
-
-def prepare_data(*, train_cfg: TrainSection, data_root: Path, cache_dir: Path | None, log: Log = print) -> Prepared:
-    """Read every dataset and compute (or load cached) features; unreadable files are skipped."""
-    params = FeatureParams.from_dict(train_cfg.features.to_dict())
-    inventory = load_datasets(train_cfg.datasets, data_root=data_root, labels=list(train_cfg.labels))
-    features: dict[str, np.ndarray] = {}
-    kept: list[Recording] = []
-    began = time.monotonic()
-    for i, r in enumerate(inventory.recordings, 1):
-        try:
-            features[r.name] = recording_features(r.path, params, cache_dir)
-            kept.append(r)
-        except AudioError as exc:
-            inventory.warn(f"skipped: {exc}", skipped_file=True)
-        if i % 50 == 0 or i == len(inventory.recordings):
-            log(f"features: {i}/{len(inventory.recordings)} recordings ({time.monotonic() - began:.0f} s)")
-    inventory.recordings = kept
-    for label in inventory.labels:
-        if not any(r.positives(label) for r in kept):
-            raise DatasetError(f"train.labels: every recording with {label!r} was unreadable (see warnings)")
-    for warning in inventory.warnings:
-        log(f"warning: {warning}")
-    return Prepared(inventory, features, params, Path(data_root))
 
 
 def split_for(cfg: TrainSection, recordings: list[Recording], *, test_groups: list[str] | None = None) -> dict[str, str]:
@@ -127,73 +73,6 @@ def _timelines(model, recordings: list[Recording], prepared: Prepared, window_s:
                                     params=prepared.params, window_s=window_s, hop_s=hop_s,
                                     duration_s=r.duration_s)
             for r in recordings}
-
-
-def calibrate_thresholds(*, cfg: TrainSection, labels: list[str], y: np.ndarray, scores: np.ndarray,
-                         timelines: dict, recordings: list[Recording], window_s: float, hop_s: float,
-                         detection: dict[str, DetectorParams]) -> dict:
-    """{label: Threshold} on validation data, by ``cfg.calibration.method``; false alarms are
-    counted by the device's detector with ``detection`` (per label; thresholds replaced)."""
-    out = {}
-    for i, label in enumerate(labels):
-        if cfg.calibration.method == "precision":
-            out[label] = threshold_at_precision(y[:, i], scores[:, i], target=cfg.calibration.target_precision)
-            continue
-        if cfg.calibration.method == "f1":
-            out[label] = threshold_at_best_f1(y[:, i], scores[:, i])
-            continue
-        sources, starts, negatives = [], [], []
-        for r in recordings:
-            starts_r, probs_r = timelines[r.name][:2]
-            for start, score in zip(starts_r, probs_r[:, i]):
-                if r.kind == "clips":
-                    negative = r.annotations[0].label != label
-                else:
-                    truth, ambiguous = window_labels(r, start, window_s, labels)
-                    negative = not truth[i] and not ambiguous
-                if negative:
-                    sources.append(r.name)
-                    starts.append(start)
-                    negatives.append(score)
-        out[label] = threshold_at_false_alarms(sources=np.array(sources), starts=np.array(starts),
-                                               scores=np.array(negatives), window_s=window_s, hop_s=hop_s,
-                                               per_hour=cfg.calibration.false_alarms_per_hour,
-                                               params=detection[label])
-    return out
-
-
-def calibrate_events(*, detection: DetectionSection, labels: list[str], thresholds: dict[str, float], timelines: dict,
-                     recordings: list[Recording], window_s: float, hop_s: float, log: Log = print,
-                     layout: FrameLayout | None = None) -> tuple[dict[str, DetectorParams], dict]:
-    """The event rule the bundle ships: the detection settings (the config's ``detection``
-    section) and, per label, the extent trims calibrated on the annotated validation recordings
-    (with a frame ``layout``: the frames rule and its threshold, on the same recordings).
-    Returns (detector params per label, the ``events`` record of run.json / model.json)."""
-    untrimmed = detector_params(labels=tuple(labels), bundle_thresholds=thresholds, detection=detection)
-    extent = {}
-    if layout is not None:
-        for i, label in enumerate(labels):
-            extent[label] = calibrate_frame_threshold(timelines, recordings, i, label, untrimmed[label],
-                                                      layout=layout, hop_s=hop_s, fallback=thresholds[label])
-            log(f"event extent {label}: frames rule, frame threshold {extent[label]['threshold']} "
-                f"(event F1 {extent[label]['f1']}, 1 s segment F1 {extent[label]['segment_f1']} on "
-                f"{extent[label]['calls']} validation calls)")
-        frame_thresholds = {label: e["threshold"] for label, e in extent.items()}
-        params = detector_params(labels=tuple(labels), bundle_thresholds=frame_thresholds, detection=detection)
-        return params, {"detection": event_settings(detection), "extent": extent}
-    for i, label in enumerate(labels):
-        pairs = []
-        for r in recordings:
-            if r.kind == "selections" and r.name in timelines:
-                starts, scores = timelines[r.name][:2]
-                events = detect(starts, scores[:, i], untrimmed[label], window_s=window_s, hop_s=hop_s)
-                pairs.append(([(d.start_s, d.end_s) for d in events], merged_regions(r, label)))
-        extent[label] = calibrate_extent(pairs, window_s=window_s, hop_s=hop_s)
-        log(f"event extent {label}: {extent[label]['rule']} rule, trims {extent[label]['trim_s']} s "
-            f"({extent[label]['calls']} validation calls)")
-    trims = {label: tuple(e["trim_s"]) for label, e in extent.items()}
-    params = detector_params(labels=tuple(labels), bundle_thresholds=thresholds, detection=detection, trims=trims)
-    return params, {"detection": event_settings(detection), "extent": extent}
 
 
 def train_split(*, config: Config, prepared: Prepared, split: dict[str, str], out: Path,

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from device.config import DetectionSection, TrainSection
+from device.detector import detector_params
 from train.datasets import Recording
+from train.decision import calibrate_thresholds
 from train.windows import WindowSet
 
 
@@ -58,26 +60,49 @@ class FinalPlan:
     """The folds' held-out recordings."""
 
 
-def final_plan(*, cfg: TrainSection, held_out: list[HeldOut], window_s: float, hop_s: float,
-               detection: DetectionSection) -> FinalPlan:
+def final_plan(
+    *,
+    cfg: TrainSection,
+    held_out: list[HeldOut],
+    window_s: float,
+    hop_s: float,
+    detection: DetectionSection,
+) -> FinalPlan:
     """The final model's recipe from the folds: the median of their kept epochs (rounded half
     up), and thresholds calibrated by ``cfg.calibration`` on their pooled out-of-fold scores
     (false alarms counted by the device's detector with the ``detection`` settings)."""
-    from device.detector import detector_params
-    from train.core import calibrate_thresholds  # core imports this module
 
     labels = list(cfg.labels)
     epochs = [h.best_epoch for h in held_out]
-    windows = WindowSet(*(np.concatenate([getattr(h.windows, f) for h in held_out])
-                          for f in ("x", "y", "source", "start_s", "kind")))
+    windows = WindowSet(
+        *(
+            np.concatenate([getattr(h.windows, f) for h in held_out])
+            for f in ("x", "y", "source", "start_s", "kind")
+        )
+    )
     scores = np.concatenate([h.scores for h in held_out])
     timelines = {name: t for h in held_out for name, t in h.timelines.items()}
     recordings = [r for h in held_out for r in h.recordings]
     thresholds = calibrate_thresholds(
-        cfg=cfg, labels=labels, y=windows.y, scores=scores, timelines=timelines, recordings=recordings,
-        window_s=window_s, hop_s=hop_s,
-        detection=detector_params(labels=tuple(labels), bundle_thresholds=dict.fromkeys(labels, 0.5),
-                                  detection=detection))
-    return FinalPlan(epochs=max(1, int(np.floor(np.median(epochs) + 0.5))), fold_epochs=epochs,
-                     thresholds=thresholds, held_out=windows, held_out_scores=scores, folds=len(held_out),
-                     timelines=timelines, recordings=recordings)
+        cfg=cfg,
+        labels=labels,
+        y=windows.y,
+        scores=scores,
+        timelines=timelines,
+        recordings=recordings,
+        window_s=window_s,
+        hop_s=hop_s,
+        detection=detector_params(
+            labels=tuple(labels), bundle_thresholds=dict.fromkeys(labels, 0.5), detection=detection
+        ),
+    )
+    return FinalPlan(
+        epochs=max(1, int(np.floor(np.median(epochs) + 0.5))),
+        fold_epochs=epochs,
+        thresholds=thresholds,
+        held_out=windows,
+        held_out_scores=scores,
+        folds=len(held_out),
+        timelines=timelines,
+        recordings=recordings,
+    )
