@@ -1,3 +1,5 @@
+"""python -m device: the field daemon (see device/cli.py for the arguments)."""
+
 import os
 
 # One BLAS thread: the front end's small matrix products only lose time to thread hand-offs,

@@ -1,4 +1,5 @@
-"""python -m device --replay: a batch of recordings, its outputs, manifest, progress and summary.
+"""Stage: replay, the batch (``python -m device --replay``): its outputs, manifest, progress and
+summary. Runs on the main thread; only this process writes outputs.
 
 The parent process alone writes: it takes each file's :class:`device.replay.FileResult` (made
 here, in ``--jobs N`` processes or elsewhere) in file order, numbers its events (the run's

@@ -1,4 +1,5 @@
-"""Wiring: config + model bundle -> sinks, pipeline and a source; live until a signal, or replay.
+"""Wiring: config + model bundle -> sinks, pipeline and a source; live until a signal (the
+loop is device.supervisor), or replay. Main thread.
 
 Exit status: 0 done (also live after SIGTERM/SIGINT, once the sinks are flushed and the stream
 closed), 2 bad input (model bundle, config value, microphone not there, missing replay

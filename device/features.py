@@ -1,4 +1,9 @@
-"""The front end (log-mel or PCEN): defined once, used by training, conversion checks and the device.
+"""Stage: features. The front end (log-mel or PCEN): defined once, used by training, conversion
+checks and the device.
+
+Contract: mono float32 samples at ``FeatureParams.sample_rate`` Hz in, (frames, n_mels) float32
+out (log-mel in dB, or PCEN); :class:`StreamingFrontEnd` is not thread-safe (one owner, the
+worker), the batch functions are.
 
 Pure NumPy/SciPy, float32. Framing is not centred (frame ``i`` covers samples
 ``[i * hop_length, i * hop_length + n_fft)``), so a stream can reproduce it exactly: a frame

@@ -1,4 +1,4 @@
-"""python -m device --replay, the work per file (device/batch.py runs the batch).
+"""Stage: replay, the work per file (``python -m device --replay``; device/batch.py runs the batch).
 
 The work per file is one pure function, :func:`analyse_file`: a :class:`Recording` (path,
 source name, site, start time) and :class:`ReplaySettings` in, a :class:`FileResult` (events,

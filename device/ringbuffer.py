@@ -1,4 +1,7 @@
-"""The audio ring buffer between the microphone callback and the worker.
+"""Stage: the ring buffer between the microphone callback and the worker.
+
+Contract: mono float32 samples, addressed by absolute index (int) since the start of the
+source session; one producer thread (the audio callback), one consumer (the worker).
 
 Preallocated NumPy, fixed memory, one producer (the audio callback) and one consumer (the
 worker). Samples are addressed by their absolute index since the start of the source session,

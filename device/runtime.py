@@ -1,4 +1,8 @@
-"""The classifier: a LiteRT interpreter running the bundle's model on one window at a time.
+"""Stage: runtime. A LiteRT interpreter running the bundle's model on one window at a time.
+
+Contract: :class:`Classifier` takes a (frames, n_mels) window (float32 dB or already quantized
+to the model's input dtype) and returns (n_labels,) float32 probabilities in 0..1. Not
+thread-safe: one owner, the worker (replay: one per process).
 
 Uses ``ai_edge_litert`` (the LiteRT wheel), or ``tflite_runtime`` where that is what is
 installed (older Raspberry Pi OS images). With ``detection.delegate: edgetpu`` it loads the

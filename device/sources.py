@@ -1,4 +1,8 @@
-"""Audio sources: the microphone (sounddevice) for live use, audio files for replay.
+"""Stage: sources. The microphone (sounddevice) for live use, audio files for replay.
+
+Contract: mono float32 samples (full scale 1.0) into a :class:`device.ringbuffer.RingBuffer`
+at the capture rate in Hz (the microphone's; a file's are resampled to the model's). The
+microphone's callback runs on PortAudio's thread; everything else on the worker thread.
 
 The microphone's callback does nothing but downmix, copy into the ring buffer and count
 overflows (python-sounddevice's rec_unlimited pattern); all work happens in the worker. The
