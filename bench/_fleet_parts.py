@@ -101,6 +101,7 @@ class Broker:
         return self.cpu_before_s + (_proc_cpu_s(self.proc.pid) if self.proc else 0.0)
 
     def status(self) -> dict[str, int]:
+        assert self.proc is not None, "start() first"
         return _proc_status(self.proc.pid)
 
     def stop(self) -> None:
@@ -142,7 +143,7 @@ class Recorder:
             clean_session=True,
         )
         self.client.will_set(f"{self.base}/availability", "offline", qos=1, retain=True)
-        self.client.reconnect_delay_set(0.5, 4.0)
+        self.client.reconnect_delay_set(0.5, 4.0)  # type: ignore[arg-type]  # seconds; paho takes floats
         self.client.max_inflight_messages_set(100)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *a: self.connected.clear()
@@ -280,7 +281,7 @@ class Collector:
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id="fleet-collector", clean_session=False
         )
-        self.client.reconnect_delay_set(0.2, 1.0)
+        self.client.reconnect_delay_set(0.2, 1.0)  # type: ignore[arg-type]  # seconds; paho takes floats
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("callwatch/+/events", qos=1)
         self.client.on_subscribe = lambda *a: subscribed.set()
         self.client.on_message = lambda c, u, m: self.received.append((m.payload, time.monotonic()))

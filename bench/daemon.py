@@ -78,6 +78,8 @@ def pipeline_cpu(model: Path) -> dict:
         for _ in range(n_windows):
             classifier.predict(window)
 
+    counts: dict[str, int] = {}
+
     def worker():
         health = Health()
         queue = SinkQueue([], maxsize=1000, block=True, health=health).start()
@@ -96,14 +98,14 @@ def pipeline_cpu(model: Path) -> dict:
             pipeline.consume()
         pipeline.end_source(pad_short=False)
         queue.close()
-        worker.windows, worker.events = health.windows, health.events
+        counts.update(windows=health.windows, events=health.events)
 
     scale = 3600 / SECONDS
     result = {
         name: best_cpu_seconds(f, repeat=7) * scale
         for name, f in (("front end", front_end), ("inference", inference), ("worker", worker))
     }
-    result["windows"], result["events"] = worker.windows, worker.events
+    result["windows"], result["events"] = counts["windows"], counts["events"]
     result["invoke_ms"] = result["inference"] / (n_windows * scale) * 1000
     return result
 
@@ -187,8 +189,8 @@ def import_rss_mib(modules: str) -> float:
 def run() -> str:
     import soundfile
 
-    with tempfile.TemporaryDirectory(prefix="callwatch-bench-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="callwatch-bench-") as tmp_name:
+        tmp = Path(tmp_name)
         models = {f"`runs/{name}`": path for name, path in trained_bundles().items()}
         if models:
             model_note = "trained bundles " + ", ".join(models)

@@ -84,7 +84,8 @@ class Pipeline:
             (2 * self.window_frames, self.params.n_mels), classifier.input_dtype
         )
         self.source = ""
-        self._t0_wall = self._t0_mono = 0.0
+        self._t0_wall: float | None = 0.0
+        self._t0_mono = 0.0
         self._site: str | None = None
         self._time_source: str | None = "clock"
         self._source_windows = 0
@@ -163,6 +164,7 @@ class Pipeline:
         """
         t0 = time.perf_counter()
         ring = self.ring
+        assert ring is not None, "begin_segment() first"
         start, samples = ring.read()
         if start != self._expected:  # the producer overwrote audio we had not read
             self.health.overrun_samples += start - self._expected
@@ -288,10 +290,12 @@ class Pipeline:
 
     def _serve_clips(self, *, final: bool) -> None:
         """Hand finished clips (post-roll recorded, or the audio ended) to the sinks."""
+        ring = self.ring
+        assert ring is not None, "begin_segment() first"
         waiting = []
         for event, start, stop in self._clips_pending:
-            if final or self.ring.written >= stop:
-                _, samples = self.ring.get(start, stop)
+            if final or ring.written >= stop:
+                _, samples = ring.get(start, stop)
                 if len(samples):
                     self.queue.put_clip(event, samples, self.capture_rate)
             else:

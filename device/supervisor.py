@@ -50,15 +50,17 @@ def run_live(
     last_status = last_log = t0_mono
     pinged = (health.audio_s, health.windows)
     while not stop.is_set():
-        if source.ring.wait(0.1, until=pipeline.next_window_index() if ready else None):
+        ring = source.ring
+        assert ring is not None  # open: run_live's precondition, and _reopen's when it succeeds
+        if ring.wait(0.1, until=pipeline.next_window_index() if ready else None):
             if not ready:
                 # Time 0 of the session is its first sample, which may arrive a while after
                 # the stream opened: date it from the newest block's arrival.
-                t0_mono = source.last_block_mono - source.ring.written / source.capture_rate
+                t0_mono = source.last_block_mono - ring.written / source.capture_rate
                 pipeline.begin_source(
                     source.name, t0_wall=time.time() - (time.monotonic() - t0_mono), t0_mono=t0_mono
                 )
-                pipeline.begin_segment(source.ring, capture_rate=source.capture_rate)
+                pipeline.begin_segment(ring, capture_rate=source.capture_rate)
             samples = pipeline.consume(arrival_mono=source.last_block_mono)
             liveness.saw(samples, time.monotonic())
             if not ready:
@@ -138,6 +140,7 @@ def _reopen(
             health.device_errors += 1
             log.warning("microphone reopen failed: %s", exc)
             continue
+        assert source.ring is not None  # open() succeeded
         pipeline.begin_segment(source.ring, capture_rate=source.capture_rate)
         return True
     return False
