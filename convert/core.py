@@ -159,7 +159,7 @@ def _write_manifest(run: RunFolder, content: bytes, *, metrics: dict, variants: 
             recommended_hop_s=run.recommended_hop_s,
             metrics=metrics,
             variants=variants,
-            events=run.record.events,  # the event rule thresholds were calibrated for
+            events=run.events,  # the event rule thresholds were calibrated for
             frames=io_.frames_record(step_frames=_step_frames(run, io_), frame_rate=run.features.frame_rate),
         )
         load_bundle(path)  # as the device will read it
@@ -178,13 +178,13 @@ def _step_frames(run: RunFolder, io_: export.TensorIO) -> int:
     window's frames over its steps, rounded down, for a run that did not record it)."""
     if io_.frames_shape is None:
         return 0
-    recorded = (run.record.extra.get("frames") or {}).get("step_frames")
+    recorded = (run.extra.get("frames") or {}).get("step_frames")
     return int(recorded) if recorded else run.features.window_frames(run.window_s) // io_.frames_shape[1]
 
 
 def _frame_thresholds(run: RunFolder) -> dict[str, float]:
     """Per label, the frame threshold of the frames extent rule (else the window threshold)."""
-    extent = run.record.events.get("extent", {})
+    extent = run.events.get("extent", {})
     return {label: float(extent.get(label, {}).get("threshold", run.thresholds[label])) for label in run.labels}
 
 
@@ -254,7 +254,7 @@ def convert_run(
     command = command or "python -m convert --int8 " + str(run_dir)
     model = _load_keras(run)
     params = int(model.count_params())
-    representative = run.calibration(max_windows=settings.representative_windows)
+    representative = run.calibration_windows(max_windows=settings.representative_windows)
     x, y = run.test_windows()
 
     content = export.export_tflite(model, kind="int8", representative=representative)
@@ -352,12 +352,12 @@ def _verify_and_bundle(*, run: RunFolder, model, content: bytes, x: np.ndarray, 
         "int8_vs_float": int8["vs_float"],
         **({"frames_int8_vs_float": frames_vs_float} if frames_vs_float else {}),
     }
-    if run.record.final is not None:
+    if run.final is not None:
         # A final model trained on every recording: its verification windows are the folds'
         # held-out windows, which it trained on. The estimate of accuracy is the folds'.
         metrics["source"] = ("test_windows.npz: the cross-validation folds' pooled held-out windows, "
                              "trained on by this final model (an int8-vs-float check, not an estimate)")
-        metrics["cross_validated"] = run.record.metrics.get("float")
+        metrics["cross_validated"] = run.metrics.get("float")
         report_notes.append("final model trained on every recording: verified on the folds' pooled held-out "
                             "windows, which it trained on; int8 vs float is the check here, the accuracy "
                             "estimate is the cross-validated one in the training report")

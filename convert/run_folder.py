@@ -14,13 +14,12 @@ Every problem is a :class:`convert.ConvertInputError` naming the file (exit code
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 from convert import ConvertInputError
-from device.features import FeatureParams
 from device.runrecord import RETRAIN, RUN_JSON, RunRecord, RunRecordError
 
 MODEL_KERAS = "model.keras"
@@ -29,36 +28,12 @@ TEST_WINDOWS = "test_windows.npz"
 RESOLVED_CONFIG = "config.resolved.yaml"
 
 
-@dataclass(frozen=True)
-class RunFolder:
-    """A run folder whose files exist and agree with each other (arrays are loaded on demand)."""
+@dataclass(frozen=True, kw_only=True)
+class RunFolder(RunRecord):
+    """A run folder whose files exist and agree with its run.json (the :class:`RunRecord` it
+    is); the arrays are loaded on demand."""
 
     path: Path
-    record: RunRecord
-    """Its run.json: labels, features, window, thresholds, the event rule, metrics, ..."""
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        """Model outputs, in order."""
-        return self.record.labels
-
-    @property
-    def features(self) -> FeatureParams:
-        return self.record.features
-
-    @property
-    def window_s(self) -> float:
-        """Seconds of audio per model window."""
-        return self.record.window_s
-
-    @property
-    def thresholds(self) -> dict[str, float]:
-        """Calibrated decision threshold per label, probability units (sigmoid of the logit)."""
-        return self.record.thresholds
-
-    @property
-    def recommended_hop_s(self) -> float:
-        return self.record.recommended_hop_s
 
     @property
     def model_path(self) -> Path:
@@ -69,7 +44,7 @@ class RunFolder:
         """(frames, n_mels, 1): one model input without the batch axis."""
         return (self.features.window_frames(self.window_s), self.features.n_mels, 1)
 
-    def calibration(self, *, max_windows: int) -> np.ndarray:
+    def calibration_windows(self, *, max_windows: int) -> np.ndarray:
         """At most ``max_windows`` training windows, float32 (n, frames, n_mels, 1).
 
         Evenly spaced over the saved sample, so a sample saved in class or file order is still
@@ -143,7 +118,7 @@ def load_run_folder(path: str | Path) -> RunFolder:
         record = RunRecord.load(path)
     except RunRecordError as exc:
         raise ConvertInputError(str(exc)) from None
-    run = RunFolder(path=path, record=record)
+    run = RunFolder(path=path, **{f.name: getattr(record, f.name) for f in fields(record)})
     # Header-only reads: a wrong shape is reported before minutes of TensorFlow start-up.
     _load_windows(path / CALIBRATION, run.window_shape)
     return run

@@ -46,8 +46,8 @@ class ModelDescription:
     """Seconds of audio in one model input (at least one spectrogram frame)."""
     thresholds: dict[str, float]
     """Decision threshold per label, probability units in (0, 1), in the order of labels."""
-    recommended_hop_s: float
-    """Seconds between windows the model was calibrated for."""
+    recommended_hop_s: float = 0.5
+    """Seconds between windows the thresholds were calibrated with."""
 
 
 def is_number(value: Any) -> bool:

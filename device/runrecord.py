@@ -22,13 +22,12 @@ run.json::
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from device.features import FeatureParams
 from device.fileio import write_atomic
-from device.modelcheck import ModelCheckError, check_model
+from device.modelcheck import ModelCheckError, ModelDescription, check_model
 
 RUN_JSON = "run.json"
 RETRAIN = "re-run 'python -m train' to make a complete run folder"
@@ -40,19 +39,10 @@ class RunRecordError(Exception):
 
 
 @dataclass(frozen=True)
-class RunRecord:
-    """A trained model, as its run folder's run.json describes it."""
+class RunRecord(ModelDescription):
+    """A trained model, as its run folder's run.json describes it: the model's description
+    (labels, features, window_s, thresholds, recommended_hop_s) and what training adds."""
 
-    labels: tuple[str, ...]
-    """Model outputs, in order."""
-    features: FeatureParams
-    """Front-end settings the model was trained with."""
-    window_s: float
-    """Seconds of audio per model window."""
-    thresholds: dict[str, float]
-    """Calibrated decision threshold per label, probability units (sigmoid of the logit)."""
-    recommended_hop_s: float = 0.5
-    """Seconds between windows the thresholds were calibrated with."""
     events: dict[str, Any] = field(default_factory=dict)
     """The event rule thresholds and extents were calibrated for (model.json's ``events``)."""
     calibration: dict[str, Any] = field(default_factory=dict)
@@ -113,15 +103,11 @@ class RunRecord:
         except ModelCheckError as exc:
             hint = f"; {RETRAIN}" if str(exc).startswith("missing key") else ""
             raise RunRecordError(f"{path}: {exc}{hint}") from None
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        known = {f.name for f in fields(cls) if f.name != "extra"}
         title = info.get("title", "")
         final = info.get("final")
         return cls(
-            labels=model.labels,
-            features=model.features,
-            window_s=model.window_s,
-            thresholds=model.thresholds,
-            recommended_hop_s=model.recommended_hop_s,
+            **{f.name: getattr(model, f.name) for f in fields(ModelDescription)},
             events=_mapping(info, "events", path),
             calibration=_mapping(info, "calibration", path),
             metrics=_mapping(info, "metrics", path),

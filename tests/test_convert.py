@@ -142,7 +142,7 @@ def test_rerun_with_float_variants_replaces_the_report_section(run_dir):
 
 def test_representative_windows_come_from_calibration_npy_and_are_capped(run_dir):
     run = load_run_folder(run_dir)
-    chosen = run.calibration(max_windows=50)
+    chosen = run.calibration_windows(max_windows=50)
     saved = np.load(run_dir / "calibration.npy")
     assert chosen.shape == (50, 49, 40, 1)
     assert chosen[0].tobytes() == saved[0].tobytes() and chosen[-1].tobytes() == saved[-1].tobytes()

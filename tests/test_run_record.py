@@ -68,6 +68,7 @@ def test_keys_it_does_not_know_are_kept(tmp_path):
         (lambda m: m.update(features={"n_fft": 3}), ["features"]),
         (lambda m: m.update(recommended_hop_s=-1), ["recommended_hop_s"]),
         (lambda m: m.update(metrics=[1]), ["metrics must be a JSON object"]),
+        (lambda m: m.update(events={"extent": {"bird": {"rule": "guess"}}}), ["events must be"]),
     ],
 )
 def test_a_bad_record_is_one_line_naming_the_file_and_key(tmp_path, change, words):
