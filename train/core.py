@@ -26,6 +26,7 @@ import yaml
 
 from device.config import Config, TrainSection
 from device.detector import detector_params
+from device.fileio import write_atomic
 from device.frames import FrameLayout, cell_frames_for
 from device.names import WORD_CHARS, safe_name
 from device.runrecord import RunRecord
@@ -245,7 +246,7 @@ def train_split(*, config: Config, prepared: Prepared, split: dict[str, str], ou
         "metrics": metrics, "hard_negatives_used": n_hard, "final": final_info,
         "warnings": inventory.warnings, "skipped_files": inventory.skipped_files,
     }
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    _write_metrics(out, summary)
     report.write_report(out, summary=summary, test=test, scores=test_scores, clip=(names, clip_y, clip_scores))
     log(report.headline(summary))
     return summary
@@ -285,18 +286,19 @@ def train_run(*, config: Config, data_root: Path | None = None, out: Path | None
         raise DatasetError("train.split.final: the final model takes its epochs and thresholds from "
                            "cross-validation; set train.split.leave_one_group_out or train.split.folds "
                            "(or pass --folds)")
-    prepared = prepare_data(train_cfg=cfg, data_root=data_root, cache_dir=cache_dir, log=log)
+    prepared = prepare_data(train_cfg=cfg, data_root=data_root, cache_dir=Path(cache_dir) if cache_dir else None,
+                            log=log)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.resolved.yaml").write_text(
-        resolved_config_text(config, data_root=data_root, hard_negatives=hard_negatives, folds=folds,
-                             k_folds=k_folds, final=final))
+    write_atomic(out / "config.resolved.yaml",
+                 resolved_config_text(config, data_root=data_root, hard_negatives=hard_negatives, folds=folds,
+                                      k_folds=k_folds, final=final))
     split = split_for(cfg, prepared.inventory.recordings)
     plan = _fold_plan(cfg, prepared.inventory.recordings, split, logo=folds, k=k_folds)  # errors before training
     if final:
         summary = train_final(config=config, prepared=prepared, plan=plan, out=out, hard_negatives=hard_negatives,
                               kind="leave-one-group-out" if folds else f"{k_folds}-fold", command=command, log=log)
         summary["wall_seconds"] = time.monotonic() - began
-        (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+        _write_metrics(out, summary)
         return summary
     summary = train_split(config=config, prepared=prepared, split=split, out=out, hard_negatives=hard_negatives,
                           title=f"{cfg.name}", command=command, log=log)
@@ -311,14 +313,14 @@ def train_run(*, config: Config, data_root: Path | None = None, out: Path | None
                 results.append((name, summary))
                 continue
             results.append((name, train_split(config=config, prepared=prepared, split=fold_split,
-                                              out=out / "folds" / safe_name(name, allowed=WORD_CHARS, squeeze=False, fallback="group"), hard_negatives=hard_negatives,
+                                              out=_fold_folder(out, name), hard_negatives=hard_negatives,
                                               title=f"{cfg.name}, fold {name}", command=command, log=log)))
         summary["folds"] = report.fold_table(results, labels=list(cfg.labels))
         summary["folds"]["kind"] = "leave-one-group-out" if folds else f"{k_folds}-fold"
         report.append_folds(out / "report.md", summary["folds"])
         log(report.folds_headline(summary["folds"]))
     summary["wall_seconds"] = time.monotonic() - began  # folds included
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    _write_metrics(out, summary)
     return summary
 
 
@@ -329,12 +331,13 @@ def train_final(*, config: Config, prepared: Prepared, plan: list[tuple[str, lis
     Its report and run.json carry the cross-validated figures as the estimate of accuracy."""
     cfg = config.train
     recordings = prepared.inventory.recordings
-    results, held_out = [], []
+    results: list[tuple[str, dict]] = []
+    held_out: list[HeldOut] = []
     for name, test_groups in plan:
         log(f"== fold {name}: test {', '.join(test_groups[:6])}{' ...' if len(test_groups) > 6 else ''}")
         results.append((name, train_split(config=config, prepared=prepared,
                                           split=split_for(cfg, recordings, test_groups=test_groups),
-                                          out=out / "folds" / safe_name(name, allowed=WORD_CHARS, squeeze=False, fallback="group"), hard_negatives=hard_negatives,
+                                          out=_fold_folder(out, name), hard_negatives=hard_negatives,
                                           title=f"{cfg.name}, fold {name}", command=command, log=log,
                                           collect=held_out)))
     folds = report.fold_table(results, labels=list(cfg.labels))
@@ -365,3 +368,12 @@ def _fold_plan(cfg: TrainSection, recordings: list[Recording], split: dict[str, 
                                seed=cfg.seed)
     return [(MAIN_FOLD if i == 1 else f"fold{i}", fold) for i, fold in enumerate(groups, 1)]
 
+
+def _write_metrics(out: Path, summary: dict) -> None:
+    """metrics.json: the run's whole summary (numpy numbers as floats)."""
+    write_atomic(out / "metrics.json", json.dumps(summary, indent=2, default=float) + "\n")
+
+
+def _fold_folder(out: Path, name: str) -> Path:
+    """Where fold ``name`` trains: ``out/folds/<name>``, any Unicode letter or digit kept."""
+    return out / "folds" / safe_name(name, allowed=WORD_CHARS, squeeze=False, fallback="group")
