@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from device.features import FeatureParams, logmel
+from device.runrecord import RunRecord
 
 LABELS = ("low", "high")
 TONES_HZ = {"low": 1000.0, "high": 3000.0}
@@ -101,16 +102,16 @@ def build_run_folder(folder: Path, *, seed: int = 0, epochs: int = 20) -> Path:
         source=np.array([f"synthetic_{i // 10:02d}.wav" for i in range(len(x_test))]),
         start_s=np.arange(len(x_test), dtype=np.float64) % 10 * WINDOW_S,
     )
-    run_info = {
-        "labels": list(LABELS),
-        "features": params.to_dict(),
-        "window_s": WINDOW_S,
-        "thresholds": {label: 0.5 for label in LABELS},
-        "recommended_hop_s": 0.5,
-        "calibration": {"method": "fixed", "note": "test fixture"},
-        "metrics": {"float": {}},
-    }
-    (folder / "run.json").write_text(json.dumps(run_info, indent=2))
+    RunRecord(
+        labels=tuple(LABELS),
+        features=params,
+        window_s=WINDOW_S,
+        thresholds={label: 0.5 for label in LABELS},
+        recommended_hop_s=0.5,
+        calibration={"method": "fixed", "note": "test fixture"},
+        metrics={"float": {}},
+        title="tone fixture",
+    ).write(folder)  # as python -m train writes it
     (folder / "report.md").write_text("# Run report: tone fixture\n\nTrained by the convert tests.\n")
     (folder / "metrics.json").write_text(json.dumps({"float": {"note": "training metrics"}}))
     return folder
