@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from device.discovery import object_id
+from device.mqtt.discovery import object_id
 from device.names import WORD_CHARS, safe_name
 from device.sinks import table_stem
 
