@@ -361,8 +361,8 @@ def _verify_and_bundle(*, run: RunFolder, model, content: bytes, x: np.ndarray, 
         report_notes.append("final model trained on every recording: verified on the folds' pooled held-out "
                             "windows, which it trained on; int8 vs float is the check here, the accuracy "
                             "estimate is the cross-validated one in the training report")
-    adaptation = run.run_info.get("adaptation")
-    if isinstance(adaptation, dict):  # python -m train.adapt: say what the model was adapted on
+    adaptation = run.adaptation
+    if adaptation is not None:  # python -m train.adapt: say what the model was adapted on
         metrics["adaptation"] = {k: adaptation.get(k) for k in ("from_run", "pseudo_labels", "checked_on")}
         metrics["adaptation"]["unlabelled"] = {k: v for k, v in adaptation.get("unlabelled", {}).items() if k != "files"}
         report_notes.append(f"adapted (self-training) from {adaptation.get('from_run')} on unlabelled audio: "

@@ -15,7 +15,8 @@ run.json::
       "events": {"detection": {...}, "extent": {...}},   # the event rule, as in model.json
       "calibration": {"method": ..., "target": ..., "labels": {...}},
       "metrics": {"float": {...}}, "evaluation": {...}, "model": {...}, "title": "...",
-      "final": {...}                                      # --final runs only
+      "final": {...},                                     # --final runs only
+      "adaptation": {...}                                 # python -m train.adapt runs only
     }
 """
 
@@ -57,6 +58,9 @@ class RunRecord(ModelDescription):
     """The run's name, for reports."""
     final: dict[str, Any] | None = None
     """For a model trained on every group (``--final``): its epochs, folds and verification."""
+    adaptation: dict[str, Any] | None = None
+    """For a model adapted to a site (``python -m train.adapt``): from which run, on what audio,
+    with how many pseudo-labels."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Keys this version does not know (kept, written back)."""
 
@@ -77,6 +81,8 @@ class RunRecord(ModelDescription):
         }
         if self.final is not None:
             out["final"] = self.final
+        if self.adaptation is not None:
+            out["adaptation"] = self.adaptation
         return {**out, **self.extra}
 
     def write(self, folder: str | Path) -> Path:
@@ -105,7 +111,7 @@ class RunRecord(ModelDescription):
             raise RunRecordError(f"{path}: {exc}{hint}") from None
         known = {f.name for f in fields(cls) if f.name != "extra"}
         title = info.get("title", "")
-        final = info.get("final")
+        final, adaptation = info.get("final"), info.get("adaptation")
         return cls(
             **{f.name: getattr(model, f.name) for f in fields(ModelDescription)},
             events=_mapping(info, "events", path),
@@ -115,6 +121,7 @@ class RunRecord(ModelDescription):
             model=_mapping(info, "model", path),
             title=title if isinstance(title, str) else str(title),
             final=_mapping(info, "final", path) if final is not None else None,
+            adaptation=_mapping(info, "adaptation", path) if adaptation is not None else None,
             extra={k: v for k, v in info.items() if k not in known},
         )
 
