@@ -19,7 +19,7 @@ import math
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -182,7 +182,7 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
 
 
-def find_audio_files(paths: list[str | Path]) -> list[Path]:
+def find_audio_files(paths: Sequence[str | Path]) -> list[Path]:
     """Files named directly, plus audio files found recursively in folders, sorted per folder."""
     found: list[Path] = []
     for entry in map(Path, paths):

@@ -43,8 +43,6 @@ named in the manifest must lie inside the bundle folder.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import importlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -54,6 +52,7 @@ from device import __version__
 from device.config import DetectionSection
 from device.features import FeatureParams
 from device.fileio import write_atomic
+from device.integrity import manifest_digest, seal_manifest, sha256_of
 from device.modelcheck import ModelCheckError, check_model
 
 log = logging.getLogger(__name__)
@@ -179,28 +178,6 @@ class Bundle:
         return path
 
 
-def _sha256():
-    """A SHA-256 hasher. CPython's own implementation rather than hashlib's OpenSSL one:
-    hashlib maps libcrypto (~3.4 MiB of RSS) into a daemon that has no other use for it
-    unless MQTT over TLS is on; hashing a model of a few KiB is no faster with it."""
-    for name in ("_sha2", "_sha256"):  # Python 3.12+, 3.11
-        try:
-            return importlib.import_module(name).sha256()
-        except ImportError:
-            continue
-    import hashlib
-
-    return hashlib.sha256()
-
-
-def sha256_of(path: Path) -> str:
-    digest = _sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _check_sha(path: Path, expected: str) -> None:
     if not path.is_file():
         raise BundleError(f"{path}: model file named in {MANIFEST_NAME} is missing")
@@ -260,18 +237,6 @@ def _check_types(m: dict, where: str) -> None:
     for key, (ok, expected) in checks.items():
         if key in m and not ok(m[key]):
             raise BundleError(f"{where}: {key} must be {expected}, got {m[key]!r}")
-
-
-def manifest_digest(manifest: dict) -> str:
-    """sha256 (hex) of the manifest's canonical JSON without its ``manifest_sha256`` key."""
-    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode("ascii")).hexdigest()
-
-
-def seal_manifest(manifest: dict) -> dict:
-    """The manifest with ``manifest_sha256`` set for its current content."""
-    return {**manifest, "manifest_sha256": manifest_digest(manifest)}
 
 
 def _inside(folder: Path, name: str, where: str, key: str) -> Path:

@@ -211,7 +211,10 @@ class MicrophoneSource:
         # Audio thread: copy and count, nothing else.
         if status.input_overflow:
             self.overflows += 1
-        self.ring.write(indata[:, 0] if indata.shape[1] == 1 else indata @ self._downmix)
+        ring = self.ring
+        if ring is None:  # cannot happen: open() sets the ring before it starts a stream
+            return
+        ring.write(indata[:, 0] if indata.shape[1] == 1 else indata @ self._downmix)
         self.last_block_mono = time.monotonic()
 
     @property

@@ -22,7 +22,7 @@ import logging
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from device.events import Event, SinkBase
 from device.recording import Recording
@@ -252,7 +252,7 @@ def plot_activity(rows: list[tuple], path: Path, *, column: str) -> bool:
         series[(site, label)].append((key, float(rate) if rate else 0.0))
     fig, ax = plt.subplots(figsize=(9, 4))
     for (site, label), points in sorted(series.items()):
-        xs = [dt.date.fromisoformat(k) if column == "date" else k for k, _ in points]
+        xs: list[Any] = [dt.date.fromisoformat(k) if column == "date" else k for k, _ in points]
         ax.plot(xs, [v for _, v in points], marker="o", label=f"{site or '(no site)'} {label}")
     ax.set_xlabel("hour of day (UTC)" if column == "hour" else "date (UTC)")
     ax.set_ylabel("detections per recorded hour")

@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 
 from device.audio import find_audio_files
 from device.config import ConfigError, load_config
+from device.runrecord import RunRecord, RunRecordError
 from train.adapt_select import SelectionParams, agreement, select_pseudo_labels
 from train.adapt_site import read_site
 from train.adapt_teacher import Teacher, TeacherError, teacher_view
@@ -157,7 +157,10 @@ def adapt_run(
             f"{data_root}: no such folder (the datasets' root the run trained from; pass --data-root)"
         )
     labels, window_s, hop_s = list(cfg.labels), float(cfg.window_s), float(config.detection.hop_s)
-    run_info = json.loads((run / "run.json").read_text())
+    try:
+        run_info = RunRecord.load(run)
+    except RunRecordError as exc:
+        raise AdaptError(str(exc)) from None
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
 
     prepared = prepare_data(train_cfg=cfg, data_root=data_root, cache_dir=cache_dir, log=log)
@@ -232,7 +235,7 @@ def adapt_run(
         return predict_probabilities(model, x)
 
     before = predict_probabilities(original, validation.x)
-    thresholds = {label: float(run_info["thresholds"][label]) for label in labels}
+    thresholds = {label: float(run_info.thresholds[label]) for label in labels}
     teacher_scores = None
     if teacher is not None:  # one more view, fixed across rounds (train.adapt_teacher)
         try:

@@ -10,6 +10,7 @@ figures, and an ``adaptation`` record; convert carries that record into model.js
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from device.config import Config
+from device.runrecord import RunRecord
 from train.evaluate import clip_level, metrics_by_label
 from train.windows import WindowSet
 
@@ -35,7 +37,7 @@ def recalibrate(
     prepared,
     validation: WindowSet,
     recordings: list,
-    run_info: dict,
+    run_info: RunRecord,
     log: Callable[[str], None],
 ) -> tuple[dict[str, float], dict | None, dict | None]:
     """(thresholds, events, calibration record) of the adapted model: calibrated on the run's
@@ -53,7 +55,7 @@ def recalibrate(
             "no validation split: thresholds and event rule kept from the run (recalibrate them on the site's "
             "background with python -m train.recalibrate)"
         )
-        return dict(run_info["thresholds"]), run_info.get("events"), run_info.get("calibration")
+        return dict(run_info.thresholds), run_info.events or None, run_info.calibration or None
     window_s, hop_s = float(cfg.window_s), float(config.detection.hop_s)
     timelines = {
         r.name: timeline_scores(
@@ -86,7 +88,7 @@ def recalibrate(
     values = {label: t.value for label, t in thresholds.items()}
     for label, t in thresholds.items():
         log(
-            f"threshold {label}: {run_info['thresholds'][label]:.4f} -> {t.value:.4f} ({t.method}, {t.achieved})"
+            f"threshold {label}: {run_info.thresholds[label]:.4f} -> {t.value:.4f} ({t.method}, {t.achieved})"
         )
     _, events = calibrate_events(
         detection=config.detection,
@@ -99,7 +101,7 @@ def recalibrate(
         log=log,
     )
     calibration = {
-        **run_info.get("calibration", {}),
+        **run_info.calibration,
         "labels": {k: t.to_dict() for k, t in thresholds.items()},
     }
     return values, events, calibration
@@ -141,7 +143,7 @@ def write_adapted_run(
     run: Path,
     out: Path,
     model,
-    run_info: dict,
+    run_info: RunRecord,
     record: dict,
     thresholds: dict[str, float],
     events: dict | None,
@@ -172,23 +174,21 @@ def write_adapted_run(
             [original[: max(1, windows - n_site)], site.model_inputs(np.sort(rows))]
         ).astype(np.float32),
     )
-    info = dict(run_info)
-    info["thresholds"] = thresholds
-    if events is not None:
-        info["events"] = events
-    if calibration is not None:
-        info["calibration"] = calibration
-    info["metrics"] = {"float": metrics["float"]}
-    info["title"] = (
-        f"{run_info.get('title', run.name)}, adapted to {len(site.files)} unlabelled recordings"
+    adapted = dataclasses.replace(
+        run_info,
+        thresholds=thresholds,
+        events=run_info.events if events is None else events,
+        calibration=run_info.calibration if calibration is None else calibration,
+        metrics={"float": metrics["float"]},
+        title=f"{run_info.title or run.name}, adapted to {len(site.files)} unlabelled recordings",
+        adaptation=record,
     )
-    info["adaptation"] = record
-    (out / "run.json").write_text(json.dumps(info, indent=2, default=float) + "\n")
+    adapted.write(out)
     (out / "metrics.json").write_text(
         json.dumps(
             {
-                "title": info["title"],
-                "labels": run_info["labels"],
+                "title": adapted.title,
+                "labels": list(run_info.labels),
                 "thresholds": thresholds,
                 "metrics": metrics,
                 "adaptation": record,
@@ -198,7 +198,7 @@ def write_adapted_run(
         )
         + "\n"
     )
-    (out / "report.md").write_text(report_text(info, metrics))
+    (out / "report.md").write_text(report_text(adapted.to_dict(), metrics))
 
 
 def report_text(info: dict, metrics: dict) -> str:

@@ -111,7 +111,7 @@ def threshold_at_best_f1(y: np.ndarray, scores: np.ndarray) -> Threshold:
     best = float(f1.max())
     tolerance = max(np.sqrt(best * (1 - best) / n), 1 / n)
     near = np.flatnonzero(f1 >= best - tolerance - 1e-12)
-    values = np.array([_at(cut_scores, below, k) for k in near])
+    values = np.array([_at(cut_scores, below, int(k)) for k in near])
     pick = int(np.argmin(np.abs(np.log(values) - np.log1p(-values))))
     k = near[pick]
     return Threshold(float(values[pick]), "f1", {"f1": float(f1[k]), "precision": float(precision[k]),

@@ -110,9 +110,9 @@ def train_split(*, config: Config, prepared: Prepared, split: dict[str, str], ou
             f"{sum(len(r.positives()) for r in members)} positive annotations")
     if not parts["test"] and final is None:
         raise DatasetError("train.split: the test split is empty; set split.test or split.test_groups")
-    dataset_rate = {i: ds.negatives_per_minute for i, ds in enumerate(cfg.datasets)}
-    rates = [cfg.negatives_per_minute if dataset_rate.get(r.dataset) is None else dataset_rate[r.dataset]
-             for r in parts["train"]]
+    dataset_rate = {i: ds.negatives_per_minute for i, ds in enumerate(cfg.datasets)
+                    if ds.negatives_per_minute is not None}
+    rates = [dataset_rate.get(r.dataset, cfg.negatives_per_minute) for r in parts["train"]]
     sampler = WindowSampler(recordings=parts["train"], features=prepared.features, labels=labels, params=params,
                             window_s=window_s, shift_s=cfg.augment.time_shift_s, negatives_per_minute=rates,
                             max_positive_ratio=cfg.max_positive_ratio, min_windows=cfg.windows_per_epoch,

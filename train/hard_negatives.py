@@ -25,7 +25,7 @@ import csv
 import dataclasses
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from device.audio import AudioError, audio_info
@@ -100,7 +100,7 @@ def _find(source: str, inventory: Inventory) -> list[Recording]:
     return by_name or [r for r in inventory.recordings if r.path.name.split(".")[0] == name]
 
 
-def apply_hard_negatives(files: list[str | Path], *, inventory: Inventory, split: dict[str, str],
+def apply_hard_negatives(files: Sequence[str | Path], *, inventory: Inventory, split: dict[str, str],
                          data_root: Path, audio_dirs: list[str] | tuple = (),
                          log: Callable[[str], None] | None = None) -> int:
     """Add the stretches of ``files`` as negative annotations (training split); returns how many.

@@ -83,16 +83,19 @@ def recalibrate_bundle(*, model: Path, background: list[Path], out: Path, false_
     params = detector_params(labels=bundle.labels, bundle_thresholds=bundle.thresholds,
                              detection=SimpleNamespace(**settings), trims=bundle.extent_trims(hop_s))
     classifier = load_classifier(bundle)
-    sources, starts, scores = [], [], []
+    file_sources: list[str] = []
+    file_starts: list[np.ndarray] = []
+    file_scores: list[np.ndarray] = []
     for path in files:
-        file_starts, file_scores = score_background(classifier, path, hop_s=hop_s)
-        sources += [str(path)] * len(file_starts)
-        starts.append(file_starts)
-        scores.append(file_scores)
-        log(f"scored {path} ({len(file_starts)} windows)")
-    sources, starts, scores = np.array(sources), np.concatenate(starts), np.concatenate(scores)
+        path_starts, path_scores = score_background(classifier, path, hop_s=hop_s)
+        file_sources += [str(path)] * len(path_starts)
+        file_starts.append(path_starts)
+        file_scores.append(path_scores)
+        log(f"scored {path} ({len(path_starts)} windows)")
+    sources, starts, scores = np.array(file_sources), np.concatenate(file_starts), np.concatenate(file_scores)
+    per_label: dict[str, dict] = {}
     record = {"background": [str(f) for f in files], "hop_s": hop_s, "false_alarms_per_hour": false_alarms_per_hour,
-              "created_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "labels": {}}
+              "created_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "labels": per_label}
     thresholds = {}
     for i, label in enumerate(bundle.labels):
         old = bundle.thresholds[label]
@@ -101,7 +104,7 @@ def recalibrate_bundle(*, model: Path, background: list[Path], out: Path, false_
         new = threshold_at_false_alarms(sources=sources, starts=starts, scores=scores[:, i], window_s=bundle.window_s,
                                         hop_s=hop_s, per_hour=false_alarms_per_hour, params=params[label])
         thresholds[label] = new.value
-        record["labels"][label] = {"old_threshold": old, "old_false_alarms_per_hour": float(old_rate[0]),
+        per_label[label] = {"old_threshold": old, "old_false_alarms_per_hour": float(old_rate[0]),
                                    **new.to_dict()}
         log(f"{label}: threshold {old:.4f} -> {new.value:.4f}; false alarms per hour on this background "
             f"{old_rate[0]:.1f} -> {new.achieved.get('false_alarms_per_hour', float('nan')):.1f} "

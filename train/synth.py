@@ -171,9 +171,9 @@ def make_demo_data(out: Path, *, replay_out: Path | None = None, seed: int = 7, 
             soundfile.write(out / f"soundscapes/{site}_soundscape_{k}.wav", audio, SAMPLE_RATE, "PCM_16")
             write_table(out / f"soundscapes/{site}_soundscape_{k}.Table.1.selections.txt", selections)
     for k in range(backgrounds):
-        style = ("rain", "insects", "noise")[k % 3]
-        audio = background(int(background_s * SAMPLE_RATE), rng, STYLES[style])
-        soundfile.write(out / f"background/{style}_{k}.wav", audio, SAMPLE_RATE, "PCM_16")
+        kind = ("rain", "insects", "noise")[k % 3]
+        audio = background(int(background_s * SAMPLE_RATE), rng, STYLES[kind])
+        soundfile.write(out / f"background/{kind}_{k}.wav", audio, SAMPLE_RATE, "PCM_16")
     if replay_out is not None and replay_s > 0:
         replay_out = Path(replay_out)
         replay_out.mkdir(parents=True, exist_ok=True)
