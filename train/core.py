@@ -143,7 +143,8 @@ def train_split(*, config: Config, prepared: Prepared, split: dict[str, str], ou
                   augment_params=cfg.augment, epochs=cfg.epochs,
                   patience=cfg.patience, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
                   seed=cfg.seed, to_inputs=lambda x: window_inputs(x, params),
-                  stop_after=final.epochs if final else None, step_frames=steps_of, log=log)
+                  stop_after=final.epochs if final else None, step_frames=steps_of,
+                  weight_averaging=cfg.weight_averaging, ema_momentum=cfg.ema_momentum, log=log)
     train_seconds = time.monotonic() - began
     model.save(out / "model.keras")
 

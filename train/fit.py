@@ -13,6 +13,18 @@ from-logits binary cross-entropy against the frame targets where the annotations
 times, and for positive clips (a call somewhere, time unknown) the cross-entropy of the
 window's highest step against 1 (multiple-instance learning). Validation, early stopping and
 the window scores use the window output.
+
+Weight averaging (``weight_averaging="ema"``): :class:`WeightAverage` keeps an exponential
+moving average of every weight over the training steps, and validation, early stopping and the
+kept weights use the average, while training goes on from the raw weights. It is not Keras'
+``use_ema``: ``Model.fit`` calls ``optimizer.finalize_variable_values`` at the end of every call,
+which with ``use_ema`` overwrites the trained weights with their average (this loop calls ``fit``
+once per epoch, so training would restart from the average every epoch), and the optimizer
+averages trainable variables only, leaving BatchNorm's moving statistics those of the raw weights.
+Averaged statistics do not fit averaged weights either (an average of weights that turn has a
+smaller norm, so its activations vary less than the average of the raw ones; with five BatchNorm
+layers the logits shrink toward 0), so the statistics are estimated again for the averaged weights
+on training windows before each validation (:func:`estimate_batchnorm`, SWA's ``update_bn``).
 """
 
 from __future__ import annotations
@@ -46,6 +58,56 @@ class History:
         return {"loss": self.loss, "val_loss": self.val_loss, "val_pr_auc": self.val_pr_auc,
                 "windows": self.windows, "seconds": self.seconds, "best_epoch": self.best_epoch}
 
+
+class WeightAverage(keras.callbacks.Callback):
+    """Exponential moving average of all the model's weights (trainable ones and BatchNorm's
+    moving statistics, which :func:`estimate_batchnorm` replaces), updated after every step:
+    ``average = momentum * average + (1 - momentum) * weights``, starting at the first step's
+    weights; kept across ``Model.fit`` calls. Accumulated in float64, returned in the weights'
+    dtypes. Not thread-safe (one training loop)."""
+
+    def __init__(self, momentum: float) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.steps = 0
+        self._average: list[np.ndarray] | None = None
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        weights = self.model.get_weights()
+        if self._average is None:
+            self._average = [np.asarray(w, np.float64) for w in weights]
+        else:
+            for average, w in zip(self._average, weights, strict=True):
+                average *= self.momentum
+                average += (1.0 - self.momentum) * w
+        self.steps += 1
+
+    def weights(self) -> list[np.ndarray]:
+        """The averaged weights, in ``model.get_weights()`` order and dtypes."""
+        if self._average is None:
+            return self.model.get_weights()
+        return [a.astype(w.dtype) for a, w in zip(self._average, self.model.get_weights(), strict=True)]
+
+
+def estimate_batchnorm(model: keras.Model, x: np.ndarray, *, batch_size: int, windows: int = 512) -> None:
+    """Set every BatchNorm layer's moving mean and variance to the mean of its batch statistics
+    over the first ``windows`` of ``x`` (model inputs, shuffled), in batches of ``batch_size``,
+    for the model's current weights. Runs the model in training mode, so it also advances the
+    dropout seed: callers restore ``model.variables`` if the training run must not see it."""
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in norms]
+    subset = x[:windows]
+    try:
+        for i, start in enumerate(range(0, len(subset), batch_size)):
+            for layer in norms:  # a running mean: moving = (i * moving + batch) / (i + 1)
+                layer.momentum = i / (i + 1)
+            model(subset[start : start + batch_size], training=True)
+    finally:
+        for layer, momentum in zip(norms, momenta, strict=True):
+            layer.momentum = momentum
+
+
+WEIGHT_AVERAGING = ("none", "ema")
 
 MIN_DELTA = 0.005
 """Validation PR-AUC differences smaller than this count as a tie."""
@@ -116,6 +178,8 @@ def fit(
     to_inputs: Callable[[np.ndarray], np.ndarray] | None = None,
     stop_after: int | None = None,
     step_frames: int = 0,
+    weight_averaging: str = "none",
+    ema_momentum: float = 0.99,
     log: Callable[[str], None] = print,
 ) -> History:
     """Train ``model`` in place (best weights restored) and return its history.
@@ -128,8 +192,14 @@ def fit(
     ``stop_after``: train exactly this many epochs of the ``epochs``-long schedule and keep the
     last weights, whatever validation says (a final model, whose epoch count cross-validation chose).
     ``step_frames``: spectrogram frames per step of the frame output (:func:`train.model.step_frames`;
-    0: the window's frames over its steps, rounded down)."""
+    0: the window's frames over its steps, rounded down).
+    ``weight_averaging``: "ema" validates, keeps and leaves in ``model`` the moving average of the
+    weights (:class:`WeightAverage` with ``ema_momentum``) instead of the weights as trained."""
     import tensorflow as tf
+
+    if weight_averaging not in WEIGHT_AVERAGING:
+        raise ValueError(f"weight_averaging must be one of {WEIGHT_AVERAGING}, got {weight_averaging!r}")
+    average = WeightAverage(ema_momentum) if weight_averaging == "ema" else None
 
     tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(seed)
@@ -155,8 +225,13 @@ def fit(
         if to_inputs is not None:
             x = to_inputs(x)
         fitted = model.fit(x[..., None], [y, f] if frames else y, batch_size=batch_size, epochs=1,
-                           shuffle=False, verbose=0)
+                           shuffle=False, verbose=0, callbacks=[average] if average else None)
         loss = float(fitted.history["loss"][-1])
+        trained = None
+        if average is not None:  # validate (and keep) the average; train on from the raw weights
+            trained = [v.numpy() for v in model.variables]  # the dropout seed too
+            model.set_weights(average.weights())
+            estimate_batchnorm(model, x[..., None], batch_size=batch_size)
         if len(validation):
             p = predict_probabilities(model, validation.x)
             val_loss, val_pr = _bce(validation.y, p), _mean_pr_auc(validation.y, p)
@@ -169,6 +244,9 @@ def fit(
             best_weights, waited, history.best_epoch = model.get_weights(), 0, epoch
         else:
             waited += 1
+        if trained is not None:
+            for variable, value in zip(model.variables, trained, strict=True):
+                variable.assign(value)
         history.loss.append(loss)
         history.val_loss.append(val_loss)
         history.val_pr_auc.append(val_pr)

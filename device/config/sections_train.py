@@ -323,6 +323,17 @@ class TrainSection(Section):
         maximum=1.0,
         doc="Adam learning rate",
     )
+    weight_averaging: str = setting(
+        "none",
+        choices=("none", "ema"),
+        doc="'ema': validate, keep and save an exponential moving average of the weights over the training steps instead of the weights as trained (BatchNorm's statistics estimated again for the average on 512 training windows each epoch); 'none': the weights as trained",
+    )
+    ema_momentum: float = setting(
+        0.99,
+        minimum=0.5,
+        maximum=0.9999,
+        doc="With weight_averaging 'ema': after every step, average = momentum * average + (1 - momentum) * weights; it spans about 1 / (1 - momentum) steps (0.99: 100 steps, 4 epochs of 1500 windows at batch 64)",
+    )
     seed: int = setting(
         1234,
         minimum=0,
