@@ -21,10 +21,11 @@ kept weights use the average, while training goes on from the raw weights. It is
 which with ``use_ema`` overwrites the trained weights with their average (this loop calls ``fit``
 once per epoch, so training would restart from the average every epoch), and the optimizer
 averages trainable variables only, leaving BatchNorm's moving statistics those of the raw weights.
-Averaged statistics do not fit averaged weights either (an average of weights that turn has a
-smaller norm, so its activations vary less than the average of the raw ones; with five BatchNorm
-layers the logits shrink toward 0), so the statistics are estimated again for the averaged weights
-on training windows before each validation (:func:`estimate_batchnorm`, SWA's ``update_bn``).
+Averaged statistics do not fit averaged weights either: the averaged network's activations have
+other means and variances than the average of the raw networks' (on Bobwhite, the average with
+averaged statistics lost validation PR-AUC epoch after epoch while the raw weights gained; see
+BENCHMARKS.md), so the statistics are estimated again for the averaged weights on training windows
+before each validation (:func:`estimate_batchnorm`, as SWA's ``update_bn`` does).
 """
 
 from __future__ import annotations
