@@ -56,8 +56,14 @@ class History:
     """1-based epoch whose weights were kept."""
 
     def to_dict(self) -> dict:
-        return {"loss": self.loss, "val_loss": self.val_loss, "val_pr_auc": self.val_pr_auc,
-                "windows": self.windows, "seconds": self.seconds, "best_epoch": self.best_epoch}
+        return {
+            "loss": self.loss,
+            "val_loss": self.val_loss,
+            "val_pr_auc": self.val_pr_auc,
+            "windows": self.windows,
+            "seconds": self.seconds,
+            "best_epoch": self.best_epoch,
+        }
 
 
 class WeightAverage(keras.callbacks.Callback):
@@ -87,10 +93,14 @@ class WeightAverage(keras.callbacks.Callback):
         """The averaged weights, in ``model.get_weights()`` order and dtypes."""
         if self._average is None:
             return self.model.get_weights()
-        return [a.astype(w.dtype) for a, w in zip(self._average, self.model.get_weights(), strict=True)]
+        return [
+            a.astype(w.dtype) for a, w in zip(self._average, self.model.get_weights(), strict=True)
+        ]
 
 
-def estimate_batchnorm(model: keras.Model, x: np.ndarray, *, batch_size: int, windows: int = 512) -> None:
+def estimate_batchnorm(
+    model: keras.Model, x: np.ndarray, *, batch_size: int, windows: int = 512
+) -> None:
     """Set every BatchNorm layer's moving mean and variance to the mean of its batch statistics
     over the first ``windows`` of ``x`` (model inputs, shuffled), in batches of ``batch_size``,
     for the model's current weights. Runs the model in training mode, so it also advances the
@@ -123,16 +133,18 @@ def predict_probabilities(model: keras.Model, x: np.ndarray, batch_size: int = 2
     return predict_both(model, x, batch_size)[0]
 
 
-def predict_both(model: keras.Model, x: np.ndarray,
-                 batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
+def predict_both(
+    model: keras.Model, x: np.ndarray, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Window probabilities (N, n_labels) and, for a model with a frame output, frame
     probabilities (N, steps, n_labels) (else None)."""
     frames = has_frames(model)
     n_labels = int(model.output_shape[0][-1] if frames else model.output_shape[-1])
     if len(x) == 0:
         steps = int(model.output_shape[1][1]) if frames else 0
-        return np.zeros((0, n_labels), np.float32), (np.zeros((0, steps, n_labels), np.float32)
-                                                      if frames else None)
+        return np.zeros((0, n_labels), np.float32), (
+            np.zeros((0, steps, n_labels), np.float32) if frames else None
+        )
     out = model.predict(x, batch_size=batch_size, verbose=0)
     if frames:
         return sigmoid(out[0]), sigmoid(out[1][:, :, 0, :])
@@ -147,7 +159,9 @@ def frame_loss(y_true, y_pred):
     known = ops.cast(y_true >= 0, y_pred.dtype)
     target = ops.clip(y_true, 0.0, 1.0)
     bce = ops.relu(y_pred) - y_pred * target + ops.log1p(ops.exp(-ops.abs(y_pred)))
-    somewhere = ops.cast(ops.max(ops.cast(y_true <= SOMEWHERE + 0.5, y_pred.dtype), axis=(1, 2)), y_pred.dtype)
+    somewhere = ops.cast(
+        ops.max(ops.cast(y_true <= SOMEWHERE + 0.5, y_pred.dtype), axis=(1, 2)), y_pred.dtype
+    )
     best = ops.max(y_pred, axis=(1, 2))  # (N, L)
     mil = ops.relu(-best) + ops.log1p(ops.exp(-ops.abs(best)))
     total = ops.sum(bce * known, axis=(1, 2, 3)) + ops.sum(mil * somewhere, axis=1)
@@ -161,7 +175,11 @@ def _bce(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def _mean_pr_auc(y: np.ndarray, p: np.ndarray) -> float:
-    values = [average_precision_score(y[:, i], p[:, i]) for i in range(y.shape[1]) if 0 < y[:, i].sum() < len(y)]
+    values = [
+        average_precision_score(y[:, i], p[:, i])
+        for i in range(y.shape[1])
+        if 0 < y[:, i].sum() < len(y)
+    ]
     return float(np.mean(values)) if values else float("nan")
 
 
@@ -199,7 +217,9 @@ def fit(
     import tensorflow as tf
 
     if weight_averaging not in WEIGHT_AVERAGING:
-        raise ValueError(f"weight_averaging must be one of {WEIGHT_AVERAGING}, got {weight_averaging!r}")
+        raise ValueError(
+            f"weight_averaging must be one of {WEIGHT_AVERAGING}, got {weight_averaging!r}"
+        )
     average = WeightAverage(ema_momentum) if weight_averaging == "ema" else None
 
     tf.config.experimental.enable_op_determinism()
@@ -210,7 +230,9 @@ def fit(
     frames = has_frames(model)
     steps = int(model.output_shape[1][1]) if frames else 0
     step_frames = step_frames or (sampler.frames // steps if steps else 1)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=[bce, frame_loss] if frames else bce)
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule), loss=[bce, frame_loss] if frames else bce
+    )
     history = History()
     best_score, best_weights, waited = None, model.get_weights(), 0
     for epoch in range(1, (stop_after or epochs) + 1):
@@ -219,14 +241,27 @@ def fit(
         x, y, f = sampler.epoch_with_frames(rng, steps=steps, step_frames=step_frames)
         n_labels = y.shape[1]
         # Frame targets ride along as extra label columns (mixup mixes them with the same weights).
-        x, y = augment(x, np.concatenate([y, f.reshape(len(y), -1)], axis=1), params=augment_params, rng=rng,
-                       floor=sampler.floor, backgrounds=sampler.mixing_windows,
-                       frame_rate=sampler.params.frame_rate)
+        x, y = augment(
+            x,
+            np.concatenate([y, f.reshape(len(y), -1)], axis=1),
+            params=augment_params,
+            rng=rng,
+            floor=sampler.floor,
+            backgrounds=sampler.mixing_windows,
+            frame_rate=sampler.params.frame_rate,
+        )
         y, f = y[:, :n_labels], y[:, n_labels:].reshape(len(y), steps, 1, n_labels)
         if to_inputs is not None:
             x = to_inputs(x)
-        fitted = model.fit(x[..., None], [y, f] if frames else y, batch_size=batch_size, epochs=1,
-                           shuffle=False, verbose=0, callbacks=[average] if average else None)
+        fitted = model.fit(
+            x[..., None],
+            [y, f] if frames else y,
+            batch_size=batch_size,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
+            callbacks=[average] if average else None,
+        )
         loss = float(fitted.history["loss"][-1])
         trained = None
         if average is not None:  # validate (and keep) the average; train on from the raw weights
@@ -253,10 +288,14 @@ def fit(
         history.val_pr_auc.append(val_pr)
         history.windows.append(len(y))
         history.seconds.append(time.monotonic() - began)
-        log(f"epoch {epoch:3d}/{epochs}  windows {len(y):5d}  loss {loss:.4f}  val_loss {val_loss:.4f}  "
-            f"val_pr_auc {val_pr:.4f}  {history.seconds[-1]:5.1f} s{'  *' if improved else ''}")
+        log(
+            f"epoch {epoch:3d}/{epochs}  windows {len(y):5d}  loss {loss:.4f}  val_loss {val_loss:.4f}  "
+            f"val_pr_auc {val_pr:.4f}  {history.seconds[-1]:5.1f} s{'  *' if improved else ''}"
+        )
         if waited >= patience and stop_after is None:
-            log(f"early stop: no validation improvement for {patience} epochs; best epoch {history.best_epoch}")
+            log(
+                f"early stop: no validation improvement for {patience} epochs; best epoch {history.best_epoch}"
+            )
             break
     model.set_weights(best_weights)
     # A plain loss in the saved compile config, so model.keras loads anywhere without this package.
