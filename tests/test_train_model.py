@@ -82,7 +82,7 @@ def test_converts_to_full_integer_int8_with_builtin_ops(pooling):
 @pytest.mark.parametrize("stem_stride", [1, 2])
 def test_time_pooling_weighs_each_time_step(stem_stride):
     # Fixed initial weights: with some random draws the blip's features happen to weigh the
-    # same early and late, and the test failed once in a targeted run without the seed).
+    # same early and late (the test failed once in a targeted run without the seed).
     keras.utils.set_random_seed(17)
     m = model(pooling="time", stem_stride=stem_stride)
     assert {type(layer).__name__ for layer in m.layers} <= ALLOWED
