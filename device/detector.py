@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, fields
+from typing import Protocol
 
 import numpy as np
 
@@ -241,6 +242,22 @@ class LabelDetector:
         return Detection(self.label, start, end, event.peak_score, closed, event.number)
 
 
+class EventRule(Protocol):
+    """What the worker (device.pipeline) hands each window to, in time order. Not thread-safe.
+
+    The device's is :class:`Detector`; ``train.recalibrate`` puts a recorder in its place to
+    keep the windows exactly as the detector would see them."""
+
+    def update(self, start_s: float, end_s: float, scores, frames: np.ndarray | None = None) -> list[Detection]:
+        """One window: start and end in seconds from the source's start, (n_labels,)
+        probabilities, and (steps, n_labels) frame probabilities or None. Returns events."""
+        ...
+
+    def finish(self) -> list[Detection]:
+        """The audio is interrupted (end of segment or source): the remaining events."""
+        ...
+
+
 class Detector:
     """One :class:`LabelDetector` per label, fed a whole score vector per window.
 
@@ -265,13 +282,17 @@ class Detector:
         if self._stitcher is not None:
             if frames is None:
                 raise ValueError("the frame rule needs the window's frame scores")
-            return self._cells(*self._stitcher.push(start_s, frames))
+            return self.update_cells(*self._stitcher.push(start_s, frames))
         for detector, score in zip(self._by_label, scores):
             done += detector.update(start_s, end_s, float(score))
         return done
 
-    def _cells(self, cells: np.ndarray, scores: np.ndarray) -> list[Detection]:
-        """Feed stitched cells (indices from time 0, scores (K, n_labels)) to the labels."""
+    def update_cells(self, cells: np.ndarray, scores: np.ndarray) -> list[Detection]:
+        """Feed stitched cells (indices from time 0, in order; scores (K, n_labels)) to the
+        labels: what :meth:`update` does with the cells the stitcher releases. Feeding a
+        recording's cells, stitched once (:func:`device.frames.stitch`), then :meth:`finish`
+        gives the events that feeding its windows gives (``train.recalibrate`` tries many
+        thresholds on one stitching)."""
         done: list[Detection] = []
         cell_s = self.frames.cell_s if self.frames is not None else 0.0
         for cell, row in zip(cells.tolist(), scores.tolist()):
@@ -282,7 +303,7 @@ class Detector:
     def finish(self) -> list[Detection]:
         done: list[Detection] = []
         if self._stitcher is not None:
-            done += self._cells(*self._stitcher.finish())
+            done += self.update_cells(*self._stitcher.finish())
         for detector in self._by_label:
             done += detector.finish()
         return done

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from device.detector import Detection, Detector
+from device.detector import Detection, Detector, EventRule
 from device.eventfactory import EventFactory
 from device.events import Event, WindowScores
 from device.features import StreamingLogMel
@@ -58,7 +58,7 @@ class Pipeline:
         self,
         *,
         classifier: Classifier,
-        detector: Detector,
+        detector: EventRule,
         hop_s: float,
         queue: SinkQueue,
         events: EventFactory,

@@ -200,21 +200,6 @@ def test_pipeline_frame_events_do_not_depend_on_the_chunk_size(frames_classifier
         ]
 
 
-def test_recalibration_refuses_a_frame_rule_bundle_in_one_line(tone_frames_bundle, tmp_path):
-    from device.config import validate
-    from train.recalibrate import recalibrate_bundle
-
-    with pytest.raises(BundleError, match="frame output") as error:
-        recalibrate_bundle(
-            model=tone_frames_bundle,
-            background=[tmp_path],
-            out=tmp_path / "out",
-            false_alarms_per_hour=1.0,
-            detection=validate({}).detection,
-        )
-    assert "\n" not in str(error.value)
-
-
 def test_convert_exports_verifies_and_declares_the_frame_output(tmp_path):
     """A pooling: time model (trained briefly, frame head by multiple-instance learning on tone
     windows) converts to two int8 outputs, checked against float, declared in model.json; the

@@ -13,6 +13,7 @@ here too (:func:`calibrate_extent`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -162,10 +163,28 @@ def threshold_at_false_alarms(*, sources: np.ndarray, starts: np.ndarray, scores
                               window_s: float, hop_s: float, per_hour: float,
                               params: DetectorParams) -> Threshold:
     """Lowest threshold at which negative audio (every higher candidate threshold too) gives at
-    most ``per_hour`` alarms per hour, alarms counted by the device's detector with ``params``.
+    most ``per_hour`` alarms per hour, alarms counted by the device's detector with ``params``
+    (:func:`lowest_threshold`)."""
+    scores = np.asarray(scores, np.float64)
+    sources, starts = np.asarray(sources), np.asarray(starts, np.float64)
+    timelines = _timelines(sources, starts, scores)
 
-    Candidates lie between the distinct scores (at most ``_MAX_CANDIDATES``, by quantile),
-    tried from the highest down until one gives too many alarms.
+    def alarms_at(value: float) -> int:
+        params_at = replace(params, threshold=value)
+        return sum(len(detect(st, sc, params_at, window_s=window_s, hop_s=hop_s)) for st, sc in timelines)
+
+    return lowest_threshold(scores, hours=covered_hours(sources, starts, window_s), per_hour=per_hour,
+                            alarms_at=alarms_at)
+
+
+def lowest_threshold(scores: np.ndarray, *, hours: float, per_hour: float,
+                     alarms_at: Callable[[float], int]) -> Threshold:
+    """Lowest threshold at which ``alarms_at(threshold)`` alarms over ``hours`` of negative audio
+    (at every higher candidate threshold too) are at most ``per_hour`` per hour.
+
+    scores: the values the threshold is compared with (window scores, or a frame track's
+    cells). Candidates lie between the distinct scores (at most ``_MAX_CANDIDATES``, by
+    quantile), tried from the highest down until one gives too many alarms.
     """
     scores = np.asarray(scores, np.float64)
     if len(scores) == 0:
@@ -173,14 +192,9 @@ def threshold_at_false_alarms(*, sources: np.ndarray, starts: np.ndarray, scores
     distinct = np.unique(scores)[::-1]
     if len(distinct) > _MAX_CANDIDATES:
         distinct = np.unique(np.quantile(scores, np.linspace(0, 1, _MAX_CANDIDATES)))[::-1]
-    sources, starts = np.asarray(sources), np.asarray(starts, np.float64)
-    hours = covered_hours(sources, starts, window_s)
-    timelines = _timelines(sources, starts, scores)
 
     def rate_at(value: float) -> float:
-        params_at = replace(params, threshold=value)
-        alarms = sum(len(detect(st, sc, params_at, window_s=window_s, hop_s=hop_s)) for st, sc in timelines)
-        return alarms / max(hours, 1e-9)
+        return alarms_at(value) / max(hours, 1e-9)
 
     # Each candidate sits between one distinct score and the next lower (below the lowest: at
     # half of it); the rate is measured at the very value returned, since smoothing and

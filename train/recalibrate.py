@@ -6,10 +6,11 @@
 Thresholds chosen on one site's validation data often fail at the next site: the background
 differs. Record an hour or so at the new site when the target species is not calling (no calls
 need to be labelled), and this command runs the bundle's int8 model over it exactly as the
-device would (the device's own front end and LiteRT classifier, windows every ``hop_s``), then
-sets each label's threshold to the lowest value giving at most N false alarms per hour there
-(an alarm = an event of the device's own detector, with the detection settings the bundle
-was calibrated with, or the config's for a bundle that does not record them).
+device would (the device's own worker: front end, LiteRT, a window every ``hop_s``), then sets
+each label's threshold to the lowest value giving at most N false alarms per hour there (an
+alarm = an event of the device's own detector, with the detection settings the bundle was
+calibrated with, or the config's for a bundle that does not record them). Under the frames
+rule that is the frame threshold, on the frame track the device's stitcher makes.
 
 It writes a COPY of the bundle (model files unchanged, model.json with the new thresholds and
 a ``recalibration`` record) into ``--out``; the original is never modified.
@@ -26,9 +27,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
-
-from device.audio import AudioError, find_audio_files, stream_audio
+from device.audio import AudioError, find_audio_files
 from device.bundle import (
     MANIFEST_NAME,
     BundleError,
@@ -39,25 +38,9 @@ from device.bundle import (
 )
 from device.config import ConfigError, load_config
 from device.detector import detector_params
-from device.features import StreamingLogMel
 from device.runtime import load_classifier
-from train.calibrate import alarm_rate, threshold_at_false_alarms
-from train.windows import crop, floor_db, tile_starts
-
-
-def score_background(classifier, path: Path, *, hop_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """(window starts s, probabilities (K, n_labels)) of one file, windows every ``hop_s``."""
-    bundle = classifier.bundle
-    params = bundle.features
-    front_end = StreamingLogMel(params)
-    frames = np.concatenate([front_end.push(block) for block in stream_audio(path, params.sample_rate)]
-                            or [np.zeros((0, params.n_mels), np.float32)])
-    duration = len(frames) / params.frame_rate
-    starts = tile_starts(duration, bundle.window_s, hop_s)
-    floor = floor_db(params)
-    scores = np.stack([classifier.predict(crop(frames, round(s * params.frame_rate), bundle.window_frames, floor))
-                       for s in starts])
-    return starts, scores
+from train.calibrate import lowest_threshold
+from train.recalibrate_score import AlarmCounter, covered_hours, score_files
 
 
 def recalibrate_bundle(*, model: Path, background: list[Path], out: Path, false_alarms_per_hour: float,
@@ -66,11 +49,11 @@ def recalibrate_bundle(*, model: Path, background: list[Path], out: Path, false_
     ``background`` (files or folders of audio without target calls). Returns the record.
 
     detection: the config's ``detection`` section; alarms are the events the device's detector
-    makes with those settings (the bundle's own, ``events.detection``, when it has them)."""
+    makes with those settings (the bundle's own, ``events.detection``, when it has them). The
+    threshold recalibrated is the one the bundle's event rule reads: the window threshold
+    (``thresholds``), or under the frames rule the frame threshold
+    (``events.extent.<label>.threshold``; the window threshold is then left as it was)."""
     bundle = load_bundle(model)
-    if bundle.frame_rule:  # its false alarms come from the stitched frame track, not window scores
-        raise BundleError(f"{model}: events come from the model's frame output (events.extent rule "
-                          "'frames'); recalibrating a frame threshold is not supported yet: retrain instead")
     source = resolve_manifest(model).parent
     out = Path(out)
     if out.resolve() == source.resolve():
@@ -78,43 +61,42 @@ def recalibrate_bundle(*, model: Path, background: list[Path], out: Path, false_
     files = find_audio_files(background)
     if not files:
         raise AudioError(f"{', '.join(map(str, background))}: no audio files to recalibrate on")
-    hop_s = hop_s or bundle.recommended_hop_s
+    frame_rate = bundle.features.frame_rate
+    hop_s = max(1, round((hop_s or bundle.recommended_hop_s) * frame_rate)) / frame_rate  # as the device rounds it
     settings = {**event_settings(detection), **bundle.events.get("detection", {}), "thresholds": {}}
-    params = detector_params(labels=bundle.labels, bundle_thresholds=bundle.thresholds,
+    old_thresholds = bundle.event_thresholds()
+    params = detector_params(labels=bundle.labels, bundle_thresholds=old_thresholds,
                              detection=SimpleNamespace(**settings), trims=bundle.extent_trims(hop_s))
-    classifier = load_classifier(bundle)
-    file_sources: list[str] = []
-    file_starts: list[np.ndarray] = []
-    file_scores: list[np.ndarray] = []
-    for path in files:
-        path_starts, path_scores = score_background(classifier, path, hop_s=hop_s)
-        file_sources += [str(path)] * len(path_starts)
-        file_starts.append(path_starts)
-        file_scores.append(path_scores)
-        log(f"scored {path} ({len(path_starts)} windows)")
-    sources, starts, scores = np.array(file_sources), np.concatenate(file_starts), np.concatenate(file_scores)
+    layout = bundle.frame_layout(hop_s)
+    segments = score_files(load_classifier(bundle), files, hop_s=hop_s, log=log)
+    hours = covered_hours(segments)
     per_label: dict[str, dict] = {}
     record = {"background": [str(f) for f in files], "hop_s": hop_s, "false_alarms_per_hour": false_alarms_per_hour,
-              "created_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "labels": per_label}
+              "created_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+              "rule": "frames" if layout is not None else "windows", "labels": per_label}
     thresholds = {}
     for i, label in enumerate(bundle.labels):
-        old = bundle.thresholds[label]
-        old_rate, hours = alarm_rate(sources=sources, starts=starts, scores=scores[:, i], window_s=bundle.window_s,
-                                     hop_s=hop_s, thresholds=np.array([old]), params=params[label])
-        new = threshold_at_false_alarms(sources=sources, starts=starts, scores=scores[:, i], window_s=bundle.window_s,
-                                        hop_s=hop_s, per_hour=false_alarms_per_hour, params=params[label])
+        counter = AlarmCounter(segments, i, label, params[label], window_s=bundle.window_s, hop_s=hop_s,
+                               layout=layout)
+        old = old_thresholds[label]
+        old_rate = counter.alarms(old) / max(hours, 1e-9)
+        new = lowest_threshold(counter.scores(), hours=hours, per_hour=false_alarms_per_hour,
+                               alarms_at=counter.alarms)
         thresholds[label] = new.value
-        per_label[label] = {"old_threshold": old, "old_false_alarms_per_hour": float(old_rate[0]),
-                                   **new.to_dict()}
-        log(f"{label}: threshold {old:.4f} -> {new.value:.4f}; false alarms per hour on this background "
-            f"{old_rate[0]:.1f} -> {new.achieved.get('false_alarms_per_hour', float('nan')):.1f} "
+        per_label[label] = {"old_threshold": old, "old_false_alarms_per_hour": old_rate, **new.to_dict()}
+        log(f"{label}: {'frame ' if layout is not None else ''}threshold {old:.4f} -> {new.value:.4f}; false alarms "
+            f"per hour on this background {old_rate:.1f} -> {new.achieved.get('false_alarms_per_hour', float('nan')):.1f} "
             f"({hours:.2f} h){' - ' + new.note if new.note else ''}")
     out.mkdir(parents=True, exist_ok=True)
     manifest = json.loads(resolve_manifest(model).read_text())
     names = [manifest["model_file"]] + [v["file"] for v in manifest.get("variants", {}).values()]
     for name in names:
         shutil.copy2(source / name, out / name)
-    manifest["thresholds"] = {label: thresholds[label] for label in bundle.labels}
+    if layout is not None:
+        for label in bundle.labels:
+            manifest["events"]["extent"][label]["threshold"] = thresholds[label]
+    else:
+        manifest["thresholds"] = {label: thresholds[label] for label in bundle.labels}
     manifest["recalibration"] = record
     manifest = seal_manifest(manifest)  # a deliberate change: model.json's hash follows it
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
