@@ -30,14 +30,32 @@ def replayed_events(model: Path, audio: Path, folder: Path) -> list[dict]:
 
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "config.yaml"
-    config.write_text(yaml.safe_dump({"detection": {"model": str(model)},
-                                      "service": {"state_dir": str(folder / "state")}}))
+    config.write_text(
+        yaml.safe_dump(
+            {"detection": {"model": str(model)}, "service": {"state_dir": str(folder / "state")}}
+        )
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("STATE_DIRECTORY", None)
     out = folder / "events.jsonl"
-    result = subprocess.run([sys.executable, "-m", "device", "--config", str(config), "--replay", str(audio),
-                             "--events-jsonl", str(out)], cwd=folder, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "device",
+            "--config",
+            str(config),
+            "--replay",
+            str(audio),
+            "--events-jsonl",
+            str(out),
+        ],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
 
@@ -58,15 +76,23 @@ def test_a_frames_bundle_recalibrated_meets_the_rate_when_replayed(frames_dir, t
     before = digests(frames_dir)
     out = tmp_path / "recalibrated"
     # 120 s of background with four tone bursts of rising loudness: 60 per hour allows 2.
-    record = recalibrate_bundle(model=frames_dir, background=[background.parent], out=out,
-                                false_alarms_per_hour=60.0, detection=DETECTION, log=lambda m: None)
+    record = recalibrate_bundle(
+        model=frames_dir,
+        background=[background.parent],
+        out=out,
+        false_alarms_per_hour=60.0,
+        detection=DETECTION,
+        log=lambda m: None,
+    )
     assert digests(frames_dir) == before  # the original is untouched
     entry = record["labels"]["tone"]
     hours = entry["achieved"]["hours"]
     assert record["rule"] == "frames" and entry["old_threshold"] == 0.5
     copy, original = load_bundle(out), load_bundle(frames_dir)
     assert copy.frame_rule and copy.event_thresholds()["tone"] == entry["threshold"] > 0.5
-    assert copy.thresholds == original.thresholds  # the window threshold: not read by the frames rule
+    assert (
+        copy.thresholds == original.thresholds
+    )  # the window threshold: not read by the frames rule
     assert copy.manifest["recalibration"] == json.loads(json.dumps(record))
     assert copy.manifest["sha256"] == original.manifest["sha256"]  # the same model file
 
@@ -79,8 +105,14 @@ def test_a_frames_bundle_recalibrated_meets_the_rate_when_replayed(frames_dir, t
     assert len(old_events) == round(entry["old_false_alarms_per_hour"] * hours)
     assert len(new_events) == round(entry["achieved"]["false_alarms_per_hour"] * hours)
 
-    strict = recalibrate_bundle(model=frames_dir, background=[background], out=tmp_path / "strict",
-                                false_alarms_per_hour=0.0, detection=DETECTION, log=lambda m: None)
+    strict = recalibrate_bundle(
+        model=frames_dir,
+        background=[background],
+        out=tmp_path / "strict",
+        false_alarms_per_hour=0.0,
+        detection=DETECTION,
+        log=lambda m: None,
+    )
     assert strict["labels"]["tone"]["achieved"]["false_alarms_per_hour"] == 0.0
     assert replayed_events(tmp_path / "strict", background, tmp_path / "strict_replay") == []
 
@@ -90,13 +122,21 @@ def test_a_window_bundle_recalibrated_counts_what_the_replay_makes(tone_bundle, 
     shutil.copytree(Path(tone_bundle).parent, folder)
     background = site_background(tmp_path / "site/night.wav")
     out = tmp_path / "recalibrated"
-    record = recalibrate_bundle(model=folder, background=[background], out=out, false_alarms_per_hour=60.0,
-                                detection=DETECTION, log=lambda m: None)
+    record = recalibrate_bundle(
+        model=folder,
+        background=[background],
+        out=out,
+        false_alarms_per_hour=60.0,
+        detection=DETECTION,
+        log=lambda m: None,
+    )
     entry = record["labels"]["tone"]
     assert record["rule"] == "windows" and load_bundle(out).thresholds["tone"] == entry["threshold"]
     events = replayed_events(out, background, tmp_path / "replay")
     assert len(events) <= 60.0 * entry["achieved"]["hours"]
-    assert len(events) == round(entry["achieved"]["false_alarms_per_hour"] * entry["achieved"]["hours"])
+    assert len(events) == round(
+        entry["achieved"]["false_alarms_per_hour"] * entry["achieved"]["hours"]
+    )
 
 
 def test_bad_input_is_one_line_and_exit_2(frames_dir, tmp_path):
@@ -113,8 +153,13 @@ def test_bad_input_is_one_line_and_exit_2(frames_dir, tmp_path):
         ([str(tmp_path / "nope"), "--background", str(good)], "nope"),
     ]
     for args, named in cases:
-        result = subprocess.run([sys.executable, "-m", "train.recalibrate", *args, "--out", str(tmp_path / "o")],
-                                capture_output=True, text=True, cwd=ROOT, timeout=300)
+        result = subprocess.run(
+            [sys.executable, "-m", "train.recalibrate", *args, "--out", str(tmp_path / "o")],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=300,
+        )
         assert result.returncode == 2, (args, result.stderr)
         lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert len(lines) == 1 and named in lines[0], (args, result.stderr)

@@ -56,22 +56,38 @@ class WindowRecorder:
         self.source = ""
         self._rows: list[tuple[float, float, np.ndarray, np.ndarray | None]] = []
 
-    def update(self, start_s: float, end_s: float, scores, frames: np.ndarray | None = None) -> list[Detection]:
-        self._rows.append((start_s, end_s, np.array(scores, np.float64),
-                           None if frames is None else np.array(frames, np.float64)))
+    def update(
+        self, start_s: float, end_s: float, scores, frames: np.ndarray | None = None
+    ) -> list[Detection]:
+        self._rows.append(
+            (
+                start_s,
+                end_s,
+                np.array(scores, np.float64),
+                None if frames is None else np.array(frames, np.float64),
+            )
+        )
         return []
 
     def finish(self) -> list[Detection]:
         if self._rows:
             starts, ends, scores, frames = zip(*self._rows)
-            self.segments.append(Segment(self.source, np.array(starts), np.array(ends), np.stack(scores),
-                                         None if frames[0] is None else np.stack(frames)))
+            self.segments.append(
+                Segment(
+                    self.source,
+                    np.array(starts),
+                    np.array(ends),
+                    np.stack(scores),
+                    None if frames[0] is None else np.stack(frames),
+                )
+            )
             self._rows = []
         return []
 
 
-def score_files(classifier: Classifier, files: list[Path], *, hop_s: float,
-                log: Callable[[str], object] = print) -> list[Segment]:
+def score_files(
+    classifier: Classifier, files: list[Path], *, hop_s: float, log: Callable[[str], object] = print
+) -> list[Segment]:
     """The windows of every file, every ``hop_s``, as ``python -m device --replay`` scores them
     (a file shorter than one window: one zero-padded window). Raises device.audio.AudioError
     (one line naming the file) for a file that cannot be read."""
@@ -80,9 +96,14 @@ def score_files(classifier: Classifier, files: list[Path], *, hop_s: float,
     queue = SinkQueue([], maxsize=100, block=True, health=health).start()
     rate = classifier.bundle.features.sample_rate
     try:
-        pipeline = Pipeline(classifier=classifier, detector=recorder, hop_s=hop_s, queue=queue,
-                            events=EventFactory(device_id="recalibrate", sequence=Sequence(), replay=True),
-                            health=health)
+        pipeline = Pipeline(
+            classifier=classifier,
+            detector=recorder,
+            hop_s=hop_s,
+            queue=queue,
+            events=EventFactory(device_id="recalibrate", sequence=Sequence(), replay=True),
+            health=health,
+        )
         for path in files:
             recorder.source = str(path)
             before = len(recorder.segments)
@@ -114,36 +135,71 @@ class AlarmCounter:
     at any threshold; the other settings are ``params`` (window-rate, as the device's
     :class:`~device.detector.Detector` takes them)."""
 
-    def __init__(self, segments: list[Segment], index: int, label: str, params: DetectorParams, *,
-                 window_s: float, hop_s: float, layout: FrameLayout | None) -> None:
-        self.label, self.params, self.window_s, self.hop_s, self.layout = label, params, window_s, hop_s, layout
+    def __init__(
+        self,
+        segments: list[Segment],
+        index: int,
+        label: str,
+        params: DetectorParams,
+        *,
+        window_s: float,
+        hop_s: float,
+        layout: FrameLayout | None,
+    ) -> None:
+        self.label, self.params, self.window_s, self.hop_s, self.layout = (
+            label,
+            params,
+            window_s,
+            hop_s,
+            layout,
+        )
         self._index = index
         self._segments = segments
         self._tracks: list[tuple[np.ndarray, np.ndarray]] = []
         if layout is not None:  # stitched once: the device's stitcher, window after window
             for s in segments:
                 if s.frames is None:
-                    raise ValueError(f"{s.source}: no frame scores to stitch (the model has no frame output)")
+                    raise ValueError(
+                        f"{s.source}: no frame scores to stitch (the model has no frame output)"
+                    )
                 stitcher = FrameStitcher(layout, s.frames.shape[2])
                 parts = [stitcher.push(start, f) for start, f in zip(s.starts.tolist(), s.frames)]
                 parts.append(stitcher.finish())
                 cells = np.concatenate([p[0] for p in parts])
-                self._tracks.append((cells, np.concatenate([p[1] for p in parts])[:, index:index + 1]))
+                self._tracks.append(
+                    (cells, np.concatenate([p[1] for p in parts])[:, index : index + 1])
+                )
 
     def scores(self) -> np.ndarray:
         """The values the threshold is compared with: the window scores, or the stitched cells'."""
         if self.layout is not None:
-            return np.concatenate([t[1][:, 0] for t in self._tracks]) if self._tracks else np.zeros(0)
-        return np.concatenate([s.scores[:, self._index] for s in self._segments]) if self._segments else np.zeros(0)
+            return (
+                np.concatenate([t[1][:, 0] for t in self._tracks]) if self._tracks else np.zeros(0)
+            )
+        return (
+            np.concatenate([s.scores[:, self._index] for s in self._segments])
+            if self._segments
+            else np.zeros(0)
+        )
 
     def alarms(self, threshold: float) -> int:
         """Finished events at ``threshold`` over every segment (the detector finished at each
         segment's end, as the device finishes it)."""
         params = replace(self.params, threshold=threshold)
         if self.layout is None:
-            return sum(len(detect(s.starts, s.scores[:, self._index], params, window_s=self.window_s,
-                                  hop_s=self.hop_s, label=self.label))
-                       for s in self._segments)
+            return sum(
+                len(
+                    detect(
+                        s.starts,
+                        s.scores[:, self._index],
+                        params,
+                        window_s=self.window_s,
+                        hop_s=self.hop_s,
+                        label=self.label,
+                    )
+                )
+                for s in self._segments
+            )
         count = 0
         for cells, scores in self._tracks:
             detector = Detector({self.label: params}, hop_s=self.hop_s, frames=self.layout)
