@@ -190,6 +190,26 @@ class LabelDetector:
             done += self._release_pending(start_s)
         return done
 
+    @property
+    def quiet(self) -> bool:
+        """No event open or held back, scores not smoothed and the hop known: a window below
+        the threshold changes nothing but the record of recent windows (:meth:`absorb_below`)."""
+        return (self._open is None and self._pending is None and self._hop_s > 0
+                and self.params.smoothing_windows == 1)
+
+    def absorb_below(self, starts: list[float], end_s: float, last_score: float) -> None:
+        """Windows (in time order) none of whose scores reaches the threshold, fed while
+        :attr:`quiet`: the state :meth:`update` of each would leave, at the cost of one.
+
+        starts: the starts of the last ``confirm_n`` of them (or all, if fewer), seconds;
+        end_s: the last one's end; last_score: the last one's score. Unsmoothed, the running
+        sum :meth:`update` keeps is exactly the last score, so nothing differs by a bit."""
+        self._last_start_s = starts[-1]
+        self._window_s = end_s - starts[-1]
+        self._scores.append(last_score)
+        self._score_sum = last_score
+        self._history.extend([(start, False) for start in starts[-self.params.confirm_n :]])
+
     def finish(self) -> list[Detection]:
         """The source (or a segment of it) ended: close the open event and release a held one;
         reset the state."""
@@ -274,6 +294,9 @@ class Detector:
             params = {label: at_frame_rate(p, hop_s=hop_s, cell_s=frames.cell_s) for label, p in params.items()}
             hop_s = frames.cell_s
         self._by_label = [LabelDetector(label, params[label], hop_s=hop_s) for label in self.labels]
+        self._threshold_list = [params[label].threshold for label in self.labels]
+        self._history = max(params[label].confirm_n for label in self.labels)
+        """Most recent cells a label's confirmation looks back on."""
 
     def update(self, start_s: float, end_s: float, scores, frames: np.ndarray | None = None) -> list[Detection]:
         """scores: one probability per label, in ``labels`` order; frames: (steps, n_labels)
@@ -292,12 +315,42 @@ class Detector:
         labels: what :meth:`update` does with the cells the stitcher releases. Feeding a
         recording's cells, stitched once (:func:`device.frames.stitch`), then :meth:`finish`
         gives the events that feeding its windows gives (``train.recalibrate`` tries many
-        thresholds on one stitching)."""
+        thresholds on one stitching).
+
+        Most cells are background: while every label is quiet (no event open or held), a run of
+        cells none of which reaches a threshold is absorbed in one step per label
+        (:meth:`LabelDetector.absorb_below`); the other cells go through every label in turn,
+        as each cell always did. The events, their order and the state are the same."""
         done: list[Detection] = []
+        n = len(cells)
+        if not n:
+            return done
         cell_s = self.frames.cell_s if self.frames is not None else 0.0
-        for cell, row in zip(cells.tolist(), scores.tolist()):
-            for detector, score in zip(self._by_label, row):
+        rows, cell_list = scores.tolist(), cells.tolist()
+        labels, thresholds = self._by_label, self._threshold_list
+        one = thresholds[0] if len(thresholds) == 1 else None
+        i = 0
+        while i < n:
+            if all(d.quiet for d in labels):
+                j = i
+                if one is not None:
+                    while j < n and rows[j][0] < one:
+                        j += 1
+                else:
+                    while j < n and all(v < t for v, t in zip(rows[j], thresholds)):
+                        j += 1
+                if j > i:  # cells i..j-1: below every threshold
+                    tail = cell_list[max(i, j - self._history) : j]
+                    starts = [c * cell_s for c in tail]
+                    end_s = (tail[-1] + 1) * cell_s
+                    for detector, score in zip(labels, rows[j - 1]):
+                        detector.absorb_below(starts, end_s, score)
+                    i = j
+                    continue
+            cell = cell_list[i]
+            for detector, score in zip(labels, rows[i]):
                 done += detector.update(cell * cell_s, (cell + 1) * cell_s, score)
+            i += 1
         return done
 
     def finish(self) -> list[Detection]:

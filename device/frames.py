@@ -87,20 +87,28 @@ class FrameStitcher:
         self.n_labels = n_labels
         r, span = layout.cell_frames, layout.steps * layout.step_frames
         self._capacity = -(-span // r) + 1
-        """Most cells one window covers: the accumulators never hold more."""
-        self._sum = np.zeros((self._capacity, n_labels), np.float64)
-        self._count = np.zeros(self._capacity, np.int64)
+        """Most cells one window covers: never more are held."""
+        # The held cells are rows [head, head + n) of accumulators twice that long: a push adds
+        # to rows from head, a release moves head on; the rows move back to 0 only when the
+        # next window would run past the end (every few pushes), so a push costs a handful of
+        # array operations, not a shift of every row.
+        rows = 2 * self._capacity
+        self._sum = np.zeros((rows, n_labels), np.float64)
+        self._count = np.zeros((rows, 1), np.float64)
+        """Windows covering each held row (a column: it divides the sums as it is)."""
         self._patterns: dict[int, np.ndarray] = {}
         self._empty = (np.zeros(0, np.int64), np.zeros((0, n_labels), np.float64))
         self._reset()
 
     def _reset(self) -> None:
         self._base = 0
-        """Cell index of row 0 of the accumulators."""
+        """Cell index of row ``head`` of the accumulators."""
+        self._head = 0
+        """Row of the first held cell."""
         self._n = 0
-        """Rows in use."""
+        """Cells held."""
         self._sum[:] = 0.0
-        self._count[:] = 0
+        self._count[:] = 0.0
 
     def _first_cell(self, f0: int) -> tuple[int, np.ndarray]:
         """(first cell, step of each cell from it) whose centre lies in the window starting at
@@ -130,27 +138,32 @@ class FrameStitcher:
         if not self._n:
             self._base = lo
         k = len(steps)
-        # Rows from 0: the window starts at or after the first cell still held (time order).
-        self._sum[:k] += frames[steps]
-        self._count[:k] += 1
+        head = self._head
+        if head + k > len(self._count):  # back to row 0; the rows past the held ones are zeroed
+            n = self._n
+            self._sum[:n] = self._sum[head : head + n]
+            self._count[:n] = self._count[head : head + n]
+            self._sum[n:] = 0.0
+            self._count[n:] = 0.0
+            head = self._head = 0
+        # Rows from head: the window starts at or after the first cell still held (time order).
+        self._sum[head : head + k] += frames[steps]
+        self._count[head : head + k] += 1.0
         self._n = max(self._n, k)
         return done
 
     def _release(self, upto: int) -> tuple[np.ndarray, np.ndarray]:
-        """Cells before ``upto`` (with at least one window) leave the accumulators."""
+        """Cells before ``upto`` leave the accumulators. Every held cell has a window: the
+        held cells run from the newest window's first cell, and each window covers a run of
+        cells from its own first one, never later than the newest's (time order)."""
         n = min(max(0, upto - self._base), self._n)
         if not n:
             return self._empty
-        counts = self._count[:n]
+        head = self._head
+        scores = self._sum[head : head + n] / self._count[head : head + n]
         cells = np.arange(self._base, self._base + n)
-        scores = self._sum[:n] / np.maximum(counts, 1)[:, None]
-        if not counts.all():  # a gap between windows: cells no window covered
-            cells, scores = cells[counts > 0], scores[counts > 0]
         rest = self._n - n
-        self._sum[:rest] = self._sum[n : self._n]
-        self._count[:rest] = self._count[n : self._n]
-        self._sum[rest : self._n] = 0.0
-        self._count[rest : self._n] = 0
+        self._head = head + n  # the rows left behind are zeroed when the rows move back to 0
         self._n = rest
         self._base = upto if not rest else self._base + n
         return cells, scores
