@@ -41,6 +41,7 @@ it, so an event opens up to a window's length after the audio that shows it.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Protocol
 
@@ -305,7 +306,7 @@ class Detector:
         if self._stitcher is not None:
             if frames is None:
                 raise ValueError("the frame rule needs the window's frame scores")
-            return self.update_cells(*self._stitcher.push(start_s, frames))
+            return self._feed(*self._stitcher.push_rows(start_s, frames))
         for detector, score in zip(self._by_label, scores):
             done += detector.update(start_s, end_s, float(score))
         return done
@@ -321,12 +322,16 @@ class Detector:
         cells none of which reaches a threshold is absorbed in one step per label
         (:meth:`LabelDetector.absorb_below`); the other cells go through every label in turn,
         as each cell always did. The events, their order and the state are the same."""
+        return self._cells(cells.tolist(), scores.tolist())
+
+    def _feed(self, first: int, scores: np.ndarray) -> list[Detection]:
+        """Cells that follow each other from index ``first`` (as the stitcher releases them)."""
+        return self._cells(range(first, first + len(scores)), scores.tolist()) if len(scores) else []
+
+    def _cells(self, cell_list: Sequence[int], rows: list[list[float]]) -> list[Detection]:
         done: list[Detection] = []
-        n = len(cells)
-        if not n:
-            return done
+        n = len(cell_list)
         cell_s = self.frames.cell_s if self.frames is not None else 0.0
-        rows, cell_list = scores.tolist(), cells.tolist()
         labels, thresholds = self._by_label, self._threshold_list
         one = thresholds[0] if len(thresholds) == 1 else None
         i = 0
@@ -356,7 +361,7 @@ class Detector:
     def finish(self) -> list[Detection]:
         done: list[Detection] = []
         if self._stitcher is not None:
-            done += self.update_cells(*self._stitcher.finish())
+            done += self._feed(*self._stitcher.finish_rows())
         for detector in self._by_label:
             done += detector.finish()
         return done

@@ -93,9 +93,10 @@ class FrameStitcher:
         # next window would run past the end (every few pushes), so a push costs a handful of
         # array operations, not a shift of every row.
         rows = 2 * self._capacity
-        self._sum = np.zeros((rows, n_labels), np.float64)
-        self._count = np.zeros((rows, 1), np.float64)
-        """Windows covering each held row (a column: it divides the sums as it is)."""
+        self._acc = np.zeros((rows, n_labels + 1), np.float64)
+        """Per held row: the sum of each label's step scores, then the count of windows."""
+        self._window = np.ones((layout.steps, n_labels + 1), np.float64)
+        """The window being added: its frame scores and a column of ones (the count)."""
         self._patterns: dict[int, np.ndarray] = {}
         self._empty = (np.zeros(0, np.int64), np.zeros((0, n_labels), np.float64))
         self._reset()
@@ -107,8 +108,7 @@ class FrameStitcher:
         """Row of the first held cell."""
         self._n = 0
         """Cells held."""
-        self._sum[:] = 0.0
-        self._count[:] = 0.0
+        self._acc[:] = 0.0
 
     def _first_cell(self, f0: int) -> tuple[int, np.ndarray]:
         """(first cell, step of each cell from it) whose centre lies in the window starting at
@@ -133,46 +133,61 @@ class FrameStitcher:
     def push(self, start_s: float, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """frames: (steps, n_labels) probabilities of the window starting at ``start_s``.
         Returns (cell indices (K,), scores (K, n_labels)) of the cells now final."""
+        return self._indexed(*self.push_rows(start_s, frames))
+
+    def push_rows(self, start_s: float, frames: np.ndarray) -> tuple[int, np.ndarray]:
+        """:meth:`push`, the cells now final given as (index of the first, scores (K, n_labels));
+        they follow each other."""
         lo, steps = self._first_cell(self.layout.first_frame(start_s))
-        done = self._release(lo) if self._n else self._empty
+        done = self._release(lo) if self._n else (lo, self._empty[1])
         if not self._n:
             self._base = lo
         k = len(steps)
         head = self._head
-        if head + k > len(self._count):  # back to row 0; the rows past the held ones are zeroed
+        acc = self._acc
+        if head + k > len(acc):  # back to row 0; the rows past the held ones are zeroed
             n = self._n
-            self._sum[:n] = self._sum[head : head + n]
-            self._count[:n] = self._count[head : head + n]
-            self._sum[n:] = 0.0
-            self._count[n:] = 0.0
+            acc[:n] = acc[head : head + n]
+            acc[n:] = 0.0
             head = self._head = 0
         # Rows from head: the window starts at or after the first cell still held (time order).
-        self._sum[head : head + k] += frames[steps]
-        self._count[head : head + k] += 1.0
+        self._window[:, : self.n_labels] = frames
+        acc[head : head + k] += self._window[steps]
         self._n = max(self._n, k)
         return done
 
-    def _release(self, upto: int) -> tuple[np.ndarray, np.ndarray]:
-        """Cells before ``upto`` leave the accumulators. Every held cell has a window: the
-        held cells run from the newest window's first cell, and each window covers a run of
-        cells from its own first one, never later than the newest's (time order)."""
-        n = min(max(0, upto - self._base), self._n)
+    def _release(self, upto: int) -> tuple[int, np.ndarray]:
+        """Cells before ``upto`` leave the accumulators: (first cell, scores). Every held cell
+        has a window: the held cells run from the newest window's first cell, and each window
+        covers a run of cells from its own first one, never later than the newest's (time
+        order)."""
+        first = self._base
+        n = min(max(0, upto - first), self._n)
         if not n:
-            return self._empty
+            return first, self._empty[1]
         head = self._head
-        scores = self._sum[head : head + n] / self._count[head : head + n]
-        cells = np.arange(self._base, self._base + n)
+        rows = self._acc[head : head + n]
+        scores = rows[:, : self.n_labels] / rows[:, self.n_labels :]
         rest = self._n - n
         self._head = head + n  # the rows left behind are zeroed when the rows move back to 0
         self._n = rest
-        self._base = upto if not rest else self._base + n
-        return cells, scores
+        self._base = upto if not rest else first + n
+        return first, scores
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
         """Every remaining cell; the stitcher starts afresh."""
-        done = self._release(self._base + self._n) if self._n else self._empty
+        return self._indexed(*self.finish_rows())
+
+    def finish_rows(self) -> tuple[int, np.ndarray]:
+        """:meth:`finish`, as (index of the first cell, scores), as :meth:`push_rows` gives them."""
+        done = self._release(self._base + self._n) if self._n else (self._base, self._empty[1])
         self._reset()
         return done
+
+    def _indexed(self, first: int, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not len(scores):
+            return self._empty
+        return np.arange(first, first + len(scores)), scores
 
 
 def stitch(
