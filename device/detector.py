@@ -324,9 +324,9 @@ class Detector:
         as each cell always did. The events, their order and the state are the same."""
         return self._cells(cells.tolist(), scores.tolist())
 
-    def _feed(self, first: int, scores: np.ndarray) -> list[Detection]:
+    def _feed(self, first: int, scores: list[list[float]]) -> list[Detection]:
         """Cells that follow each other from index ``first`` (as the stitcher releases them)."""
-        return self._cells(range(first, first + len(scores)), scores.tolist()) if len(scores) else []
+        return self._cells(range(first, first + len(scores)), scores) if scores else []
 
     def _cells(self, cell_list: Sequence[int], rows: list[list[float]]) -> list[Detection]:
         done: list[Detection] = []

@@ -88,106 +88,111 @@ class FrameStitcher:
         r, span = layout.cell_frames, layout.steps * layout.step_frames
         self._capacity = -(-span // r) + 1
         """Most cells one window covers: never more are held."""
-        # The held cells are rows [head, head + n) of accumulators twice that long: a push adds
-        # to rows from head, a release moves head on; the rows move back to 0 only when the
-        # next window would run past the end (every few pushes), so a push costs a handful of
-        # array operations, not a shift of every row.
-        rows = 2 * self._capacity
-        self._acc = np.zeros((rows, n_labels + 1), np.float64)
-        """Per held row: the sum of each label's step scores, then the count of windows."""
-        self._window = np.ones((layout.steps, n_labels + 1), np.float64)
-        """The window being added: its frame scores and a column of ones (the count)."""
-        self._patterns: dict[int, np.ndarray] = {}
+        self._rows: list[list[float]] = []
+        """Per held cell, from the first: the sum of each label's step scores, then the count of
+        windows. Plain floats: a window adds to about 30 cells, and a few NumPy calls on such
+        small arrays cost more than the additions (NumPy's per-call cost, paid again with caches
+        cooled by the interpreter and the front end between windows). The sums are the same
+        float64 sums, in the same order, as NumPy's would be."""
+        self._patterns: dict[int, tuple[np.ndarray, list[int]]] = {}
         self._empty = (np.zeros(0, np.int64), np.zeros((0, n_labels), np.float64))
         self._reset()
 
     def _reset(self) -> None:
         self._base = 0
-        """Cell index of row ``head`` of the accumulators."""
-        self._head = 0
-        """Row of the first held cell."""
-        self._n = 0
-        """Cells held."""
-        self._acc[:] = 0.0
+        """Cell index of the first held cell."""
+        self._rows = []
 
-    def _first_cell(self, f0: int) -> tuple[int, np.ndarray]:
-        """(first cell, step of each cell from it) whose centre lies in the window starting at
-        frame f0. The steps depend only on where f0 falls within its cell: cached."""
+    @property
+    def _n(self) -> int:
+        """Cells held."""
+        return len(self._rows)
+
+    def _first_cell(self, f0: int) -> tuple[int, np.ndarray, list[int]]:
+        """(first cell, step of each cell from it, the same as a list) whose centre lies in the
+        window starting at frame f0. The steps depend only on where f0 falls within its cell:
+        cached."""
         lay = self.layout
         r, span = lay.cell_frames, lay.steps * lay.step_frames
         lo = -(-(2 * f0 - r) // (2 * r))
-        phase = (
-            2 * lo * r + r - 2 * f0
-        )  # twice the first cell centre's offset from f0, 0 <= phase < 2r
-        steps = self._patterns.get(phase)
-        if steps is None:
+        phase = 2 * lo * r + r - 2 * f0  # twice the first cell centre's offset from f0, 0 <= phase < 2r
+        pattern = self._patterns.get(phase)
+        if pattern is None:
             centres = 2 * np.arange(self._capacity) * r + phase
-            steps = self._patterns[phase] = centres[centres < 2 * span] // (2 * lay.step_frames)
-        return lo, steps
+            steps = centres[centres < 2 * span] // (2 * lay.step_frames)
+            pattern = self._patterns[phase] = (steps, steps.tolist())
+        return lo, pattern[0], pattern[1]
 
     def _cells(self, f0: int) -> tuple[np.ndarray, np.ndarray]:
         """(cell indices, step of each) whose centre lies in the window starting at frame f0."""
-        lo, steps = self._first_cell(f0)
+        lo, steps, _ = self._first_cell(f0)
         return lo + np.arange(len(steps)), steps
 
     def push(self, start_s: float, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """frames: (steps, n_labels) probabilities of the window starting at ``start_s``.
         Returns (cell indices (K,), scores (K, n_labels)) of the cells now final."""
-        return self._indexed(*self.push_rows(start_s, frames))
+        return self._arrays(*self.push_rows(start_s, frames))
 
-    def push_rows(self, start_s: float, frames: np.ndarray) -> tuple[int, np.ndarray]:
-        """:meth:`push`, the cells now final given as (index of the first, scores (K, n_labels));
-        they follow each other."""
-        lo, steps = self._first_cell(self.layout.first_frame(start_s))
-        done = self._release(lo) if self._n else (lo, self._empty[1])
-        if not self._n:
+    def push_rows(self, start_s: float, frames: np.ndarray) -> tuple[int, list[list[float]]]:
+        """:meth:`push`, the cells now final given as (index of the first, their scores: a list
+        per cell of one float per label); they follow each other."""
+        lo, _, steps = self._first_cell(self.layout.first_frame(start_s))
+        done = self._release(lo) if self._rows else (lo, [])
+        rows = self._rows
+        if not rows:
             self._base = lo
-        k = len(steps)
-        head = self._head
-        acc = self._acc
-        if head + k > len(acc):  # back to row 0; the rows past the held ones are zeroed
-            n = self._n
-            acc[:n] = acc[head : head + n]
-            acc[n:] = 0.0
-            head = self._head = 0
-        # Rows from head: the window starts at or after the first cell still held (time order).
-        self._window[:, : self.n_labels] = frames
-        acc[head : head + k] += self._window[steps]
-        self._n = max(self._n, k)
+        # Rows from 0: the window starts at or after the first cell still held (time order).
+        held = len(rows)
+        window = frames.tolist()
+        if self.n_labels == 1:
+            for r, step in enumerate(steps):
+                if r < held:
+                    row = rows[r]
+                    row[0] += window[step][0]
+                    row[1] += 1.0
+                else:
+                    rows.append([window[step][0], 1.0])
+        else:
+            for r, step in enumerate(steps):
+                if r < held:
+                    row = rows[r]
+                    for i, value in enumerate(window[step]):
+                        row[i] += value
+                    row[-1] += 1.0
+                else:
+                    rows.append([*window[step], 1.0])
         return done
 
-    def _release(self, upto: int) -> tuple[int, np.ndarray]:
+    def _release(self, upto: int) -> tuple[int, list[list[float]]]:
         """Cells before ``upto`` leave the accumulators: (first cell, scores). Every held cell
         has a window: the held cells run from the newest window's first cell, and each window
         covers a run of cells from its own first one, never later than the newest's (time
         order)."""
-        first = self._base
-        n = min(max(0, upto - first), self._n)
+        first, rows = self._base, self._rows
+        n = min(max(0, upto - first), len(rows))
         if not n:
-            return first, self._empty[1]
-        head = self._head
-        rows = self._acc[head : head + n]
-        scores = rows[:, : self.n_labels] / rows[:, self.n_labels :]
-        rest = self._n - n
-        self._head = head + n  # the rows left behind are zeroed when the rows move back to 0
-        self._n = rest
-        self._base = upto if not rest else first + n
-        return first, scores
+            return first, []
+        out = rows[:n]
+        del rows[:n]
+        self._base = upto if not rows else first + n
+        if self.n_labels == 1:
+            return first, [[row[0] / row[1]] for row in out]
+        return first, [[value / row[-1] for value in row[:-1]] for row in out]
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
         """Every remaining cell; the stitcher starts afresh."""
-        return self._indexed(*self.finish_rows())
+        return self._arrays(*self.finish_rows())
 
-    def finish_rows(self) -> tuple[int, np.ndarray]:
+    def finish_rows(self) -> tuple[int, list[list[float]]]:
         """:meth:`finish`, as (index of the first cell, scores), as :meth:`push_rows` gives them."""
-        done = self._release(self._base + self._n) if self._n else (self._base, self._empty[1])
+        done = self._release(self._base + len(self._rows)) if self._rows else (self._base, [])
         self._reset()
         return done
 
-    def _indexed(self, first: int, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if not len(scores):
+    def _arrays(self, first: int, scores: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
+        if not scores:
             return self._empty
-        return np.arange(first, first + len(scores)), scores
+        return np.arange(first, first + len(scores)), np.array(scores, np.float64)
 
 
 def stitch(
