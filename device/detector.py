@@ -314,9 +314,9 @@ class Detector:
     def update_cells(self, cells: np.ndarray, scores: np.ndarray) -> list[Detection]:
         """Feed stitched cells (indices from time 0, in order; scores (K, n_labels)) to the
         labels: what :meth:`update` does with the cells the stitcher releases. Feeding a
-        recording's cells, stitched once (:func:`device.frames.stitch`), then :meth:`finish`
-        gives the events that feeding its windows gives (``train.recalibrate`` tries many
-        thresholds on one stitching).
+        recording's cells, stitched once by a :class:`device.frames.FrameStitcher` (its windows
+        pushed in order, then finished), then :meth:`finish`, gives the events that feeding its
+        windows gives (``train.recalibrate`` tries many thresholds on one stitching).
 
         Most cells are background: while every label is quiet (no event open or held), a run of
         cells none of which reaches a threshold is absorbed in one step per label
