@@ -4,13 +4,14 @@
   Raven table) and a larger synthetic set made here (``SYNTH_FILES`` soundscapes of the demo's
   call among unseen backgrounds, gaps between calls drawn from 0.3-5 s, faint calls marked
   uncertain as ``train.synth`` marks them), replayed through ``python -m device --replay`` with
-  the demo bundle ``runs/demo``: event F1 at IoU >= 0.3, median onset and offset errors, events
-  vs calls, and how often calls 1 s or more apart come out as separate events. The same
-  scores (the replay's scores CSV) under the other extent rules, through the device's own
-  detector, show what the extent rule changes.
+  the demo bundle ``runs/demo`` (``bash scripts/demo``: config.yaml's ``pooling: time``, events by
+  the frames rule from the stitched frame scores): event F1 at IoU >= 0.3, median onset and
+  offset errors, events vs calls, and how often calls 1 s or more apart come out as separate
+  events.
+- The same with the window-rule demo model ``runs/demo_max`` (config.yaml with
+  ``train.model.pooling: max``: window scores only); its scores (the replay's scores CSV) under
+  the other extent rules, through the device's own detector, show what the extent rule changes.
 - Onset latency on the live PulseAudio path: see :func:`onset_latency`.
-- The same with the frame-output demo model ``runs/demo_frames`` (``examples/demo_frames.yaml``:
-  ``pooling: time``, events by the frames rule from the stitched frame scores).
 - Capuchinbird folds (``runs/capuchin`` trained with ``--folds 5``): :mod:`bench.events_capuchin`.
 """
 
@@ -38,7 +39,9 @@ NAME = "events"
 REPO = Path(__file__).resolve().parents[1]
 DEMO_RUN = REPO / "runs/demo"
 DEMO_SOUNDSCAPE = REPO / "demo/replay/demo_soundscape.wav"
-DEMO_FRAMES_RUN = REPO / "runs/demo_frames"
+DEMO_WINDOW_RUN = REPO / "runs/demo_max"
+"""config.yaml trained with ``train.model.pooling: max`` (``train.name: demo_max``): the window rule."""
+DEMO_RUNS = (DEMO_WINDOW_RUN, DEMO_RUN)
 CAPUCHIN_RUN = REPO / "runs/capuchin"
 HOP_S = 0.5
 SYNTH_FILES, SYNTH_SECONDS, SYNTH_SEED = 20, 60.0, 2026
@@ -183,10 +186,10 @@ def demo_rules(run: Path) -> list[tuple[str, tuple[float, float] | None]]:
 def localisation_rows() -> list[str]:
     from device.bundle import load_bundle
 
-    runs = [run for run in (DEMO_RUN, DEMO_FRAMES_RUN) if (run / "model.json").is_file()]
+    runs = [run for run in DEMO_RUNS if (run / "model.json").is_file()]
     if not runs or not DEMO_SOUNDSCAPE.is_file():
-        return [f"(not measured: needs {DEMO_RUN.relative_to(REPO)} or {DEMO_FRAMES_RUN.relative_to(REPO)}, and "
-                f"{DEMO_SOUNDSCAPE.relative_to(REPO)}: `bash scripts/demo`; examples/demo_frames.yaml)"]
+        return [f"(not measured: needs {DEMO_RUN.relative_to(REPO)} or {DEMO_WINDOW_RUN.relative_to(REPO)}, and "
+                f"{DEMO_SOUNDSCAPE.relative_to(REPO)}: `bash scripts/demo`)"]
     lines = ["| set | model and extent rule (start / end trim) | calls | events | F1 @ IoU 0.3 | precision / recall "
              "| median onset / offset error s | calls >= 1 s apart reported separately | targets |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -233,13 +236,15 @@ def run() -> str:
              f"exact boundaries (DCASE few-shot style: one-to-one matching at IoU >= {MIN_IOU}; uncertain "
              "calls, SNR < 4.5 dB, count neither as misses nor as false alarms). Models, both trained on the "
              "demo data (`python -m train.synth`), hop 0.5 s, the config's default detection settings: "
-             "`runs/demo` (`bash scripts/demo`: window scores, `pooling: max`, extent by the calibrated trims) "
-             "and `runs/demo_frames` (`python -m train --config examples/demo_frames.yaml --data-root demo/data "
-             "--out runs/demo_frames`, then `python -m convert --int8 runs/demo_frames`: `pooling: time` with "
-             "its frame output, events by the frames rule from the steps stitched across windows). Rows other "
-             "than 'as shipped' rerun the replay's own window scores through the device's detector with another "
-             "extent rule. Targets (issue #14): F1 >= 0.9, median onset and offset error <= 0.3 s, "
-             "calls 1 s or more apart reported separately.", ""]
+             "`runs/demo` (`bash scripts/demo`, i.e. `python -m train --config config.yaml --data-root demo/data "
+             "--out runs/demo`, then `python -m convert --int8 runs/demo`: the default `pooling: time` with its "
+             "frame output, events by the frames rule from the steps stitched across windows) and `runs/demo_max` "
+             "(the same command with a copy of config.yaml setting `train.model.pooling: max` and `--out "
+             "runs/demo_max`: window scores only, extent by the calibrated trims; what the demo trained "
+             "before the frame head became the default). Rows other than 'as shipped' rerun the replay's own "
+             "window scores through the device's detector with another extent rule. Targets (issue #14): "
+             "F1 >= 0.9, median onset and offset error <= 0.3 s, calls 1 s or more apart reported separately.",
+             ""]
     lines += localisation_rows()
     lines += ["", "Reading: from window scores, a model that scores 3 s windows keeps firing for every window "
               "that holds half of either of two calls less than about 2.5 s apart, so such calls make one "
@@ -255,7 +260,7 @@ def run() -> str:
     lines += ["", CAPUCHIN_READING, "",
               "Device cost (CPU seconds per hour of audio, `bench.daemon`'s in-process worker, hop 0.5 s, "
               "one core, best of several):", ""]
-    lines += cost_rows([DEMO_RUN, DEMO_FRAMES_RUN, CAPUCHIN_RUN], repo=REPO, hop_s=HOP_S)
+    lines += cost_rows([*DEMO_RUNS, CAPUCHIN_RUN], repo=REPO, hop_s=HOP_S)
     lines += ["", COST_READING]
     lines += ["", ONSET_READING, ""]
     lines += latency_rows()
@@ -266,8 +271,8 @@ COST_READING = (
     "Reading: the frame head adds one 1x1 convolution (inference per window within this machine's noise of the "
     "window model's) and the stitcher and frame rule 0.17-0.2 CPU-s per audio hour. Front end + inference "
     "sit at the 2 CPU-s target on this shared 2-core machine, whose figures vary by 10-20 % between runs "
-    "(a run of this bench ten minutes earlier measured the same bundles at 1.95 (`runs/demo`), 1.91 "
-    "(`runs/demo_frames`) and 1.79 (`runs/capuchin`); see also the daemon section).")
+    "(a run of this bench ten minutes earlier measured the same bundles at 1.95 (`runs/demo_max`), 1.91 "
+    "(`runs/demo`) and 1.79 (`runs/capuchin`); see also the daemon section).")
 
 CAPUCHIN_READING = (
     "Reading: the chunk labels are BirdNET's own 3 s grid, not call times, so a fold's frame targets are "
@@ -376,7 +381,7 @@ def latency_rows() -> list[str]:
         return [f"(not measured: needs {DEMO_RUN.relative_to(REPO)}: `bash scripts/demo`)"]
     lines = ["| model (events from) | audio | events opened / closed | onset latency p50 | p99 | max "
              "| target p99 <= 1 s |", "|---|---|---|---|---|---|---|"]
-    for run, rule in ((DEMO_RUN, "window scores"), (DEMO_FRAMES_RUN, "frames")):
+    for run, rule in ((DEMO_WINDOW_RUN, "window scores"), (DEMO_RUN, "frames")):
         if not (run / "model.json").is_file():
             continue
         with tempfile.TemporaryDirectory(prefix="bench_onset_") as tmp:

@@ -49,7 +49,11 @@ def test_synth_is_deterministic_and_matches_config_yaml(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_writes_the_run_folder_contract(tmp_path):
+@pytest.mark.parametrize("pooling", ["time", "max"])
+def test_train_writes_the_run_folder_contract(tmp_path, pooling):
+    """The default (``pooling: time``) has a frame output and ships the frames rule; ``max`` is
+    the window rule's model (window scores only, extent by calibrated trims), kept for bundles
+    without frames (and examples/bobwhite.yaml)."""
     import keras
 
     from train.core import train_run
@@ -61,7 +65,7 @@ def test_train_writes_the_run_folder_contract(tmp_path):
     soundfile.write(data / "replayed/night.wav", np.zeros(16000 * 10, np.float32), 16000)
     events = tmp_path / "false_positives.jsonl"
     events.write_text(json.dumps({"source": "replayed/night.wav", "start_s": 2.0, "end_s": 5.0, "label": "call"}) + "\n")
-    config = validate(demo_config(hard_negatives=[str(events)]))
+    config = validate(demo_config(hard_negatives=[str(events)], model={"pooling": pooling}))
     summary = train_run(config=config, data_root=data, out=out, cache_dir=None, log=lambda m: None)
     assert summary["hard_negatives_used"] == 1
     for name in ("model.keras", "run.json", "calibration.npy", "test_windows.npz", "split.csv", "metrics.json",
@@ -71,11 +75,17 @@ def test_train_writes_the_run_folder_contract(tmp_path):
     params = FeatureParams()
     frames = params.window_frames(3.0)
     model = keras.models.load_model(out / "model.keras")
-    assert model.input_shape == (None, frames, params.n_mels, 1) and model.output_shape == (None, 1)
+    assert model.input_shape == (None, frames, params.n_mels, 1)
     run = json.loads((out / "run.json").read_text())
     assert run["labels"] == ["call"] and run["features"] == params.to_dict() and run["window_s"] == 3.0
     assert 0 < run["thresholds"]["call"] < 1 and run["recommended_hop_s"] == 0.5
-    assert run["events"]["detection"]["hop_s"] == 0.5 and run["events"]["extent"]["call"]["rule"] in ("trim", "centre")
+    assert run["events"]["detection"]["hop_s"] == 0.5
+    extent = run["events"]["extent"]["call"]
+    if pooling == "time":  # a window score and a score per time step; events from the stitched steps
+        assert model.output_shape[0] == (None, 1) and model.output_shape[1][2:] == (1, 1)
+        assert extent["rule"] == "frames" and 0 < extent["threshold"] < 1
+    else:
+        assert model.output_shape == (None, 1) and extent["rule"] in ("trim", "centre")
     assert run["calibration"]["method"] == "precision" and run["calibration"]["target"] == 0.9
     assert set(run["metrics"]["float"]["call"]) >= {"roc_auc", "pr_auc", "precision", "recall", "f1"}
     calibration = np.load(out / "calibration.npy")

@@ -206,9 +206,9 @@ class ModelSection(Section):
         doc="Inside the model: 'band_mean' subtracts each mel band's mean over the window (gain and steady background), 'none' feeds raw dB",
     )
     pooling: str = setting(
-        "max",
+        "time",
         choices=("max", "avg", "time"),
-        doc="Global pooling over time and frequency: 'max' (a short call anywhere in the window) or 'avg'; 'time': max over frequency only, the output layer weighs each time step (it knows whether a call fills the window or only clips its edge)",
+        doc="'time': max over frequency only, a score per time step (0.32 s with the default features) besides the window score (a second int8 output); events come from the steps stitched across hops (model.json extent rule 'frames'), so calls a second apart are separate events at their own times. 'max' or 'avg': global pooling over time and frequency, one window score; events from the windows that fire (extent rule 'trim' or 'centre')",
     )
     stem_stride: int = setting(
         2,
