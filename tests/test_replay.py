@@ -262,3 +262,40 @@ def test_replay_of_real_soundscapes(tone_bundle, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "2 files, 0.100 h of audio" in result.stderr
     assert len(list(csv.reader((tmp_path / "c.csv").open()))) == 3
+
+
+def test_the_shipped_config_replays_a_bundle_without_frames_by_the_window_rule(
+    tone_bundle, tone_frames_bundle, tmp_path
+):
+    """config.yaml trains frame heads (train.model.pooling: time), but a bundle of window scores
+    only (pooling: max or avg, or made before the frame output) keeps its window rule; a frames
+    bundle gets the frames rule. Both through the shipped config.yaml, only the model replaced."""
+    import yaml
+
+    shipped = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert shipped["train"]["model"]["pooling"] == "time"
+    audio = tmp_path / "tones.wav"
+    soundfile.write(audio, tones_signal(20.0), SR)
+    events = {}
+    for name, bundle in (("window", tone_bundle), ("frames", tone_frames_bundle)):
+        folder = tmp_path / name
+        folder.mkdir()
+        values = yaml.safe_load((REPO / "config.yaml").read_text())
+        values["detection"]["model"] = str(bundle)
+        values["service"]["state_dir"] = str(folder / "state")
+        config = folder / "config.yaml"
+        config.write_text(yaml.safe_dump(values))
+        result = device(
+            "--config", str(config), "--replay", str(audio), "--events-jsonl", "-", cwd=folder
+        )
+        assert result.returncode == 0, result.stderr
+        events[name] = events_of(result.stdout)
+    assert "frames" not in json.loads((tone_bundle.parent / "model.json").read_text())
+    for rule, found in events.items():
+        assert len(found) == len(TONES), (rule, found)
+        for event, (start, length) in zip(found, TONES):
+            assert start - 1.0 <= event["start_s"] <= start + 0.5, (rule, event)
+            assert start + length - 0.5 <= event["end_s"] <= start + length + 1.0, (rule, event)
+    # The window rule (no recorded extent: the centre rule) places events on the hop grid, the
+    # centre hop of each firing window; the frames rule on the 0.1 s cells.
+    assert all(round(e["start_s"] * 4) == e["start_s"] * 4 for e in events["window"])
