@@ -58,40 +58,62 @@ def fine_tune(
 ) -> None:
     """Train ``model`` in place for ``epochs`` epochs at a constant ``learning_rate``: each the
     run's own training windows, freshly drawn, plus pseudo-labelled site windows drawn with
-    replacement (``pseudo_share`` of the epoch), all augmented as training augments."""
+    replacement (``pseudo_share`` of the epoch), all augmented as training augments.
+
+    A model with a frame output (``pooling: time``) trains both outputs, as training does: the
+    run's windows with their frame targets, a pseudo-labelled call as a call somewhere in its
+    window (the frame loss takes its best step), pseudo-labelled background as no call at any
+    step."""
     import keras
 
     from train.augment import augment
+    from train.fit import frame_loss
     from train.frontend import window_inputs
+    from train.model import has_frames, step_frames
+    from train.windows import SOMEWHERE
 
     cfg = config.train
     params = sampler.params
     rows, pseudo_y = pseudo.indices, pseudo.y
+    bce = keras.losses.BinaryCrossentropy(from_logits=True)
+    frames = has_frames(model)
+    steps = int(model.output_shape[1][1]) if frames else 0
+    per_step = step_frames(
+        frames=sampler.frames,
+        n_mels=params.n_mels,
+        filters=list(cfg.model.filters),
+        stem_stride=cfg.model.stem_stride,
+    )
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+        optimizer=keras.optimizers.Adam(learning_rate), loss=[bce, frame_loss] if frames else bce
     )
     augment_params = cfg.augment
     for epoch in range(1, epochs + 1):
         rng = np.random.default_rng([cfg.seed, 17, round_, epoch])
-        x, y = sampler.epoch(rng)
+        # The same draw either way (WindowSampler.epoch_with_frames).
+        x, y, f = sampler.epoch_with_frames(rng, steps=steps, step_frames=per_step)
         n = round(pseudo_share / (1 - pseudo_share) * len(x))
         pick = rng.integers(len(rows), size=n)
         x = np.concatenate([x, site.training_crops(rows[pick], rng)])
         y = np.concatenate([y, pseudo_y[pick]])
+        pseudo_f = np.where(pseudo_y[pick][:, None, :] > 0, SOMEWHERE, 0.0).astype(np.float32)
+        f = np.concatenate([f, np.repeat(pseudo_f, steps, axis=1)])
+        n_labels = y.shape[1]
         order = rng.permutation(len(x))
+        # Frame targets ride along as extra label columns, as in train.fit.
         x, y = augment(
             x[order],
-            y[order],
+            np.concatenate([y, f.reshape(len(y), -1)], axis=1)[order],
             params=augment_params,
             rng=rng,
             floor=sampler.floor,
             backgrounds=sampler.mixing_windows,
             frame_rate=params.frame_rate,
         )
+        y, f = y[:, :n_labels], y[:, n_labels:].reshape(len(y), steps, 1, n_labels)
         fitted = model.fit(
             window_inputs(x, params)[..., None],
-            y,
+            [y, f] if frames else y,
             batch_size=cfg.batch_size,
             epochs=1,
             shuffle=False,
@@ -101,3 +123,4 @@ def fine_tune(
             f"round {round_} epoch {epoch}/{epochs}  windows {len(y)} ({n} pseudo-labelled)  "
             f"loss {float(fitted.history['loss'][-1]):.4f}"
         )
+    model.compile(loss=bce)  # a plain loss in the saved config, as train.fit leaves it
