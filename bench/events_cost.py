@@ -16,7 +16,7 @@ from bench import preamble
 
 NAME = "events_cost"
 REPO = Path(__file__).resolve().parents[1]
-RUNS = [REPO / "runs/demo", REPO / "runs/demo_frames", REPO / "runs/capuchin"]
+RUNS = [REPO / "runs/demo_max", REPO / "runs/demo", REPO / "runs/capuchin"]
 HOP_S = 0.5
 
 
@@ -26,9 +26,9 @@ def run() -> str:
         "",
         preamble(NAME),
         "CPU seconds per hour of audio, `bench.daemon`'s in-process worker (10 min of audio fed "
-        f"in {HOP_S} s pieces, hop {HOP_S} s), one core, best of 7. Bundles: `runs/demo` "
-        "(`bash scripts/demo`), `runs/demo_frames` (examples/demo_frames.yaml), `runs/capuchin` "
-        "(examples/capuchin.yaml).",
+        f"in {HOP_S} s pieces, hop {HOP_S} s), one core, best of 7. Bundles: `runs/demo_max` "
+        "(config.yaml with `train.model.pooling: max`), `runs/demo` (`bash scripts/demo`: config.yaml, "
+        "`pooling: time`), `runs/capuchin` (examples/capuchin.yaml).",
         "",
     ]
     return "\n".join(lines + cost_rows(RUNS, repo=REPO, hop_s=HOP_S))
