@@ -22,6 +22,7 @@ import math
 import re
 import signal
 import sys
+import threading
 import time
 from collections import OrderedDict
 from typing import Any, TextIO
@@ -140,11 +141,6 @@ class Monitor:
         self.line(device, "open" if data.get("state") == "open" else "event", format_event(data))
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM ends the monitor the way Ctrl-C does."""
-    raise KeyboardInterrupt
-
-
 def run_monitor(cfg: Config, *, out: TextIO | None = None) -> int:
     """Subscribe and print until interrupted. Returns the exit status (0; 2 for bad settings)."""
     out = sys.stdout if out is None else out
@@ -181,12 +177,17 @@ def run_monitor(cfg: Config, *, out: TextIO | None = None) -> int:
     client.on_message = lambda c, u, msg: monitor.on_message(msg.topic, msg.payload)
     client.reconnect_delay_set(*mqtt_cfg.reconnect_s)  # type: ignore[arg-type]  # paho stubs say int; it waits float seconds
     logging.getLogger("paho").setLevel(logging.WARNING)
-    signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C and SIGTERM only set a flag: paho's network thread may hold its locks at the
+    # moment a signal lands, so the client is stopped from here, never from the handler.
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, frame: stop.set())
     client.connect_async(mqtt_cfg.host, mqtt_cfg.port, keepalive=mqtt_cfg.keepalive_s)
+    client.loop_start()  # connects, retries and reconnects in paho's thread
     try:
-        client.loop_forever(retry_first_connection=True)
-    except KeyboardInterrupt:
-        pass
+        while not stop.wait(0.5):
+            pass
     finally:
         client.disconnect()
+        client.loop_stop()
     return 0

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from broker import Broker, Subscriber, make_ca, sample_event
+from broker import Broker, Subscriber, free_port, make_ca, sample_event
 from faults import fill, tmpfs
 
 from device.config import ConfigError, validate
@@ -553,7 +553,27 @@ def test_monitor_lines_drop_repeated_event_ids():
     ]
 
 
-def test_monitor_command_shows_every_device(broker, tmp_path):
+def test_monitor_with_no_broker_says_so_once_and_ends_on_ctrl_c(tmp_path):
+    import yaml
+
+    config = tmp_path / "monitor.yaml"
+    config.write_text(yaml.safe_dump({"mqtt": {"host": "127.0.0.1", "port": free_port(),
+                                               "reconnect_s": [0.1, 0.2]}}))
+    proc = subprocess.Popen([sys.executable, "-m", "device", "--monitor", "--config", str(config)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()
+        assert first.startswith("monitor: ") and "retrying" in first, first
+        time.sleep(1.0)  # several retries at 0.1-0.2 s: still one line
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    rest = proc.stderr.read()
+    assert rest == "", rest  # no repeat of the reason, no traceback
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_monitor_command_shows_every_device(broker, tmp_path, stop):
     import yaml
 
     config = tmp_path / "monitor.yaml"
@@ -576,7 +596,7 @@ def test_monitor_command_shows_every_device(broker, tmp_path):
         for sink in sinks:
             sink.close()
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         assert proc.wait(10) == 0
     seen = {tuple(line.split()[1:3]) for line in lines}
     assert {("dev1", "online"), ("dev2", "online"), ("dev1", "event"), ("dev2", "event")} <= seen
