@@ -1,0 +1,153 @@
+"""Levers for a new site (issue 17), one at a time, on the two Bobwhite sites at three seeds.
+
+Each lever is ``examples/bobwhite.yaml`` with ONE change, trained once per seed (1234, 7, 42)
+and per direction (test split WLFW_AL, then DiLane; ``train.split.test_groups``, so each model is
+that direction's leave-one-site-out fold, cross-validation and ``final`` off), and scored as the
+run scores its test split: clip ROC-AUC, a clip's score the max over its windows (every 0.5 s).
+Every configuration pins ``train.model.pooling`` (``max`` unless the lever is the pooling), so the
+figures do not move when the example's own pooling does. The example's row reuses the base runs
+of the ``adapt_sites`` bench (``runs/adapt-bench/base-<site>-<seed>``: the same model, pooling
+max); the levers' runs live in ``runs/site-levers/<lever>-<site>-<seed>``. Runs are made when
+missing (one ``python -m train`` at a time, 4-9 minutes each on the shared 2-core machine) and
+reused when present; with ``SITE_LEVERS_NO_TRAIN=1`` nothing is trained and a missing run reads
+"-". A lever beats the noise only if its mean moves by more than the spread between seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import adapt_sites, preamble
+
+NAME = "site_levers"
+RUNS = adapt_sites.REPO / "runs" / "site-levers"
+SEEDS = adapt_sites.SEEDS
+SITES = ("WLFW_AL", "DiLane")
+POOLING = {"train.model.pooling": "max"}
+"""What every lever's config pins unless the lever changes it."""
+
+
+@dataclass(frozen=True)
+class Lever:
+    """One configuration: the example with ``changes`` (dotted keys) applied."""
+
+    key: str
+    """Run-name prefix: runs/site-levers/<key>-<site>-<seed>."""
+    title: str
+    """How the table names it."""
+    changes: dict[str, object] = field(default_factory=dict)
+
+
+EXAMPLE = Lever("example", "the example (log-mel, band mean, pooling max)")
+LEVERS = (
+    Lever(
+        "time", "`train.model.pooling: time` (frame-level head)", {"train.model.pooling": "time"}
+    ),
+    Lever("eq6", "colouring `train.augment.eq_db: 6`", {"train.augment.eq_db": 6.0}),
+    Lever(
+        "snr-5",
+        "wider SNR `train.augment.snr_db: [-5, 20]`",
+        {"train.augment.snr_db": [-5.0, 20.0]},
+    ),
+)
+ORDER = (
+    ("time", SEEDS),
+    ("eq6", (1234, 42)),
+    ("snr-5", (1234, 42)),
+    ("eq6", (7,)),
+    ("snr-5", (7,)),
+)
+"""Training order when runs are missing: the brief's priorities (most wanted first)."""
+
+
+def _roc_auc(run: Path) -> float | None:
+    metrics = run / "metrics.json"
+    if not metrics.is_file():
+        return None
+    value = json.loads(metrics.read_text())["metrics"]["clip"]["bobwhite"]["roc_auc"]
+    return float(value)
+
+
+def _train(lever: Lever, site: str, seed: int) -> None:
+    run = RUNS / f"{lever.key}-{site}-{seed}"
+    if _roc_auc(run) is not None or os.environ.get("SITE_LEVERS_NO_TRAIN") == "1":
+        return
+    name = run.name
+    config = adapt_sites.bobwhite_config(
+        site, seed, name=name, folder=RUNS, changes={**POOLING, **lever.changes}
+    )
+    adapt_sites.train_run(config, run)
+
+
+def _example(site: str, seed: int) -> float | None:
+    if os.environ.get("SITE_LEVERS_NO_TRAIN") == "1":
+        return _roc_auc(adapt_sites.RUNS / f"base-{site}-{seed}")
+    return adapt_sites.base_roc_auc(site, seed)
+
+
+def _stats(values: list[float | None]) -> str:
+    done = [v for v in values if v is not None]
+    if len(done) > 1:
+        return f"{statistics.mean(done):.3f} ± {statistics.stdev(done):.3f}"
+    return f"{done[0]:.3f} (1 seed)" if done else "-"
+
+
+def _delta(values: list[float | None], example: list[float | None]) -> str:
+    """Mean over the seeds both have of lever minus example, and the per-seed differences."""
+    pairs = [(v, e) for v, e in zip(values, example) if v is not None and e is not None]
+    if not pairs:
+        return "-"
+    each = ", ".join(f"{v - e:+.3f}" for v, e in pairs)
+    return f"{statistics.mean(v - e for v, e in pairs):+.3f} ({each})"
+
+
+def table() -> list[str]:
+    """The figures, training whatever is missing first (in :data:`ORDER`)."""
+    levers = {lever.key: lever for lever in LEVERS}
+    for key, seeds in ORDER:
+        for seed in seeds:
+            for site in SITES:
+                if _example(site, seed) is not None:
+                    _train(levers[key], site, seed)
+    example = {site: [_example(site, s) for s in SEEDS] for site in SITES}
+    rows = [
+        "| configuration | held out | seed 1234 | seed 7 | seed 42 | mean ± sd | minus the example: mean (per seed) |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for lever in (EXAMPLE, *LEVERS):
+        for site in SITES:
+            if lever is EXAMPLE:
+                values = example[site]
+            else:
+                values = [_roc_auc(RUNS / f"{lever.key}-{site}-{s}") for s in SEEDS]
+            cells = " | ".join("-" if v is None else f"{v:.3f}" for v in values)
+            delta = "" if lever is EXAMPLE else _delta(values, example[site])
+            rows.append(f"| {lever.title} | {site} | {cells} | {_stats(values)} | {delta} |")
+    return rows
+
+
+def run() -> str:
+    lines = [
+        "## Levers for a new site, one at a time, three seeds (issue 17)",
+        "",
+        preamble(NAME),
+        __doc__.split("\n\n")[1],
+        "",
+    ]
+    if not adapt_sites.DATA.is_dir():
+        return "\n".join(lines + ["Skipped: ../shared/data is not present."]) + "\n"
+    RUNS.mkdir(parents=True, exist_ok=True)
+    commands = [
+        "Commands (per lever, site and seed; `bench.adapt_sites.bobwhite_config` writes the configs):",
+        "",
+        "```",
+        "python -m train --config runs/site-levers/<lever>-<site>-<seed>.yaml --data-root ../shared/data "
+        "--out runs/site-levers/<lever>-<site>-<seed>",
+        "SITE_LEVERS_NO_TRAIN=1 python -m bench --only site_levers --write   # the table from existing runs only",
+        "```",
+    ]
+    return "\n".join(lines + table() + [""] + commands) + "\n"

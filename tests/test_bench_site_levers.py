@@ -1,0 +1,61 @@
+"""The Bobwhite per-site benches write valid configs with one change, and tabulate existing runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import adapt_sites, site_levers
+from device.config.loader import load_config
+
+
+def test_bobwhite_config_holds_out_one_site_and_applies_the_change(tmp_path: Path) -> None:
+    path = adapt_sites.bobwhite_config(
+        "DiLane",
+        7,
+        name="eq-DiLane-7",
+        folder=tmp_path,
+        changes={"train.augment.eq_db": 6.0, "train.model.pooling": "time"},
+    )
+    train = load_config(path).train
+    assert path == tmp_path / "eq-DiLane-7.yaml"
+    assert train.split.test_groups == ["DiLane"]
+    assert not train.split.leave_one_group_out and not train.split.final
+    assert (train.name, train.seed) == ("eq-DiLane-7", 7)
+    assert train.augment.eq_db == 6.0 and train.model.pooling == "time"
+    assert train.model.filters == [16, 48, 64, 96]  # the rest is the example's
+
+
+def test_bobwhite_config_without_changes_is_the_example_held_out(tmp_path: Path) -> None:
+    train = load_config(adapt_sites.bobwhite_config("WLFW_AL", 42, name="b", folder=tmp_path)).train
+    example = load_config(adapt_sites.REPO / "examples" / "bobwhite.yaml").train
+    assert train.split.test_groups == ["WLFW_AL"] and train.seed == 42
+    assert train.augment == example.augment and train.model == example.model
+
+
+def _metrics(run: Path, roc_auc: float) -> None:
+    run.mkdir(parents=True)
+    clip = {"bobwhite": {"roc_auc": roc_auc}}
+    (run / "metrics.json").write_text(json.dumps({"metrics": {"clip": clip}}))
+
+
+def test_table_reads_existing_runs_and_trains_nothing_when_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(adapt_sites, "RUNS", tmp_path / "adapt")
+    monkeypatch.setattr(site_levers, "RUNS", tmp_path / "levers")
+    monkeypatch.setenv("SITE_LEVERS_NO_TRAIN", "1")
+    for seed, value in zip(site_levers.SEEDS, (0.90, 0.92, 0.94)):
+        _metrics(tmp_path / "adapt" / f"base-DiLane-{seed}", value)
+    _metrics(tmp_path / "levers" / "time-DiLane-1234", 0.95)
+    _metrics(tmp_path / "levers" / "time-DiLane-42", 0.93)
+    rows = site_levers.table()
+    example = next(r for r in rows if r.startswith("| the example") and "| DiLane |" in r)
+    assert "| 0.900 | 0.920 | 0.940 | 0.920 ± 0.020 |" in example
+    time = next(r for r in rows if "pooling: time" in r and "| DiLane |" in r)
+    assert "| 0.950 | - | 0.930 | 0.940 ± 0.014 | +0.020 (+0.050, -0.010) |" in time
+    eq = next(r for r in rows if "eq_db" in r and "| WLFW_AL |" in r)
+    assert "| - | - | - | - |" in eq
+    assert not list((tmp_path / "levers").glob("*.yaml"))  # nothing was trained
