@@ -7,7 +7,7 @@ run scores its test split: clip ROC-AUC, a clip's score the max over its windows
 Every configuration pins ``train.model.pooling`` (``max`` unless the lever is the pooling), so the
 figures do not move when the example's own pooling does. The example's row reuses the base runs
 of the ``adapt_sites`` bench (``runs/adapt-bench/base-<site>-<seed>``: the same model, pooling
-max); the levers' runs live in ``runs/site-levers/<lever>-<site>-<seed>``. Runs are made when
+max, made when missing); the levers' runs live in ``runs/site-levers/<lever>-<site>-<seed>``. Runs are made when
 missing (one ``python -m train`` at a time, 4-9 minutes each on the shared 2-core machine) and
 reused when present; with ``SITE_LEVERS_NO_TRAIN=1`` nothing is trained and a missing run reads
 "-". A lever beats the noise only if its mean moves by more than the spread between seeds.
