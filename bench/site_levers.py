@@ -53,6 +53,11 @@ LEVERS = (
         "wider SNR `train.augment.snr_db: [-5, 20]`",
         {"train.augment.snr_db": [-5.0, 20.0]},
     ),
+    Lever(
+        "reverb-snr",
+        "reverberation `reverb_p: 0.5` + wider SNR `snr_db: [-5, 20]` (the two best on DiLane)",
+        {"train.augment.reverb_p": 0.5, "train.augment.snr_db": [-5.0, 20.0]},
+    ),
 )
 ORDER = (
     ("time", SEEDS),
@@ -60,6 +65,7 @@ ORDER = (
     ("snr-5", (1234, 42)),
     ("eq6", (7,)),
     ("snr-5", (7,)),
+    ("reverb-snr", SEEDS),
 )
 """Training order when runs are missing: the brief's priorities (most wanted first)."""
 
