@@ -53,7 +53,7 @@ def test_synth_is_deterministic_and_matches_config_yaml(tmp_path):
 def test_train_writes_the_run_folder_contract(tmp_path, pooling):
     """The default (``pooling: time``) has a frame output and ships the frames rule; ``max`` is
     the window rule's model (window scores only, extent by calibrated trims), kept for bundles
-    without frames."""
+    without frames (and examples/bobwhite.yaml)."""
     import keras
 
     from train.core import train_run
