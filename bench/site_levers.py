@@ -29,6 +29,9 @@ SEEDS = adapt_sites.SEEDS
 SITES = ("WLFW_AL", "DiLane")
 POOLING = {"train.model.pooling": "max"}
 """What every lever's config pins unless the lever changes it."""
+RAINFOREST_RATE = "train.datasets.2.negatives_per_minute"
+"""The example's third dataset, the Capuchinbird soundscapes: negatives (other birds, insects,
+rain) drawn per minute of audio."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,11 @@ LEVERS = (
         "reverberation `reverb_p: 0.5` + wider SNR `snr_db: [-5, 20]` (the two best on DiLane)",
         {"train.augment.reverb_p": 0.5, "train.augment.snr_db": [-5.0, 20.0]},
     ),
+    Lever(
+        "neg6",
+        "three times the rainforest negatives (`negatives_per_minute: 6` on capuchin/recordings)",
+        {RAINFOREST_RATE: 6.0},
+    ),
 )
 ORDER = (
     ("time", SEEDS),
@@ -66,6 +74,7 @@ ORDER = (
     ("eq6", (7,)),
     ("snr-5", (7,)),
     ("reverb-snr", SEEDS),
+    ("neg6", SEEDS),
 )
 """Training order when runs are missing: the brief's priorities (most wanted first)."""
 

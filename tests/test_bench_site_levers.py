@@ -59,3 +59,13 @@ def test_table_reads_existing_runs_and_trains_nothing_when_told(
     eq = next(r for r in rows if "eq_db" in r and "| WLFW_AL |" in r)
     assert "| - | - | - | - |" in eq
     assert not list((tmp_path / "levers").glob("*.yaml"))  # nothing was trained
+
+
+def test_a_number_in_a_dotted_key_picks_a_dataset(tmp_path: Path) -> None:
+    path = adapt_sites.bobwhite_config(
+        "DiLane", 7, name="neg", folder=tmp_path, changes={site_levers.RAINFOREST_RATE: 6.0}
+    )
+    datasets = load_config(path).train.datasets
+    rainforest = [d for d in datasets if d.path == "capuchin/recordings"]
+    assert [d.negatives_per_minute for d in rainforest] == [6.0]
+    assert [d.negatives_per_minute for d in datasets if d.path == "noise"] == [None]

@@ -295,6 +295,29 @@ def test_teacher_is_one_more_view_and_its_mistakes_are_one_line(tmp_path):
             load_teacher(spec)
 
 
+def test_teacher_counts_by_its_ranking_on_the_students_scale():
+    from train.adapt_select import agreement
+    from train.adapt_teacher import on_student_scale
+
+    # A general model's probabilities are tiny for this species but rank the windows: window 2
+    # first, then 0, then 3, then 1. The student's three views run from 0.1 to 0.9.
+    teacher = np.array([[0.010], [0.0001], [0.020], [0.001]])
+    views = np.array(
+        [[[0.2], [0.9], [0.8], [0.1]], [[0.3], [0.8], [0.9], [0.1]], [[0.2], [0.9], [0.8], [0.2]]]
+    )
+    mapped = on_student_scale(teacher, views)
+    assert np.argsort(mapped[:, 0]).tolist() == [1, 3, 0, 2]  # the teacher's order
+    assert views.min() <= mapped.min() and mapped.max() <= views.max()  # the student's range
+    low, high = agreement(np.concatenate([views, mapped[None]]))
+    # Window 1 scores high for the student but the teacher ranks it last: vetoed as a call.
+    assert low[1, 0] == mapped[1, 0] < 0.3 and low[2, 0] >= 0.8
+    # Raw, the teacher would have vetoed every call (all its scores are under 0.03).
+    assert agreement(np.concatenate([views, teacher[None]]))[0].max() <= 0.02
+    # A teacher that scores every window alike says nothing: every window gets the median.
+    flat = on_student_scale(np.zeros((4, 1)), views)
+    assert np.allclose(flat, np.median(views))
+
+
 def test_command_line_rejects_a_teacher_it_cannot_load(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -36,7 +36,7 @@ from device.config import ConfigError, load_config
 from device.runrecord import RunRecord, RunRecordError
 from train.adapt_select import SelectionParams, agreement, select_pseudo_labels
 from train.adapt_site import read_site
-from train.adapt_teacher import Teacher, TeacherError, teacher_view
+from train.adapt_teacher import Teacher, TeacherError, on_student_scale, teacher_view
 from train.adapt_tune import fine_tune, validation_check
 from train.windows import WindowSet
 
@@ -239,7 +239,7 @@ def adapt_run(
     teacher_scores = None
     if teacher is not None:  # one more view, fixed across rounds (train.adapt_teacher)
         try:
-            teacher_scores = teacher_view(teacher, site, labels)[None]
+            teacher_scores = teacher_view(teacher, site, labels)
         except TeacherError as exc:
             raise AdaptError(str(exc)) from None
         log(f"teacher {getattr(teacher, '__name__', teacher)}: scored {len(site)} windows")
@@ -249,9 +249,9 @@ def adapt_run(
     learning_rate = cfg.learning_rate * settings.learning_rate_scale
     for round_ in range(1, settings.rounds + 1):
         views = site.score_views(predict)
-        low, high = agreement(
-            views if teacher_scores is None else np.concatenate([views, teacher_scores])
-        )
+        if teacher_scores is not None:  # the teacher's ranking on this round's student scale
+            views = np.concatenate([views, on_student_scale(teacher_scores, views)[None]])
+        low, high = agreement(views)
         pseudo = select_pseudo_labels(
             low=low,
             high=high,

@@ -4,7 +4,15 @@ A model that already knows the species (BirdNET through a package the user insta
 licence is non-commercial, so callwatch never depends on it or ships it) can vouch for, or veto,
 the student's pseudo-labels: its score of a window is stacked with the student's views
 (:func:`train.adapt_select.agreement`), so a pseudo-call must score high for the teacher too, and
-site background low for it too. The teacher is named as ``MODULE:FUNCTION`` (an importable
+site background low for it too.
+
+What counts is the teacher's *ranking* of the site's windows, not its scale
+(:func:`on_student_scale`): each teacher score is replaced by the student's score at the same
+quantile of the site, so the teacher ranks a window as high as the student must. A general model
+scores a species' calls on its own scale (BirdNET v2.4 gives the Bobwhite covey-call clips a median
+probability of 0.01, their absences 0.0003), and stacked raw it would veto every call. The
+student's calibrated threshold still guards the positives: a window the teacher ranks first is a
+candidate only where the student's own score at that rank clears the threshold. The teacher is named as ``MODULE:FUNCTION`` (an importable
 module) or ``path/to/file.py:FUNCTION``, and called once per file::
 
     def teacher(path: pathlib.Path, starts_s: numpy.ndarray, window_s: float, labels: list[str]) -> numpy.ndarray:
@@ -76,3 +84,21 @@ def teacher_view(teacher: Teacher, site: SiteWindows, labels: list[str]) -> np.n
             )
         out[rows] = scores
     return out
+
+
+def on_student_scale(teacher: np.ndarray, views: np.ndarray) -> np.ndarray:
+    """The teacher's scores (N, n_labels) mapped onto the student's views (V, N, n_labels) by
+    quantile: the window the teacher ranks at quantile q of the site gets the student's score at
+    quantile q (over all views' scores of that label). Ties share their mean rank, so a teacher
+    that scores every window alike maps every window to the student's median."""
+    teacher = np.asarray(teacher, np.float64)
+    n = teacher.shape[0]
+    mapped = np.empty_like(teacher)
+    for i in range(teacher.shape[1]):
+        column = teacher[:, i]
+        order = np.sort(column)
+        below = np.searchsorted(order, column, side="left")
+        ties = np.searchsorted(order, column, side="right") - below
+        quantile = (below + 0.5 * ties) / n
+        mapped[:, i] = np.quantile(np.asarray(views, np.float64)[:, :, i].ravel(), quantile)
+    return mapped
