@@ -1,6 +1,6 @@
 """Models and audio for the benches (not a benchmark itself): the example runs' bundles, an
-untrained model of the default architecture converted to int8, the tests' tone model, and
-seeded test audio."""
+untrained window-score model (``pooling: max``) of train/model.py's architecture converted to
+int8, the tests' tone model, and seeded test audio."""
 
 from __future__ import annotations
 
@@ -33,6 +33,31 @@ def trained_bundles() -> dict[str, Path]:
         try:
             load_bundle(path)
             found[name] = path
+        except BundleError:
+            continue
+    return found
+
+
+DEVICE_BUNDLES = {
+    "demo": "frame head, the default (`bash scripts/demo`: config.yaml, `pooling: time`)",
+    "demo_max": "window rule (config.yaml with `train.model.pooling: max`)",
+    "capuchin": "frame head (examples/capuchin.yaml)",
+}
+"""The bundles a user has today, ``runs/NAME`` -> what it is: the default frame head, the
+window-rule model of the same config beside it (to show what the frame head costs), and the
+Capuchinbird example."""
+
+
+def device_bundles() -> dict[str, Path]:
+    """``runs/NAME`` -> its model.tflite, for the :data:`DEVICE_BUNDLES` that load, in order."""
+    from device.bundle import BundleError, load_bundle
+
+    found = {}
+    for name in DEVICE_BUNDLES:
+        path = REPO / "runs" / name / "model.tflite"
+        try:
+            load_bundle(path)
+            found[f"runs/{name}"] = path
         except BundleError:
             continue
     return found
