@@ -219,7 +219,7 @@ def run() -> str:
         models = {f"`{name}`": path for name, path in device_bundles().items()}
         if models:
             model_note = "trained bundles " + "; ".join(
-                f"{name} ({DEVICE_BUNDLES[name[6:-1]]})" for name in models
+                f"{name}, {DEVICE_BUNDLES[name[6:-1]]}" for name in models
             )
         else:
             models = {"untrained window-score model": architecture_bundle(tmp / "architecture")}
