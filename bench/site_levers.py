@@ -66,6 +66,7 @@ LEVERS = (
         "three times the rainforest negatives (`negatives_per_minute: 6` on capuchin/recordings)",
         {RAINFOREST_RATE: 6.0},
     ),
+    Lever("mixup", "mixup `train.augment.mixup_alpha: 0.4`", {"train.augment.mixup_alpha": 0.4}),
 )
 ORDER = (
     ("time", SEEDS),
@@ -75,6 +76,7 @@ ORDER = (
     ("snr-5", (7,)),
     ("reverb-snr", SEEDS),
     ("neg6", SEEDS),
+    ("mixup", SEEDS),
 )
 """Training order when runs are missing: the brief's priorities (most wanted first)."""
 

@@ -313,9 +313,12 @@ def test_teacher_counts_by_its_ranking_on_the_students_scale():
     assert low[1, 0] == mapped[1, 0] < 0.3 and low[2, 0] >= 0.8
     # Raw, the teacher would have vetoed every call (all its scores are under 0.03).
     assert agreement(np.concatenate([views, teacher[None]]))[0].max() <= 0.02
-    # A teacher that scores every window alike says nothing: every window gets the median.
+    # A teacher that scores every window alike ranks none above another: every window gets the
+    # student's lowest score, so every call is vetoed and background is left to the student.
     flat = on_student_scale(np.zeros((4, 1)), views)
-    assert np.allclose(flat, np.median(views))
+    assert np.allclose(flat, np.quantile(views, 0.5 / 4))
+    low, high = agreement(np.concatenate([views, flat[None]]))
+    assert low.max() <= 0.15 and np.array_equal(high, views.max(axis=0))
 
 
 def test_command_line_rejects_a_teacher_it_cannot_load(tmp_path):

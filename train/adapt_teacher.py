@@ -89,16 +89,16 @@ def teacher_view(teacher: Teacher, site: SiteWindows, labels: list[str]) -> np.n
 def on_student_scale(teacher: np.ndarray, views: np.ndarray) -> np.ndarray:
     """The teacher's scores (N, n_labels) mapped onto the student's views (V, N, n_labels) by
     quantile: the window the teacher ranks at quantile q of the site gets the student's score at
-    quantile q (over all views' scores of that label). Ties share their mean rank, so a teacher
-    that scores every window alike maps every window to the student's median."""
+    quantile q (over all views' scores of that label). Tied windows all take the tie's lowest
+    rank: a window the teacher does not rank above others is not high for it, so a teacher that
+    scores every window alike (one that hears nothing) vetoes every pseudo-call, and the windows
+    it floors (BirdNET's logits clipped at -15) all sit at the bottom."""
     teacher = np.asarray(teacher, np.float64)
     n = teacher.shape[0]
     mapped = np.empty_like(teacher)
     for i in range(teacher.shape[1]):
         column = teacher[:, i]
         order = np.sort(column)
-        below = np.searchsorted(order, column, side="left")
-        ties = np.searchsorted(order, column, side="right") - below
-        quantile = (below + 0.5 * ties) / n
+        quantile = (np.searchsorted(order, column, side="left") + 0.5) / n
         mapped[:, i] = np.quantile(np.asarray(views, np.float64)[:, :, i].ravel(), quantile)
     return mapped
