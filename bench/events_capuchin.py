@@ -86,12 +86,11 @@ def fold_chunks(fold: Path, detection, recordings: dict, features: dict):
     import numpy as np
 
     from device.features import FeatureParams
-    from device.frames import FrameLayout, cell_frames_for
     from train.cache import recording_features
     from train.core import calibrate_events
     from train.evaluate import label_events, timeline_scores
     from train.fit import predict_both
-    from train.model import has_frames
+    from train.model import frame_layout, has_frames
     from train.windows import window_labels
 
     run = json.loads((fold / "run.json").read_text())
@@ -106,14 +105,7 @@ def fold_chunks(fold: Path, detection, recordings: dict, features: dict):
             run.get("frames", {}).get("step_frames")
             or feature_params.window_frames(window_s) // model.output_shape[1][1]
         )
-        layout = FrameLayout(
-            steps=int(model.output_shape[1][1]),
-            step_frames=step,
-            frame_s=1 / feature_params.frame_rate,
-            cell_frames=cell_frames_for(
-                hop_frames=round(HOP_S * feature_params.frame_rate), step_frames=step
-            ),
-        )
+        layout = frame_layout(model, params=feature_params, step_frames=step, hop_s=HOP_S)
 
     def timeline(r):
         if r.name not in features:

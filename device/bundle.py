@@ -158,15 +158,16 @@ class Bundle:
     def frame_layout(self, hop_s: float):
         """The :class:`device.frames.FrameLayout` for windows every ``hop_s`` under the frame
         rule; None otherwise."""
-        from device.frames import FrameLayout, cell_frames_for
+        from device.frames import FrameLayout
 
         if not self.frame_rule:
             return None
-        hop_frames = max(1, round(hop_s * self.features.frame_rate))
-        step = int(self.frames["step_frames"])
-        return FrameLayout(steps=int(self.frames["shape"][1]), step_frames=step,
-                           frame_s=1.0 / self.features.frame_rate,
-                           cell_frames=cell_frames_for(hop_frames=hop_frames, step_frames=step))
+        return FrameLayout.at_hop(
+            steps=int(self.frames["shape"][1]),
+            step_frames=int(self.frames["step_frames"]),
+            frame_rate=self.features.frame_rate,
+            hop_s=hop_s,
+        )
 
     def variant_path(self, name: str) -> Path | None:
         """Path of a verified variant (e.g. "edgetpu"), or None when the bundle has none."""

@@ -44,6 +44,20 @@ class FrameLayout:
         """Spectrogram frame (from time 0) at which a window starting at ``start_s`` begins."""
         return round(start_s / self.frame_s)
 
+    @classmethod
+    def at_hop(
+        cls, *, steps: int, step_frames: int, frame_rate: float, hop_s: float
+    ) -> FrameLayout:
+        """The layout for windows every ``hop_s`` seconds, ``frame_rate`` spectrogram frames a
+        second: cells of :func:`cell_frames_for` the hop in frames (at least one frame)."""
+        hop_frames = max(1, round(hop_s * frame_rate))
+        return cls(
+            steps=steps,
+            step_frames=step_frames,
+            frame_s=1.0 / frame_rate,
+            cell_frames=cell_frames_for(hop_frames=hop_frames, step_frames=step_frames),
+        )
+
 
 def cell_frames_for(*, hop_frames: int, step_frames: int) -> int:
     """The largest divisor of the hop (frames) no longer than half a step: every window starts

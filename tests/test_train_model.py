@@ -133,3 +133,26 @@ def test_the_frame_output_converts_to_a_second_int8_output():
     io_ = tensor_io(content)
     assert io_.output_shape == (1, 1) and io_.frames_shape == (1, m.output_shape[1][1], 1, 1)
     assert io_.frames_dtype == "int8" and io_.frames_quantization is not None
+
+
+@pytest.mark.parametrize("stem_stride", [1, 2])
+def test_frame_layout_places_the_frame_output_on_a_grid_of_the_hop(stem_stride):
+    from device.features import FeatureParams
+    from train.model import frame_layout, step_frames
+
+    params = FeatureParams()
+    frames = params.window_frames(3.0)
+    step = step_frames(frames=frames, n_mels=MELS, filters=[16, 24, 32, 48], stem_stride=stem_stride)
+    m = build_model(frames=frames, n_mels=MELS, n_labels=2, filters=[16, 24, 32, 48], dropout=0.2,
+                    pooling="time", stem_stride=stem_stride)
+    layout = frame_layout(m, params=params, step_frames=step, hop_s=0.5)
+    assert layout is not None
+    assert layout.steps == m.output_shape[1][1] and layout.step_frames == step
+    assert layout.frame_s == pytest.approx(1 / params.frame_rate)
+    hop_frames = round(0.5 * params.frame_rate)
+    # every window starts on a cell boundary, and a cell is finer than the steps it stitches
+    assert hop_frames % layout.cell_frames == 0 and layout.cell_frames <= max(1, step // 2)
+    assert layout.first_frame(7 * 0.5) == 7 * hop_frames
+    # a hop shorter than one spectrogram frame still has cells of one frame
+    assert frame_layout(m, params=params, step_frames=step, hop_s=0.1 / params.frame_rate).cell_frames == 1
+    assert frame_layout(model(), params=params, step_frames=step, hop_s=0.5) is None

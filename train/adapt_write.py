@@ -44,11 +44,10 @@ def recalibrate(
     validation split by ``train.calibration`` as training does; the run's own when it has no
     validation split (a final model)."""
     from device.detector import detector_params
-    from device.frames import FrameLayout, cell_frames_for
     from train.core import calibrate_events, calibrate_thresholds
     from train.evaluate import timeline_scores
     from train.fit import predict_both, predict_probabilities
-    from train.model import has_frames, step_frames
+    from train.model import frame_layout, step_frames
 
     cfg = config.train
     labels = list(cfg.labels)
@@ -59,23 +58,15 @@ def recalibrate(
         )
         return dict(run_info.thresholds), run_info.events or None, run_info.calibration or None
     window_s, hop_s = float(cfg.window_s), float(config.detection.hop_s)
-    layout = None
-    if has_frames(model):  # the frames rule and its threshold, as training calibrates them
-        params = prepared.params
-        per_step = step_frames(
-            frames=params.window_frames(window_s),
-            n_mels=params.n_mels,
-            filters=list(cfg.model.filters),
-            stem_stride=cfg.model.stem_stride,
-        )
-        layout = FrameLayout(
-            steps=int(model.output_shape[1][1]),
-            step_frames=per_step,
-            frame_s=1 / params.frame_rate,
-            cell_frames=cell_frames_for(
-                hop_frames=max(1, round(hop_s * params.frame_rate)), step_frames=per_step
-            ),
-        )
+    params = prepared.params
+    per_step = step_frames(
+        frames=params.window_frames(window_s),
+        n_mels=params.n_mels,
+        filters=list(cfg.model.filters),
+        stem_stride=cfg.model.stem_stride,
+    )
+    # the frames rule and its threshold, as training calibrates them
+    layout = frame_layout(model, params=params, step_frames=per_step, hop_s=hop_s)
     timelines = {
         r.name: timeline_scores(
             lambda x: predict_both(model, x),

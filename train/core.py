@@ -27,7 +27,6 @@ import yaml
 from device.config import Config, TrainSection
 from device.detector import detector_params
 from device.fileio import write_atomic
-from device.frames import FrameLayout, cell_frames_for
 from device.names import WORD_CHARS, safe_name
 from device.runrecord import RunRecord
 from train import report
@@ -87,7 +86,7 @@ def train_split(*, config: Config, prepared: Prepared, split: dict[str, str], ou
     keeps the pooled held-out windows as ``test_windows.npz`` (for convert's int8 check)."""
     import keras
 
-    from train.model import build_model, describe, has_frames, step_frames
+    from train.model import build_model, describe, frame_layout, step_frames
 
     cfg = config.train
     labels, params, window_s = list(cfg.labels), prepared.params, cfg.window_s
@@ -133,11 +132,7 @@ def train_split(*, config: Config, prepared: Prepared, split: dict[str, str], ou
     log(describe(model))
     steps_of = step_frames(frames=params.window_frames(window_s), n_mels=params.n_mels,
                            filters=list(cfg.model.filters), stem_stride=cfg.model.stem_stride)
-    layout = None
-    if has_frames(model):
-        hop_frames = max(1, round(hop_s * params.frame_rate))
-        layout = FrameLayout(steps=int(model.output_shape[1][1]), step_frames=steps_of, frame_s=1 / params.frame_rate,
-                             cell_frames=cell_frames_for(hop_frames=hop_frames, step_frames=steps_of))
+    layout = frame_layout(model, params=params, step_frames=steps_of, hop_s=hop_s)
     began = time.monotonic()
     history = fit(model, sampler=sampler, validation=windows["validation"],
                   augment_params=cfg.augment, epochs=cfg.epochs,

@@ -28,6 +28,9 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from device.features import FeatureParams
+from device.frames import FrameLayout
+
 NORMALISATIONS = ("band_mean", "none")
 _BN_MOMENTUM = 0.9
 """Keras' 0.99 needs thousands of steps before the moving statistics that inference uses catch
@@ -116,6 +119,22 @@ def build_model(
 def has_frames(model: keras.Model) -> bool:
     """True when the model has the frame output (a second output, :data:`FRAME_OUTPUT`)."""
     return len(model.outputs) == 2
+
+
+def frame_layout(
+    model: keras.Model, *, params: FeatureParams, step_frames: int, hop_s: float
+) -> FrameLayout | None:
+    """Where ``model``'s frame output lies in time for windows every ``hop_s`` seconds of
+    ``params``' frames, ``step_frames`` spectrogram frames a step (:func:`step_frames` of the
+    model's config, or a run's ``frames.step_frames``); None for a model without it."""
+    if not has_frames(model):
+        return None
+    return FrameLayout.at_hop(
+        steps=int(model.output_shape[1][1]),
+        step_frames=step_frames,
+        frame_rate=params.frame_rate,
+        hop_s=hop_s,
+    )
 
 
 def int8_size_estimate(model: keras.Model) -> int:
