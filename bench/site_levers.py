@@ -67,6 +67,11 @@ LEVERS = (
         {RAINFOREST_RATE: 6.0},
     ),
     Lever("mixup", "mixup `train.augment.mixup_alpha: 0.4`", {"train.augment.mixup_alpha": 0.4}),
+    Lever(
+        "fshift2",
+        "pitch shift `train.augment.freq_shift_bands: 2`",
+        {"train.augment.freq_shift_bands": 2},
+    ),
 )
 ORDER = (
     ("time", SEEDS),
@@ -77,6 +82,7 @@ ORDER = (
     ("reverb-snr", SEEDS),
     ("neg6", SEEDS),
     ("mixup", SEEDS),
+    ("fshift2", SEEDS),
 )
 """Training order when runs are missing: the brief's priorities (most wanted first)."""
 
