@@ -125,9 +125,9 @@ def test_streaming_computes_only_the_frames_each_chunk_completes(monkeypatch):
     computed: list[int] = []
     real = features._frames_to_logmel
 
-    def counting(frames, params):
+    def counting(frames, params, buffers):
         computed.append(frames.shape[0])
-        return real(frames, params)
+        return real(frames, params, buffers)
 
     monkeypatch.setattr(features, "_frames_to_logmel", counting)
     stream = StreamingLogMel(PARAMS)
