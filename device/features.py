@@ -241,7 +241,9 @@ def _frames_to_logmel(
     return mel
 
 
-def pcen_smooth(power: np.ndarray, params: FeatureParams, previous: np.ndarray | None) -> np.ndarray:
+def pcen_smooth(
+    power: np.ndarray, params: FeatureParams, previous: np.ndarray | None
+) -> np.ndarray:
     """Each band's smoothed power M, float32 (n, n_mels), of (n, n_mels) mel power:
     M[t] = (1 - s) M[t - 1] + s E[t], starting from ``previous`` (the smoother after the last
     frame before these), or at E[0] when None (a new stream). Blocks of at most 128 frames, each
@@ -255,9 +257,9 @@ def pcen_smooth(power: np.ndarray, params: FeatureParams, previous: np.ndarray |
         return kernel[:n, :n] @ power + decay[:n] * state
     out = np.empty(power.shape, np.float32)
     for start in range(0, len(power), _BLOCK_FRAMES):
-        block = power[start:start + _BLOCK_FRAMES]
+        block = power[start : start + _BLOCK_FRAMES]
         n = len(block)
-        out[start:start + n] = kernel[:n, :n] @ block + decay[:n] * state
+        out[start : start + n] = kernel[:n, :n] @ block + decay[:n] * state
         state = out[start + n - 1]
     return out
 
@@ -272,14 +274,16 @@ def pcen_from_power(power: np.ndarray, smooth: np.ndarray, params: FeatureParams
         np.sqrt(value, out=value)
     else:
         np.power(value, np.float32(params.pcen_power), out=value)
-    value -= np.float32(params.pcen_bias ** params.pcen_power)
+    value -= np.float32(params.pcen_bias**params.pcen_power)
     return value
 
 
 def pcen_of_logmel(logmel_db: np.ndarray, params: FeatureParams) -> np.ndarray:
     """PCEN (n, n_mels) float32 of a whole recording's log-mel dB frames (as cached by training):
     the same frames :func:`features` gives for the file, up to the dB round trip (~1e-6)."""
-    power = np.power(np.float32(10.0), np.asarray(logmel_db, np.float32) / np.float32(10.0), dtype=np.float32)
+    power = np.power(
+        np.float32(10.0), np.asarray(logmel_db, np.float32) / np.float32(10.0), dtype=np.float32
+    )
     return pcen_from_power(power, pcen_smooth(power, params, None), params)
 
 

@@ -14,7 +14,7 @@ import scipy.signal
 import soundfile
 
 from device.audio import AudioError, audio_info, find_audio_files, load_audio, stream_audio
-from device.resample import Resampler, lowpass_taps
+from device.resample import Resampler, downmix_weights, lowpass_taps
 
 SR = 16000
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -55,6 +55,27 @@ def test_16k_input_passes_through_unchanged(tmp_path):
     x = np.random.default_rng(0).uniform(-0.5, 0.5, SR).astype(np.float32)
     soundfile.write(tmp_path / "a.wav", x, SR, subtype="FLOAT")
     np.testing.assert_array_equal(load_audio(tmp_path / "a.wav", SR), x)
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_16bit_wav_gives_libsndfiles_own_float_samples(tmp_path, channels):
+    """16-bit WAV is read as int16 and scaled in stream_audio: the samples, the downmix and the
+    blocks are bit for bit those of libsndfile's float reading (the straightforward way),
+    full scale included."""
+    rng = np.random.default_rng(2)
+    x = np.clip(rng.standard_normal((3 * 48000, channels)), -1, 1).astype(np.float32)
+    x[:5], x[5:10] = -1.0, 32767 / 32768
+    path = tmp_path / "pcm16.wav"
+    soundfile.write(path, x, 48000, subtype="PCM_16")
+    for rate in (48000, SR):
+        with soundfile.SoundFile(path) as audio:
+            floats = audio.read(dtype="float32", always_2d=True)
+        mono = floats @ downmix_weights(channels) if channels > 1 else floats[:, 0]
+        resampler = Resampler(48000, rate)
+        expected = np.concatenate([resampler.process(mono), resampler.flush()])
+        blocks = list(stream_audio(path, rate, block_s=0.7))
+        assert all(b.dtype == np.float32 for b in blocks)
+        assert np.concatenate(blocks).tobytes() == expected.tobytes()
 
 
 def test_stereo_is_downmixed_by_averaging(tmp_path):
@@ -229,11 +250,18 @@ def test_find_audio_files_recurses_folders_and_keeps_named_files(tmp_path):
         (tmp_path / name).write_bytes(b"")
     named = tmp_path / "elsewhere.xyz"
     found = find_audio_files([tmp_path / "b", named, tmp_path / "a.mp3"])
-    assert found == [tmp_path / "b/1.flac", tmp_path / "b/2.WAV", tmp_path / "b/c.ogg", named,
-                     tmp_path / "a.mp3"]
+    assert found == [
+        tmp_path / "b/1.flac",
+        tmp_path / "b/2.WAV",
+        tmp_path / "b/c.ogg",
+        named,
+        tmp_path / "a.mp3",
+    ]
 
 
-@pytest.mark.parametrize(("n_taps", "cutoff"), [(61, 1 / 3), (41, 1 / 2), (8821, 1 / 441), (121, 1 / 6)])
+@pytest.mark.parametrize(
+    ("n_taps", "cutoff"), [(61, 1 / 3), (41, 1 / 2), (8821, 1 / 441), (121, 1 / 6)]
+)
 def test_lowpass_taps_are_scipys_firwin(n_taps, cutoff):
     ours = lowpass_taps(n_taps, cutoff)
     reference = scipy.signal.firwin(n_taps, cutoff, window=("kaiser", 5.0))
@@ -253,7 +281,11 @@ def test_resampling_never_imports_scipy(tmp_path):
         "assert len(x) == 16000, len(x)\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy'))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -117,6 +117,61 @@ def test_long_input_in_blocks_equals_frame_by_frame():
         np.testing.assert_allclose(single[0], batch[k], rtol=0, atol=STREAM_TOL_DB)
 
 
+def _straightforward_mel_power(frames: np.ndarray) -> np.ndarray:
+    """The mel power as written before the FFT buffers: NumPy's rfft allocating its own."""
+    spectrum = np.fft.rfft(frames * PARAMS._window, axis=-1)
+    power = np.square(spectrum.real)
+    power += np.square(spectrum.imag)
+    return np.maximum(power @ PARAMS._mel_basis_t, PARAMS.log_floor)
+
+
+def test_reused_fft_buffers_give_numpys_own_mel_power_bit_for_bit():
+    """The buffers a stream keeps for the FFT (``_SpectrumBuffers``) change nothing: every
+    block size gives the bytes of the straightforward rfft, and a block's result is its own
+    array, not overwritten by the next block that reuses the buffers."""
+    x = noise_and_tones(6.0)
+    n = PARAMS.n_frames(len(x))
+    step = x.itemsize
+    frames = np.ndarray(
+        (n, PARAMS.n_fft), np.float32, buffer=x, strides=(PARAMS.hop_length * step, step)
+    )
+    buffers = features._SpectrumBuffers(PARAMS, features._BLOCK_FRAMES)
+    kept = []
+    start = 0
+    for size in (128, 1, 25, 127, 7, 128, 64):
+        block = frames[start : start + size]
+        got = features._frames_to_mel_power(block, PARAMS, buffers)
+        assert got.tobytes() == _straightforward_mel_power(block).tobytes()
+        kept.append((block, got.copy(), got))
+        start += size
+    for _block, copy, got in kept:
+        assert got.tobytes() == copy.tobytes()
+
+
+def test_stream_with_its_buffers_equals_the_straightforward_blocks():
+    """A stream's frames of 10 s pushes (as a replay feeds them): each push's complete frames
+    through the straightforward mel power, in blocks of _BLOCK_FRAMES, bit for bit."""
+    x = noise_and_tones(35.0)
+    chunk = 10 * SR
+    stream = StreamingLogMel(PARAMS)
+    got = np.concatenate([stream.push(x[i : i + chunk]) for i in range(0, len(x), chunk)])
+    expected = []
+    step, hop, first = x.itemsize, PARAMS.hop_length, 0
+    for end in range(chunk, len(x) + chunk, chunk):
+        last = PARAMS.n_frames(min(end, len(x)))  # frames complete after this push
+        frames = np.ndarray(
+            (last - first, PARAMS.n_fft),
+            np.float32,
+            buffer=x[first * hop :],
+            strides=(hop * step, step),
+        )
+        for b in range(0, len(frames), features._BLOCK_FRAMES):
+            mel = _straightforward_mel_power(frames[b : b + features._BLOCK_FRAMES])
+            expected.append(np.log(mel) * features._DB_PER_NEPER)
+        first = last
+    assert got.tobytes() == np.concatenate(expected).astype(np.float32).tobytes()
+
+
 # --- per-hop cost grows with the hop, not with the window -----------------------------------
 
 
