@@ -190,6 +190,10 @@ def mel_filterbank(params: FeatureParams) -> np.ndarray:
     return weights.astype(np.float32)
 
 
+_RFFT_TAKES_OUT = np.lib.NumpyVersion(np.__version__) >= "2.0.0"
+"""``np.fft.rfft(..., out=)`` exists from NumPy 2.0; older NumPy (with tflite_runtime) copies."""
+
+
 class _SpectrumBuffers:
     """One caller's arrays for the FFT of up to ``rows`` frames, reused from block to block.
 
@@ -218,7 +222,10 @@ def _frames_to_mel_power(
     n = len(frames)
     windowed, spectrum = buffers.windowed[:n], buffers.spectrum[:n]
     np.multiply(frames, params._window, out=windowed, dtype=np.float32)
-    np.fft.rfft(windowed, axis=-1, out=spectrum)
+    if _RFFT_TAKES_OUT:
+        np.fft.rfft(windowed, axis=-1, out=spectrum)
+    else:  # NumPy < 2 (tflite_runtime images): the same transform, its result copied in
+        spectrum[...] = np.fft.rfft(windowed, axis=-1)
     # |X|^2 before the filterbank: half the multiply-adds of filtering the interleaved
     # (re, im) view, and ~20 % faster for a 0.5 s push (25 frames). Each part is rounded to
     # float32 (the complex64 spectrum NumPy returns) before it is squared.
