@@ -33,7 +33,6 @@ RECORDINGS = 10
 """Soundscapes whose windows are compared and whose events are counted."""
 TIMINGS = 15
 """Passes over the first file's windows per kernel, the kernels taking turns."""
-"""Soundscapes whose windows are compared and whose events are counted."""
 
 
 def recordings(folder: Path) -> tuple[list[Path], str]:
