@@ -1,6 +1,6 @@
-"""Models and audio for the benches (not a benchmark itself): the example runs' bundles, an
-untrained window-score model (``pooling: max``) of train/model.py's architecture converted to
-int8, the tests' tone model, and seeded test audio."""
+"""Models and audio for the benches (not a benchmark itself): the bundles a user has under runs/,
+an untrained int8 model of the schema's default architecture (the frame head, ``pooling: time``,
+events by the frames rule) for when there are none, the tests' tone model, and seeded test audio."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+TONE_SHARE = 0.15
+"""Share of :func:`tone_signal` the tone fills (1.5 s every 10 s)."""
 
 
 def tone_signal(seconds: float, sample_rate: int, channels: int = 1):
@@ -21,21 +23,6 @@ def tone_signal(seconds: float, sample_rate: int, channels: int = 1):
     for start in range(3, int(seconds) - 2, 10):
         x[start * sample_rate : start * sample_rate + len(burst)] += burst
     return x if channels == 1 else np.stack([x] * channels, axis=1)
-
-
-def trained_bundles() -> dict[str, Path]:
-    """The example runs' bundles (runs/bobwhite, runs/capuchin) that load, by name."""
-    from device.bundle import BundleError, load_bundle
-
-    found = {}
-    for name in ("bobwhite", "capuchin"):
-        path = REPO / "runs" / name / "model.tflite"
-        try:
-            load_bundle(path)
-            found[name] = path
-        except BundleError:
-            continue
-    return found
 
 
 DEVICE_BUNDLES = {
@@ -63,56 +50,103 @@ def device_bundles() -> dict[str, Path]:
     return found
 
 
+def architecture_note() -> str:
+    """What :func:`architecture_bundle` makes, for a bench's model line."""
+    from device.config import SCHEMA
+
+    pooling = SCHEMA["train"]["model"]["pooling"].default
+    rule = ("the frame head, events by the frames rule" if pooling == "time"
+            else "a window-score model, events from the windows that fire")
+    return (f"an untrained int8 model of the default architecture (`train.model.pooling: {pooling}`: "
+            f"{rule}; same cost as a trained one, its events are not calls)")
+
+
 def architecture_bundle(folder: Path) -> Path:
-    """An untrained int8 model of train/model.py's default architecture, as a bundle."""
+    """An untrained int8 model of train/model.py's architecture with the schema's defaults
+    (``train.model``, ``train.window_s``, the features), written as ``python -m convert`` writes a
+    bundle: for the frame head (``pooling: time``, the default) its frame layout
+    (``model.json`` ``frames``) and the frames extent rule, so the device stitches frame cells as
+    it does for a trained default model. Returns ``folder/model.tflite``.
+
+    Weights are seeded (``train.seed``). An untrained head scores everything about 0.5 (logits
+    within 0.01 of 0): each output layer is scaled so its logits on the seeded tone audio have
+    mean 0 and standard deviation 3, and each threshold is that audio's score at the
+    ``1 - TONE_SHARE`` quantile, so events come at about the tone's rate and the event path
+    costs what it does for a trained model.
+    """
+    import keras
     import numpy as np
 
-    from convert.export import export_tflite
-    from device.bundle import Quantization, write_bundle
-    from device.config import SCHEMA
+    from convert.export import export_tflite, tensor_io
+    from device.bundle import Quantization, event_settings, write_bundle
+    from device.config import SCHEMA, DetectionSection
     from device.features import FeatureParams, logmel
-    from device.runtime import _interpreter_api
-    from train.model import build_model
+    from train.model import FRAME_OUTPUT, build_model, has_frames, step_frames
 
+    spec = SCHEMA["train"]["model"]
     params = FeatureParams()
     window_s = SCHEMA["train"]["window_s"].default
+    detection = DetectionSection()
     frames = params.window_frames(window_s)
+    filters = list(spec["filters"].default)
+    keras.utils.set_random_seed(SCHEMA["train"]["seed"].default)
     model = build_model(
         frames=frames,
         n_mels=params.n_mels,
         n_labels=1,
-        filters=SCHEMA["train"]["model"]["filters"].default,
-        dropout=0.2,
-        stem_stride=SCHEMA["train"]["model"]["stem_stride"].default,
+        filters=filters,
+        dropout=spec["dropout"].default,
+        normalisation=spec["normalisation"].default,
+        pooling=spec["pooling"].default,
+        stem_stride=spec["stem_stride"].default,
     )
-    x = tone_signal(window_s * 20, params.sample_rate)
-    step = int(window_s * params.sample_rate)
-    representative = np.stack(
-        [logmel(x[i * step : (i + 1) * step], params)[:frames, :, None] for i in range(20)]
-    )
+    spectrogram = logmel(tone_signal(60, params.sample_rate), params)
+    hop = round(detection.hop_s * params.frame_rate)
+    windows = np.stack([spectrogram[i : i + frames, :, None]
+                        for i in range(0, len(spectrogram) - frames + 1, hop)]).astype(np.float32)
+    outputs = ["logits", FRAME_OUTPUT] if has_frames(model) else ["logits"]
+    for name, logits in zip(outputs, _outputs(model, windows), strict=True):
+        kernel, bias = model.get_layer(name).get_weights()
+        scale = 3.0 / max(float(logits.std()), 1e-9)
+        model.get_layer(name).set_weights([kernel * scale, (bias - float(logits.mean())) * scale])
+    window_scores, *frame_scores = (1 / (1 + np.exp(-z))
+                                    for z in _outputs(model, windows))
+
+    def threshold(scores) -> float:
+        return round(float(np.clip(np.quantile(scores, 1 - TONE_SHARE), 0.01, 0.99)), 4)
+
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "model.tflite").write_bytes(
-        export_tflite(model, kind="int8", representative=representative)
-    )
-    interpreter_class, _ = _interpreter_api()
-    interpreter = interpreter_class(model_path=str(folder / "model.tflite"))
-    (s_in, z_in), (s_out, z_out) = (
-        d[0]["quantization"]
-        for d in (interpreter.get_input_details(), interpreter.get_output_details())
-    )
+    content = export_tflite(model, kind="int8", representative=windows)
+    (folder / "model.tflite").write_bytes(content)
+    io_ = tensor_io(content)
+    if frame_scores:
+        extent = {"rule": "frames", "threshold": threshold(frame_scores[0])}
+        per_step = step_frames(frames=frames, n_mels=params.n_mels, filters=filters,
+                               stem_stride=spec["stem_stride"].default)
+    else:
+        extent, per_step = {"rule": "centre"}, 0
     write_bundle(
         folder,
         labels=["call"],
         features=params,
         window_s=window_s,
-        input_dtype="int8",
-        output_dtype="int8",
-        input_quantization=Quantization(float(s_in), int(z_in)),
-        output_quantization=Quantization(float(s_out), int(z_out)),
-        thresholds={"call": 0.5},
+        input_dtype=io_.input_dtype,
+        output_dtype=io_.output_dtype,
+        input_quantization=Quantization(*io_.input_quantization),
+        output_quantization=Quantization(*io_.output_quantization),
+        thresholds={"call": threshold(window_scores)},
+        recommended_hop_s=detection.hop_s,
         metrics={"note": "untrained, for benchmarks only"},
+        events={"detection": event_settings(detection), "extent": {"call": extent}},
+        frames=io_.frames_record(step_frames=per_step, frame_rate=params.frame_rate),
     )
     return folder / "model.tflite"
+
+
+def _outputs(model, windows):
+    """The model's logits on ``windows``: [window (N, 1)] or [window, frames (N, steps, 1, 1)]."""
+    out = model.predict(windows, verbose=0)
+    return out if isinstance(out, list) else [out]
 
 
 def tone_bundle(folder: Path) -> Path:

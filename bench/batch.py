@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench._models import architecture_bundle, trained_bundles
+from bench._models import DEVICE_BUNDLES, architecture_bundle, architecture_note, device_bundles
 from bench.daemon import DATA
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,14 +105,13 @@ def run() -> str:
     with tempfile.TemporaryDirectory(prefix="callwatch-batch-") as tmp:
         tmp = Path(tmp)
         n_files = season(tmp / "season")
-        bundles = trained_bundles()
-        if "capuchin" in bundles:
-            model, model_note = bundles["capuchin"], "`runs/capuchin`"
+        # The season is Capuchinbird audio: only the Capuchinbird bundle's events are calls.
+        model = device_bundles().get("runs/capuchin")
+        if model is not None:
+            model_note = f"`runs/capuchin` ({DEVICE_BUNDLES['capuchin']})"
         else:
             model = architecture_bundle(tmp / "architecture")
-            model_note = ("an untrained int8 model of train/model.py's default architecture "
-                          "(no `runs/capuchin` here; same cost as a trained one, its events are "
-                          "not calls)")
+            model_note = f"no `runs/capuchin` here: {architecture_note()}"
         config = tmp / "config.yaml"
         config.write_text(f"detection: {{model: {model}}}\nservice: {{state_dir: {tmp / 'state'}}}\n"
                           "outputs: {log_events: false}\nreplay: {progress_interval_s: 30}\n")

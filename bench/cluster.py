@@ -1,8 +1,9 @@
 """Replay on a Dask cluster: throughput per worker, scaling from 1 to 2 workers, shipping costs.
 
 The archive: the 50 real Capuchinbird soundscapes of ../shared/data (48 kHz stereo MP3, 2.5 h),
-else 20 synthetic 3-minute 48 kHz stereo MP3s. The model: the example run's bundle when there,
-else an untrained int8 model of train/model.py's default architecture (the same cost).
+else 20 synthetic 3-minute 48 kHz stereo MP3s. The model: the Capuchinbird example's bundle
+(runs/capuchin, a frame head) when there, else an untrained int8 model of the schema's default
+architecture, the frame head (bench._models.architecture_bundle: the same cost).
 
 ``python -m device --replay ARCHIVE --events-jsonl ... --detections-csv ...`` runs as a
 subprocess with ``--jobs 1``, ``--jobs 2``, and ``--cluster`` on a ``distributed.LocalCluster``
@@ -54,13 +55,13 @@ def _archive(folder: Path) -> tuple[Path, str]:
 
 
 def _model(folder: Path) -> tuple[Path, str]:
-    from bench._models import architecture_bundle, trained_bundles
+    from bench._models import DEVICE_BUNDLES, architecture_bundle, architecture_note, device_bundles
 
-    trained = trained_bundles()
-    if trained:
-        name, path = next(iter(trained.items()))
-        return path, f"`runs/{name}`"
-    return architecture_bundle(folder), "an untrained int8 model of the default architecture"
+    # The archive is Capuchinbird audio: only the Capuchinbird bundle's events are calls.
+    path = device_bundles().get("runs/capuchin")
+    if path is not None:
+        return path, f"`runs/capuchin` ({DEVICE_BUNDLES['capuchin']})"
+    return architecture_bundle(folder), f"no `runs/capuchin` here: {architecture_note()}"
 
 
 def _replay(model: Path, archive: Path, out: Path, *mode: str) -> dict:

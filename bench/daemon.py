@@ -13,10 +13,10 @@
 
 Models: the bundles a user has (bench._models.DEVICE_BUNDLES: the default frame head
 runs/demo, the window-rule runs/demo_max of the same config beside it, the frame head
-runs/capuchin) when they are there, else an untrained window-score model of train/model.py's
-architecture converted to int8 here; the tests' tone model as the lower bound. The in-process
-figures let the bundles take turns over :data:`ROUNDS` rounds. Replay runs every model; live
-uses the costliest (whole worker).
+runs/capuchin) when they are there, else an untrained int8 model of the schema's default
+architecture (the frame head, events by the frames rule: bench._models.architecture_bundle);
+the tests' tone model as the lower bound. The in-process figures let the bundles take turns
+over :data:`ROUNDS` rounds. Replay runs every model; live uses the costliest (whole worker).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from bench._live import live_run, live_with_broker, pulse_only_alsa_config
 from bench._models import (
     DEVICE_BUNDLES,
     architecture_bundle,
+    architecture_note,
     device_bundles,
     tone_bundle,
     tone_signal,
@@ -222,11 +223,8 @@ def run() -> str:
                 f"{name}, {DEVICE_BUNDLES[name[6:-1]]}" for name in models
             )
         else:
-            models = {"untrained window-score model": architecture_bundle(tmp / "architecture")}
-            model_note = (
-                "no trained bundle under runs/ yet: an untrained int8 window-score model "
-                "(`pooling: max`) of train/model.py's architecture"
-            )
+            models = {"untrained default architecture": architecture_bundle(tmp / "architecture")}
+            model_note = f"no trained bundle under runs/ yet: {architecture_note()}"
         tiny = tone_bundle(tmp / "tone")
         cpu = cpu_in_turns({**models, "tone model": tiny})
         realistic_name = max(models, key=lambda name: cpu[name]["worker"])

@@ -11,11 +11,12 @@
   on the same file with the same model, in each installed venv, start-up included.
 
 Model: ``runs/demo``, the default frame head (``bash scripts/demo``), else ``runs/capuchin``
-(a frame head too), else an untrained window-score model of train/model.py's architecture. The
-window rule (``runs/demo_max``) is not measured beside it: over 180 s of audio its replay
-would differ by about 0.01 CPU-s (0.2-0.3 CPU-s per audio hour, bench.daemon), well inside the
-spread of start-up. File: a real 180 s Capuchinbird soundscape (48 kHz
-stereo MP3) when ../shared/data is there, else 180 s of synthetic 48 kHz stereo FLAC.
+(a frame head too), else an untrained int8 model of the schema's default architecture, a frame
+head as well (bench._models.architecture_bundle). The window rule (``runs/demo_max``) is not
+measured beside it: over 180 s of audio its replay would differ by about 0.01 CPU-s (0.2-0.3
+CPU-s per audio hour, bench.daemon), well inside the spread of start-up. File: a real 180 s
+Capuchinbird soundscape (48 kHz stereo MP3) when ../shared/data is there, else 180 s of
+synthetic 48 kHz stereo FLAC.
 """
 
 from __future__ import annotations
@@ -99,13 +100,14 @@ def recording(folder: Path) -> tuple[Path, str]:
 
 
 def model_bundle(folder: Path) -> tuple[Path, str]:
-    from bench._models import DEVICE_BUNDLES, architecture_bundle
+    from bench._models import DEVICE_BUNDLES, architecture_bundle, architecture_note, device_bundles
 
+    found = device_bundles()
     for name in ("demo", "capuchin"):  # trained frame heads: scripts/demo's, the example's
-        if (REPO / "runs" / name / "model.json").exists():
-            return REPO / "runs" / name, f"`runs/{name}` ({DEVICE_BUNDLES[name]})"
+        if f"runs/{name}" in found:
+            return found[f"runs/{name}"].parent, f"`runs/{name}` ({DEVICE_BUNDLES[name]})"
     untrained = architecture_bundle(folder / "architecture").parent
-    return untrained, "an untrained window-score model (`pooling: max`) of the architecture"
+    return untrained, f"no trained frame head under runs/: {architecture_note()}"
 
 
 def install_row(label: str, command: list[str], venv: Path, replay: list[str], **kwargs) -> dict:

@@ -11,9 +11,10 @@ output; and the events the device's detector (:class:`device.detector.Detector`,
 event rule and thresholds, the default detection settings) makes from each kernel's scores.
 
 Models: :data:`bench._models.DEVICE_BUNDLES` (the default frame head ``runs/demo``, the window
-rule ``runs/demo_max``, ``runs/capuchin``) when there, else an untrained window-score model of
-train/model.py's architecture. Audio: the first real Capuchinbird soundscapes when
-../shared/data is there (CPU on the first one), else synthetic audio.
+rule ``runs/demo_max``, ``runs/capuchin``) when there, else an untrained int8 model of the
+schema's default architecture, the frame head (bench._models.architecture_bundle). Audio: the
+first real Capuchinbird soundscapes when ../shared/data is there (CPU on the first one), else
+synthetic audio.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def recordings(folder: Path) -> tuple[list[Path], str]:
 
 def bundles(folder: Path) -> dict[str, Path]:
     """Row name -> bundle folder."""
-    from bench._models import DEVICE_BUNDLES, architecture_bundle, device_bundles
+    from bench._models import DEVICE_BUNDLES, architecture_bundle, architecture_note, device_bundles
 
     found = {
         f"`{name}`, {DEVICE_BUNDLES[name[5:]]}": path.parent
@@ -60,7 +61,7 @@ def bundles(folder: Path) -> dict[str, Path]:
     if found:
         return found
     untrained = architecture_bundle(folder / "architecture").parent
-    return {"an untrained window-score model of train/model.py's architecture": untrained}
+    return {f"untrained default architecture, {architecture_note()}": untrained}
 
 
 def _cpu_per_window(interpreter, windows) -> float:
