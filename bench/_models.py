@@ -58,7 +58,7 @@ def architecture_note() -> str:
     rule = ("the frame head, events by the frames rule" if pooling == "time"
             else "a window-score model, events from the windows that fire")
     return (f"an untrained int8 model of the default architecture (`train.model.pooling: {pooling}`: "
-            f"{rule}; same cost as a trained one, its events are not calls)")
+            f"{rule}; the inference cost of a trained one, its events are not calls)")
 
 
 def architecture_bundle(folder: Path) -> Path:

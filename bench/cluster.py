@@ -3,7 +3,7 @@
 The archive: the 50 real Capuchinbird soundscapes of ../shared/data (48 kHz stereo MP3, 2.5 h),
 else 20 synthetic 3-minute 48 kHz stereo MP3s. The model: the Capuchinbird example's bundle
 (runs/capuchin, a frame head) when there, else an untrained int8 model of the schema's default
-architecture, the frame head (bench._models.architecture_bundle: the same cost).
+architecture, the frame head (bench._models.architecture_bundle: the same inference cost).
 
 ``python -m device --replay ARCHIVE --events-jsonl ... --detections-csv ...`` runs as a
 subprocess with ``--jobs 1``, ``--jobs 2``, and ``--cluster`` on a ``distributed.LocalCluster``
