@@ -68,11 +68,13 @@ def architecture_bundle(folder: Path) -> Path:
     (``model.json`` ``frames``) and the frames extent rule, so the device stitches frame cells as
     it does for a trained default model. Returns ``folder/model.tflite``.
 
-    Weights are seeded (``train.seed``). An untrained head scores everything about 0.5 (logits
-    within 0.01 of 0): each output layer is scaled so its logits on the seeded tone audio have
-    mean 0 and standard deviation 3, and each threshold is that audio's score at the
-    ``1 - TONE_SHARE`` quantile, so events come at about the tone's rate and the event path
-    costs what it does for a trained model.
+    Weights are seeded (``train.seed``). An untrained head scores everything within 0.005 of
+    0.5, so an event, once open, would last until ``detection.max_event_s`` (hysteresis 0.1):
+    each output layer is scaled so its logits on the seeded tone audio have mean 0 and standard
+    deviation 3, and each threshold is that audio's score at the ``1 - TONE_SHARE`` quantile.
+    Its events then come at about the tone's rate (one per tone of :func:`tone_signal`), and
+    the device's event path runs as it does for a trained model; on other audio they are not
+    calls.
     """
     import keras
     import numpy as np
