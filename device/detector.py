@@ -274,6 +274,12 @@ class EventRule(Protocol):
         probabilities, and (steps, n_labels) frame probabilities or None. Returns events."""
         ...
 
+    def update_block(self, starts, ends, scores, frames: np.ndarray | None = None) -> list[Detection]:
+        """Windows that follow each other, in time order, handed over at once (replay's block
+        of audio): :meth:`update` of each in turn. starts, ends: (K,) seconds; scores: K rows
+        of n_labels probabilities; frames (K, steps, n_labels) or None."""
+        ...
+
     def finish(self) -> list[Detection]:
         """The audio is interrupted (end of segment or source): the remaining events."""
         ...
@@ -296,6 +302,7 @@ class Detector:
             hop_s = frames.cell_s
         self._by_label = [LabelDetector(label, params[label], hop_s=hop_s) for label in self.labels]
         self._threshold_list = [params[label].threshold for label in self.labels]
+        self._thresholds = np.array(self._threshold_list, np.float64)
         self._history = max(params[label].confirm_n for label in self.labels)
         """Most recent cells a label's confirmation looks back on."""
 
@@ -311,6 +318,22 @@ class Detector:
             done += detector.update(start_s, end_s, float(score))
         return done
 
+    def update_block(self, starts, ends, scores, frames: np.ndarray | None = None) -> list[Detection]:
+        """:meth:`update` of each window in turn, the same events in the same order, returned
+        together. The frame rule stitches the block in NumPy (:meth:`FrameStitcher.push_block`)
+        and finds its cells at a threshold in one comparison (:meth:`update_cells`): replay
+        hands over a decoded block's windows (10 s: 20 at a 0.5 s hop), and window by window
+        that work, in Python, cost the frame rule 0.4 CPU-s per audio hour more than the window
+        rule."""
+        if self._stitcher is None:
+            done: list[Detection] = []
+            for start_s, end_s, row in zip(starts, ends, scores):
+                done += self.update(start_s, end_s, row)
+            return done
+        if frames is None:
+            raise ValueError("the frame rule needs the windows' frame scores")
+        return self.update_cells(*self._stitcher.push_block(starts, frames))
+
     def update_cells(self, cells: np.ndarray, scores: np.ndarray) -> list[Detection]:
         """Feed stitched cells (indices from time 0, in order; scores (K, n_labels)) to the
         labels: what :meth:`update` does with the cells the stitcher releases. Feeding a
@@ -322,28 +345,36 @@ class Detector:
         cells none of which reaches a threshold is absorbed in one step per label
         (:meth:`LabelDetector.absorb_below`); the other cells go through every label in turn,
         as each cell always did. The events, their order and the state are the same."""
-        return self._cells(cells.tolist(), scores.tolist())
+        loud = np.flatnonzero(~(scores < self._thresholds).all(axis=1))
+        return self._cells(cells.tolist(), scores.tolist(), loud.tolist())
 
     def _feed(self, first: int, scores: list[list[float]]) -> list[Detection]:
         """Cells that follow each other from index ``first`` (as the stitcher releases them)."""
-        return self._cells(range(first, first + len(scores)), scores) if scores else []
+        if not scores:
+            return []
+        thresholds = self._threshold_list
+        if len(thresholds) == 1:
+            one = thresholds[0]
+            loud = [i for i, row in enumerate(scores) if not row[0] < one]
+        else:
+            loud = [i for i, row in enumerate(scores) if not all(v < t for v, t in zip(row, thresholds))]
+        return self._cells(range(first, first + len(scores)), scores, loud)
 
-    def _cells(self, cell_list: Sequence[int], rows: list[list[float]]) -> list[Detection]:
+    def _cells(self, cell_list: Sequence[int], rows: list[list[float]], loud: list[int]) -> list[Detection]:
+        """rows: each cell's scores, in label order; loud: the indices, ascending, of the cells
+        not below every label's threshold (the others can be absorbed)."""
         done: list[Detection] = []
         n = len(cell_list)
         cell_s = self.frames.cell_s if self.frames is not None else 0.0
-        labels, thresholds = self._by_label, self._threshold_list
-        one = thresholds[0] if len(thresholds) == 1 else None
+        labels = self._by_label
+        loud.append(n)  # past the last cell: the quiet run ends there at the latest
+        next_loud = 0
         i = 0
         while i < n:
             if all(d.quiet for d in labels):
-                j = i
-                if one is not None:
-                    while j < n and rows[j][0] < one:
-                        j += 1
-                else:
-                    while j < n and all(v < t for v, t in zip(rows[j], thresholds)):
-                        j += 1
+                while loud[next_loud] < i:
+                    next_loud += 1
+                j = loud[next_loud]
                 if j > i:  # cells i..j-1: below every threshold
                     tail = cell_list[max(i, j - self._history) : j]
                     starts = [c * cell_s for c in tail]

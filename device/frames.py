@@ -20,6 +20,7 @@ import copy
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,53 @@ class FrameStitcher:
                 else:
                     rows.append([*window[step], 1.0])
         return done
+
+    def push_block(self, starts, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`push` of a run of windows, in time order: starts (K,) seconds, frames (K, steps,
+        n_labels). Returns the cells they make final together: bit for bit what pushing the
+        windows one by one returns (concatenated).
+
+        Replay's windows within a segment are one hop apart, a whole number h of cells, and land
+        on the grid the same way: window k adds its steps to cells lo + k h + (0..L-1). The
+        block is then a dozen NumPy calls instead of K L additions in Python: a zero array of
+        layers, the held sums in the first, window k's step scores (and a count of 1) on its
+        cells in layer 1 + k, summed over the layers. A sum over the first axis of a C-ordered
+        array adds layer after layer, so each cell adds its held sum, then its windows oldest
+        first, as :meth:`push_rows` adds them: the same float64 sums (adding a 0.0 changes
+        none). Any other run (one window, a jump in time, windows further apart than they are
+        long) goes window by window."""
+        lay = self.layout
+        f0 = lay.first_frame(starts[0])
+        hop_frames = lay.first_frame(starts[1]) - f0 if len(starts) > 1 else 0
+        lo, steps, _ = self._first_cell(f0)
+        span, hop = len(steps), hop_frames // lay.cell_frames
+        first, rows = (self._base, self._rows) if self._rows else (lo, [])
+        if not (
+            0 < hop <= span
+            and hop_frames % lay.cell_frames == 0
+            and all(lay.first_frame(s) == f0 + k * hop_frames for k, s in enumerate(starts))
+            and lo <= first + len(rows)
+        ):
+            parts = [self.push(start, window) for start, window in zip(starts, frames)]
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        n, k = self.n_labels, len(starts)
+        final = lo - first + (k - 1) * hop
+        """Cells the block makes final, from the first held: those before its last window."""
+        # Per layer and cell from the first held: each label's sum of scores, then the count.
+        layers = np.zeros((k + 1, final + span, n + 1))
+        if rows:
+            layers[0, : len(rows)] = rows
+        # windows[w, t] is layer 1 + w, cell lo - first + w h + t: window w's t-th cell.
+        layer, cell, label = layers.strides
+        windows = as_strided(
+            layers[1:, lo - first :], shape=(k, span, n + 1), strides=(layer + hop * cell, cell, label)
+        )
+        windows[:, :, :n] = frames.reshape(k, -1, n)[:, steps]
+        windows[:, :, n] = 1.0
+        sums = layers.sum(axis=0)
+        self._rows = sums[final:].tolist()
+        self._base = first + final
+        return np.arange(first, first + final), sums[:final, :n] / sums[:final, n:]
 
     def _release(self, upto: int) -> tuple[int, list[list[float]]]:
         """Cells before ``upto`` leave the accumulators: (first cell, scores). Every held cell

@@ -13,7 +13,10 @@ live and replay give the same events for the same audio.
 
 Per hop the work is proportional to the hop: the front end computes only the frames a chunk
 completes, each frame is quantized once when it arrives and stored twice in a (2W, n_mels)
-buffer, so the latest W frames are always one contiguous slice handed to the interpreter.
+buffer, so the latest W frames are always one contiguous slice handed to the interpreter. The
+windows a chunk completes go to the detector together: one for the live worker (it wakes when a
+window is complete), a block's worth in replay, whose frame rule then stitches them in NumPy
+(``EventRule.update_block``); the events are the same either way.
 
 Time: a source's audio is split into segments (a new one after a gap: ring overrun, microphone
 reopened). Window k of a segment starting at time s0 covers [s0 + k hop_s, s0 + k hop_s + window_s]
@@ -26,6 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -48,6 +52,20 @@ class ClipSettings:
 
     pre_s: float
     post_s: float
+
+
+class _Scored(NamedTuple):
+    """One window the model has scored, on its way to the detector (a tuple: one is made per
+    window, a frozen dataclass costs several times more to make)."""
+
+    last_frame: int
+    """Segment index of its last spectrogram frame."""
+    start_s: float
+    end_s: float
+    scores: np.ndarray
+    """(n_labels,) probabilities."""
+    frames: np.ndarray | None
+    """(steps, n_labels) frame probabilities, or None (a model without a frame output)."""
 
 
 class Pipeline:
@@ -197,13 +215,16 @@ class Pipeline:
         quantized = self.classifier.quantize(frames)
         first = self._frontend.frames_emitted - len(frames)  # segment index of frames[0]
         done = 0
+        windows: list[_Scored] = []
         while self._next_window_end < first + len(frames):
             upto = self._next_window_end - first + 1
             self._store(quantized[done:upto], first + done)
             done = upto
-            self._evaluate(self._next_window_end)
+            windows.append(self._score(self._next_window_end))
             self._next_window_end += self.hop_frames
         self._store(quantized[done:], first + done)
+        if windows:
+            self._detect(windows)
 
     def _store(self, frames: np.ndarray, first: int) -> None:
         """Frame i goes to rows i % W and i % W + W."""
@@ -223,8 +244,9 @@ class Pipeline:
             self._frames[:rest] = frames[head:]
             self._frames[w : w + rest] = frames[head:]
 
-    def _evaluate(self, last_frame: int) -> None:
-        """Run the model on the window whose last frame is ``last_frame`` (segment index)."""
+    def _score(self, last_frame: int) -> _Scored:
+        """Run the model on the window whose last frame is ``last_frame`` (segment index) and
+        queue its scores."""
         w = self.window_frames
         offset = (last_frame + 1) % w
         scores, seconds = self.classifier.timed_predict(self._frames[offset : offset + w])
@@ -246,19 +268,36 @@ class Pipeline:
                     {label: float(s) for label, s in zip(self.labels, scores)},
                 )
             )
-        for detection in self.detector.update(start_s, end_s, scores, self.classifier.last_frames):
+        return _Scored(last_frame, start_s, end_s, scores, self.classifier.last_frames)
+
+    def _detect(self, windows: list[_Scored]) -> None:
+        """The detector's events of windows just scored, in time order. One window (the live
+        worker wakes once a window is complete) goes alone; several (replay's block of audio)
+        go together (``update_block``: the frame rule stitches them in NumPy); the events are
+        the same."""
+        if len(windows) == 1:
+            w = windows[0]
+            detections = self.detector.update(w.start_s, w.end_s, w.scores, w.frames)
+        else:
+            detections = self.detector.update_block(
+                [w.start_s for w in windows],
+                [w.end_s for w in windows],
+                [w.scores for w in windows],
+                None if windows[0].frames is None else np.array([w.frames for w in windows]),
+            )
+        for detection in detections:
             self._emit(detection)
         if self._arrival is not None:
             arrival_mono, written = self._arrival
-            # When the window's last sample arrived, from the newest sample's arrival time.
-            last_sample_s = (
-                self._segment_start_s
-                + (last_frame * self.params.hop_length + self.params.n_fft)
-                / self.params.sample_rate
-            )
             newest_s = written / self.capture_rate
-            arrived = arrival_mono - max(0.0, newest_s - last_sample_s)
-            health.hop_latency.add(max(0.0, time.monotonic() - arrived))
+            p = self.params
+            for w in windows:
+                # When the window's last sample arrived, from the newest sample's arrival time.
+                last_sample_s = (
+                    self._segment_start_s + (w.last_frame * p.hop_length + p.n_fft) / p.sample_rate
+                )
+                arrived = arrival_mono - max(0.0, newest_s - last_sample_s)
+                self.health.hop_latency.add(max(0.0, time.monotonic() - arrived))
 
     def _emit(self, detection: Detection) -> None:
         """Send an opening event at once; a closing one with the id and seq of its opening."""

@@ -3,7 +3,8 @@ one step per label (``LabelDetector.absorb_below``). Random frame tracks, labels
 the device's ``Detector`` must give exactly what feeding every stitched cell through every
 label's ``LabelDetector.update`` in turn gives (the rule as written, cell by cell): the same
 detections (opening and closing, numbers, peaks) in the same order, window after window, and
-the same for a whole recording's cells fed at once (as ``train.recalibrate`` feeds them)."""
+the same for a whole recording's cells fed at once (as ``train.recalibrate`` feeds them), and
+for windows handed over in blocks (``Detector.update_block``, as replay hands them over)."""
 
 from __future__ import annotations
 
@@ -70,6 +71,25 @@ def device(params: dict[str, DetectorParams], starts, frames, gap_at: int) -> li
     return out + detector.finish()
 
 
+def device_in_blocks(params: dict[str, DetectorParams], starts, frames, gap_at: int,
+                     blocks: list[int]) -> list[Detection]:
+    """As :func:`device`, the windows handed over in blocks of the given sizes (replay's blocks
+    of audio), a block ending at the gap (the pipeline finishes its detector there)."""
+    detector = Detector(params, hop_s=HOP, frames=LAYOUT)
+    out: list[Detection] = []
+    k, sizes = 0, iter(blocks)
+    while k < len(starts):
+        if k == gap_at:
+            out += detector.finish()
+        end = min(len(starts), k + next(sizes, len(starts)))
+        if k < gap_at < end:
+            end = gap_at
+        out += detector.update_block(starts[k:end].tolist(), (starts[k:end] + 3.0).tolist(),
+                                     frames[k:end].max(axis=1), frames[k:end])
+        k = end
+    return out + detector.finish()
+
+
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -92,6 +112,50 @@ def test_quiet_stretches_change_nothing(track, a, b, seed, gap_at, time_jump):
     assert device(one, starts, frames[:, :, :1], gap_at) == cell_by_cell(
         one, starts, frames[:, :, :1], gap_at
     )
+
+
+@PROPERTY
+@given(
+    track=tracks,
+    a=detector_params(),
+    b=detector_params(),
+    seed=st.integers(0, 2**16),
+    gap_at=st.integers(0, 120),
+    blocks=st.lists(st.integers(1, 25), min_size=1, max_size=12),
+)
+def test_windows_in_blocks_give_the_events_of_windows_one_by_one(track, a, b, seed, gap_at, blocks):
+    """``Detector.update_block`` (replay) against the rule cell by cell: the same detections in
+    the same order, for one label and two, whatever the blocks' sizes, wherever events start
+    and end relative to the blocks' boundaries."""
+    starts, frames = windows_of(track, seed)
+    params = {"a": a, "b": b}
+    assert device_in_blocks(params, starts, frames, gap_at, blocks) == cell_by_cell(
+        params, starts, frames, gap_at)
+    one = {"a": a}
+    assert device_in_blocks(one, starts, frames[:, :, :1], gap_at, blocks) == cell_by_cell(
+        one, starts, frames[:, :, :1], gap_at)
+
+
+def test_an_event_open_across_a_block_boundary_closes_in_the_next_block():
+    """A call over windows 2-12, blocks of 14 and 16 windows: the event opens with the first block's
+    cells and closes with the second's, as window by window; the window rule's blocks (no
+    stitcher) are its windows one by one too."""
+    starts = np.arange(30) * HOP
+    frames = np.full((30, LAYOUT.steps, 1), 0.1, np.float32)
+    frames[2:13] = 0.9
+    params = {"a": DetectorParams(threshold=0.5)}
+    detector = Detector(params, hop_s=HOP, frames=LAYOUT)
+    first = detector.update_block(starts[:14].tolist(), (starts[:14] + 3.0).tolist(),
+                                  frames[:14].max(axis=1), frames[:14])
+    second = detector.update_block(starts[14:].tolist(), (starts[14:] + 3.0).tolist(),
+                                   frames[14:].max(axis=1), frames[14:])
+    assert [d.closed for d in first] == [False] and [d.closed for d in second] == [True]
+    assert first + second + detector.finish() == device(params, starts, frames, gap_at=-1)
+    by_window = Detector(params, hop_s=HOP)
+    expected = [d for s, f in zip(starts.tolist(), frames) for d in by_window.update(s, s + 3.0, f.max(0))]
+    in_blocks = Detector(params, hop_s=HOP)
+    got = in_blocks.update_block(starts.tolist(), (starts + 3.0).tolist(), frames.max(axis=1))
+    assert got + in_blocks.finish() == expected + by_window.finish() and len(expected) == 2
 
 
 @PROPERTY

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -82,6 +83,51 @@ def test_streaming_stitch_equals_batch_for_any_run_of_windows(n, hop_cells, gap_
     # A cell seen by one window only has that window's step score.
     first = LAYOUT.first_frame(starts[0]) // LAYOUT.cell_frames
     assert cells[0] == first and np.allclose(scores[0], frames[0, 0])
+
+
+ODD_LAYOUT = FrameLayout.at_hop(steps=9, step_frames=16, frame_rate=50.0, hop_s=0.34)
+"""A hop of 17 frames: cells of one frame, windows 17 cells apart, 144 cells long."""
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    layout_hops=st.sampled_from([(LAYOUT, 1), (LAYOUT, 2), (LAYOUT, 5), (LAYOUT, 8), (LAYOUT, 29),
+                                 (LAYOUT, 31), (ODD_LAYOUT, 17), (ODD_LAYOUT, 150)]),
+    n=st.integers(1, 40),
+    n_labels=st.integers(1, 3),
+    shift=st.integers(0, 4),
+    jump_at=st.integers(0, 50),
+    blocks=st.lists(st.integers(1, 12), min_size=1, max_size=10),
+    seed=st.integers(0, 2**16),
+)
+def test_a_block_of_windows_stitches_bit_for_bit_as_its_windows_one_by_one(
+    layout_hops, n, n_labels, shift, jump_at, blocks, seed
+):
+    """push_block (replay's blocks of windows) gives the cells and the very float64 scores of
+    push (the live worker's window at a time), then finish the same rest: any hop in cells
+    (including windows further apart than they are long), windows off the cell grid by the
+    same shift, a jump in time inside a block, blocks of any size."""
+    layout, hop_cells = layout_hops
+    rng = np.random.default_rng(seed)
+    frame_index = shift + np.arange(n) * hop_cells * layout.cell_frames
+    frame_index += np.where(np.arange(n) >= jump_at, 351, 0)
+    starts = (frame_index * layout.frame_s).tolist()
+    # float64 scores with all 53 bits, so that the order of the additions shows (sums of a few
+    # float32 scores in float64 are often exact in any order).
+    frames = rng.random((n, layout.steps, n_labels))
+    by_window, by_block = FrameStitcher(layout, n_labels), FrameStitcher(layout, n_labels)
+    expected = [by_window.push(start, window) for start, window in zip(starts, frames)]
+    got, k, sizes = [], 0, iter(blocks)
+    while k < n:
+        size = next(sizes, n)
+        got.append(by_block.push_block(starts[k : k + size], frames[k : k + size]))
+        k += size
+    expected.append(by_window.finish())
+    got.append(by_block.finish())
+    assert np.array_equal(np.concatenate([c for c, _ in got]), np.concatenate([c for c, _ in expected]))
+    got_scores = np.concatenate([s for _, s in got])
+    assert got_scores.dtype == np.float64
+    assert got_scores.tobytes() == np.concatenate([s for _, s in expected]).tobytes()
 
 
 def _track(starts, calls):
@@ -199,6 +245,33 @@ def test_pipeline_frame_events_do_not_depend_on_the_chunk_size(frames_classifier
         assert [(e.state, e.start_s, e.end_s, e.peak_score) for e in other.events] == [
             (e.state, e.start_s, e.end_s, e.peak_score) for e in reference.events
         ]
+
+
+def test_replay_blocks_give_the_scores_and_events_of_the_live_worker_window_by_window(
+    frames_classifier, monkeypatch
+):
+    """The live worker hands the detector one window at a time (0.5 s pieces); replay hands it
+    a decoded block's windows at once (``Detector.update_block``). Same scores, same events
+    (every field but the live ids, which are random), in the same order."""
+    blocks: list[int] = []
+    original = Detector.update_block
+
+    def counted(self, starts, *args):
+        blocks.append(len(starts))
+        return original(self, starts, *args)
+
+    monkeypatch.setattr(Detector, "update_block", counted)
+    x = tones_signal(30.0, [(2.0, 0.5), (3.4, 0.8), (7.3, 2.2), (9.9, 0.4), (19.8, 1.0)])
+    live, _ = replay(frames_classifier, x, SR // 2)
+    assert blocks == [] and len([e for e in live.events if e.state == "closed"]) >= 4
+
+    def fields(sink):
+        return [replace(e, event_id="") for e in sink.events], sink.scores
+
+    for chunks in (10 * SR, [7, 333, 1601, 40000, 1, 3 * SR]):
+        other, _ = replay(frames_classifier, x, chunks)
+        assert fields(other) == fields(live)
+    assert min(blocks) >= 2 and max(blocks) >= 19
 
 
 def test_convert_exports_verifies_and_declares_the_frame_output(tmp_path):

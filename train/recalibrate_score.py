@@ -69,6 +69,13 @@ class WindowRecorder:
         )
         return []
 
+    def update_block(
+        self, starts, ends, scores, frames: np.ndarray | None = None
+    ) -> list[Detection]:
+        for k, (start_s, end_s) in enumerate(zip(starts, ends)):
+            self.update(start_s, end_s, scores[k], None if frames is None else frames[k])
+        return []
+
     def finish(self) -> list[Detection]:
         if self._rows:
             starts, ends, scores, frames = zip(*self._rows)
