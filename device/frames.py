@@ -11,7 +11,9 @@ centre, of the score of the step holding it. A cell is final once a window start
 memory is bounded by the window's length, whatever the recording's.
 
 Batch (:func:`stitch`) and streaming (:class:`FrameStitcher`, fed any run of windows and
-finished at the end) give the same cells.
+finished at the end) give the same cells. The stitcher takes a window at a time (the live worker:
+:meth:`FrameStitcher.push`) or a run of them (replay's block of audio:
+:meth:`FrameStitcher.push_block`, in NumPy), with the same float64 sums either way.
 """
 
 from __future__ import annotations
@@ -192,23 +194,24 @@ class FrameStitcher:
         first, as :meth:`push_rows` adds them: the same float64 sums (adding a 0.0 changes
         none). Any other run (one window, a jump in time, windows further apart than they are
         long) goes window by window."""
+        if len(starts) < 2:
+            return self._one_by_one(starts, frames)
         lay = self.layout
-        f0 = lay.first_frame(starts[0])
-        hop_frames = lay.first_frame(starts[1]) - f0 if len(starts) > 1 else 0
+        first_frames = [lay.first_frame(start) for start in starts]
+        f0 = first_frames[0]
+        hop_frames = first_frames[1] - f0
         lo, steps, _ = self._first_cell(f0)
         span, hop = len(steps), hop_frames // lay.cell_frames
         first, rows = (self._base, self._rows) if self._rows else (lo, [])
         if not (
             0 < hop <= span
             and hop_frames % lay.cell_frames == 0
-            and all(lay.first_frame(s) == f0 + k * hop_frames for k, s in enumerate(starts))
+            and first_frames == list(range(f0, f0 + len(starts) * hop_frames, hop_frames))
             and lo <= first + len(rows)
         ):
-            parts = [self.push(start, window) for start, window in zip(starts, frames)]
-            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+            return self._one_by_one(starts, frames)
         n, k = self.n_labels, len(starts)
-        final = lo - first + (k - 1) * hop
-        """Cells the block makes final, from the first held: those before its last window."""
+        final = lo - first + (k - 1) * hop  # cells made final, from the first held: before the last window's
         # Per layer and cell from the first held: each label's sum of scores, then the count.
         layers = np.zeros((k + 1, final + span, n + 1))
         if rows:
@@ -224,6 +227,13 @@ class FrameStitcher:
         self._rows = sums[final:].tolist()
         self._base = first + final
         return np.arange(first, first + final), sums[:final, :n] / sums[:final, n:]
+
+    def _one_by_one(self, starts, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`push_block` the plain way: each window pushed in turn."""
+        parts = [self.push(start, window) for start, window in zip(starts, frames)]
+        if not parts:
+            return self._empty
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def _release(self, upto: int) -> tuple[int, list[list[float]]]:
         """Cells before ``upto`` leave the accumulators: (first cell, scores). Every held cell
