@@ -267,7 +267,8 @@ class EventRule(Protocol):
     """What the worker (device.pipeline) hands each window to, in time order. Not thread-safe.
 
     The device's is :class:`Detector`; ``train.recalibrate`` puts a recorder in its place to
-    keep the windows exactly as the detector would see them."""
+    keep the windows exactly as the detector would see them. A class that derives from this
+    one inherits :meth:`update_block` as :meth:`update` of each window."""
 
     def update(self, start_s: float, end_s: float, scores, frames: np.ndarray | None = None) -> list[Detection]:
         """One window: start and end in seconds from the source's start, (n_labels,)
@@ -278,14 +279,17 @@ class EventRule(Protocol):
         """Windows that follow each other, in time order, handed over at once (replay's block
         of audio): :meth:`update` of each in turn. starts, ends: (K,) seconds; scores: K rows
         of n_labels probabilities; frames (K, steps, n_labels) or None."""
-        ...
+        done: list[Detection] = []
+        for k, (start_s, end_s) in enumerate(zip(starts, ends)):
+            done += self.update(start_s, end_s, scores[k], None if frames is None else frames[k])
+        return done
 
     def finish(self) -> list[Detection]:
         """The audio is interrupted (end of segment or source): the remaining events."""
         ...
 
 
-class Detector:
+class Detector(EventRule):
     """One :class:`LabelDetector` per label, fed a whole score vector per window.
 
     frames: the layout of the model's frame output when events come from it (the frame rule;
@@ -326,10 +330,7 @@ class Detector:
         that work, in Python, cost the frame rule 0.4 CPU-s per audio hour more than the window
         rule."""
         if self._stitcher is None:
-            done: list[Detection] = []
-            for start_s, end_s, row in zip(starts, ends, scores):
-                done += self.update(start_s, end_s, row)
-            return done
+            return EventRule.update_block(self, starts, ends, scores)
         if frames is None:
             raise ValueError("the frame rule needs the windows' frame scores")
         return self.update_cells(*self._stitcher.push_block(starts, frames))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device.detector import Detection, Detector, DetectorParams, detect
+from device.detector import Detection, Detector, DetectorParams, EventRule, detect
 from device.eventfactory import EventFactory
 from device.frames import FrameLayout, FrameStitcher
 from device.health import Health
@@ -47,7 +47,7 @@ class Segment:
     """(K, steps, n_labels) frame probabilities, or None for a model without a frame output."""
 
 
-class WindowRecorder:
+class WindowRecorder(EventRule):
     """Stands where the device's detector sits in the worker (a :class:`device.detector.EventRule`)
     and keeps each window it would receive; makes no events. Not thread-safe."""
 
@@ -67,13 +67,6 @@ class WindowRecorder:
                 None if frames is None else np.array(frames, np.float64),
             )
         )
-        return []
-
-    def update_block(
-        self, starts, ends, scores, frames: np.ndarray | None = None
-    ) -> list[Detection]:
-        for k, (start_s, end_s) in enumerate(zip(starts, ends)):
-            self.update(start_s, end_s, scores[k], None if frames is None else frames[k])
         return []
 
     def finish(self) -> list[Detection]:
