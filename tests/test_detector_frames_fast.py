@@ -101,39 +101,19 @@ PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[Heal
     seed=st.integers(0, 2**16),
     gap_at=st.integers(0, 120),
     time_jump=st.booleans(),
+    blocks=st.lists(st.integers(1, 25), min_size=1, max_size=12),
 )
-def test_quiet_stretches_change_nothing(track, a, b, seed, gap_at, time_jump):
+def test_quiet_stretches_and_blocks_change_nothing(track, a, b, seed, gap_at, time_jump, blocks):
+    """Window by window (live) and in blocks of any size (replay, ``Detector.update_block``),
+    the rule cell by cell's detections, in its order, for one label and two, wherever events
+    start and end relative to the blocks' boundaries."""
     starts, frames = windows_of(track, seed)
     if time_jump:  # windows far apart after the gap, as after an overrun
         starts = starts + np.where(np.arange(len(starts)) >= gap_at, 11.0, 0.0)
-    params = {"a": a, "b": b}
-    assert device(params, starts, frames, gap_at) == cell_by_cell(params, starts, frames, gap_at)
-    one = {"a": a}
-    assert device(one, starts, frames[:, :, :1], gap_at) == cell_by_cell(
-        one, starts, frames[:, :, :1], gap_at
-    )
-
-
-@PROPERTY
-@given(
-    track=tracks,
-    a=detector_params(),
-    b=detector_params(),
-    seed=st.integers(0, 2**16),
-    gap_at=st.integers(0, 120),
-    blocks=st.lists(st.integers(1, 25), min_size=1, max_size=12),
-)
-def test_windows_in_blocks_give_the_events_of_windows_one_by_one(track, a, b, seed, gap_at, blocks):
-    """``Detector.update_block`` (replay) against the rule cell by cell: the same detections in
-    the same order, for one label and two, whatever the blocks' sizes, wherever events start
-    and end relative to the blocks' boundaries."""
-    starts, frames = windows_of(track, seed)
-    params = {"a": a, "b": b}
-    assert device_in_blocks(params, starts, frames, gap_at, blocks) == cell_by_cell(
-        params, starts, frames, gap_at)
-    one = {"a": a}
-    assert device_in_blocks(one, starts, frames[:, :, :1], gap_at, blocks) == cell_by_cell(
-        one, starts, frames[:, :, :1], gap_at)
+    for params, scores in (({"a": a, "b": b}, frames), ({"a": a}, frames[:, :, :1])):
+        expected = cell_by_cell(params, starts, scores, gap_at)
+        assert device(params, starts, scores, gap_at) == expected
+        assert device_in_blocks(params, starts, scores, gap_at, blocks) == expected
 
 
 def test_an_event_open_across_a_block_boundary_closes_in_the_next_block():
