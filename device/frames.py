@@ -95,8 +95,9 @@ def at_frame_rate(params, *, hop_s: float, cell_s: float):
 class FrameStitcher:
     """Mean of the frame scores of every window covering each cell, streamed. Not thread-safe.
 
-    Feed windows in time order with :meth:`push`; each call returns the cells that no later
-    window can cover any more; :meth:`finish` returns the rest and resets.
+    Feed windows in time order with :meth:`push` (or runs of them with :meth:`push_block`);
+    each call returns the cells that no later window can cover any more; :meth:`finish` returns
+    the rest and resets.
     """
 
     def __init__(self, layout: FrameLayout, n_labels: int) -> None:
@@ -109,8 +110,9 @@ class FrameStitcher:
         """Per held cell, from the first: the sum of each label's step scores, then the count of
         windows. Plain floats: a window adds to about 30 cells, and a few NumPy calls on such
         small arrays cost more than the additions (NumPy's per-call cost, paid again with caches
-        cooled by the interpreter and the front end between windows). The sums are the same
-        float64 sums, in the same order, as NumPy's would be."""
+        cooled by the interpreter and the front end between windows); a block of windows
+        (:meth:`push_block`) shares those calls and uses NumPy. The sums are the same float64
+        sums, in the same order, either way."""
         self._patterns: dict[int, tuple[np.ndarray, list[int]]] = {}
         self._empty = (np.zeros(0, np.int64), np.zeros((0, n_labels), np.float64))
         self._reset()
