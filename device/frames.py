@@ -213,7 +213,8 @@ class FrameStitcher:
         ):
             return self._one_by_one(starts, frames)
         n, k = self.n_labels, len(starts)
-        final = lo - first + (k - 1) * hop  # cells made final, from the first held: before the last window's
+        # Cells made final, from the first held: those before the last window's first.
+        final = lo - first + (k - 1) * hop
         # Per layer and cell from the first held: each label's sum of scores, then the count.
         layers = np.zeros((k + 1, final + span, n + 1))
         if rows:
