@@ -41,7 +41,7 @@ from train.evaluate import (
     timeline_scores,
 )
 from train.final import FinalPlan, HeldOut, final_plan
-from train.fit import fit, predict_both, predict_probabilities
+from train.fit import History, fit, predict_both, predict_probabilities, teacher_seeds
 from train.frontend import context_frames, window_inputs
 from train.hard_negatives import apply_hard_negatives
 from train.prepare import Log, Prepared, prepare_data
@@ -124,23 +124,36 @@ def train_split(*, config: Config, prepared: Prepared, split: dict[str, str], ou
                for name in ("validation", "test")}
     log(f"windows per epoch: {sampler.positives_per_epoch} positive, {sampler.negatives_per_epoch} negative; "
         f"validation {len(windows['validation'])}, test {len(windows['test'])}")
-    keras.utils.set_random_seed(cfg.seed)  # initial weights too: the same config gives the same run
-    model = build_model(frames=params.window_frames(window_s), n_mels=params.n_mels, n_labels=len(labels),
-                        filters=list(cfg.model.filters), dropout=cfg.model.dropout,
-                        normalisation=cfg.model.normalisation, pooling=cfg.model.pooling,
-                        stem_stride=cfg.model.stem_stride)
-    log(describe(model))
     steps_of = step_frames(frames=params.window_frames(window_s), n_mels=params.n_mels,
                            filters=list(cfg.model.filters), stem_stride=cfg.model.stem_stride)
-    layout = frame_layout(model, params=params, step_frames=steps_of, hop_s=hop_s)
+
+    def trained(seed: int, teachers: list) -> tuple[keras.Model, History]:
+        keras.utils.set_random_seed(seed)  # initial weights too: the same config gives the same run
+        model = build_model(frames=params.window_frames(window_s), n_mels=params.n_mels, n_labels=len(labels),
+                            filters=list(cfg.model.filters), dropout=cfg.model.dropout,
+                            normalisation=cfg.model.normalisation, pooling=cfg.model.pooling,
+                            stem_stride=cfg.model.stem_stride)
+        history = fit(model, sampler=sampler, validation=windows["validation"],
+                      augment_params=cfg.augment, epochs=cfg.epochs,
+                      patience=cfg.patience, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+                      seed=seed, to_inputs=lambda x: window_inputs(x, params),
+                      stop_after=final.epochs if final else None, step_frames=steps_of,
+                      weight_averaging=cfg.weight_averaging, ema_momentum=cfg.ema_momentum,
+                      teachers=teachers, distill_weight=cfg.distill.weight, log=log)
+        return model, history
+
     began = time.monotonic()
-    history = fit(model, sampler=sampler, validation=windows["validation"],
-                  augment_params=cfg.augment, epochs=cfg.epochs,
-                  patience=cfg.patience, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-                  seed=cfg.seed, to_inputs=lambda x: window_inputs(x, params),
-                  stop_after=final.epochs if final else None, step_frames=steps_of,
-                  weight_averaging=cfg.weight_averaging, ema_momentum=cfg.ema_momentum, log=log)
+    teachers = []
+    for i, seed in enumerate(teacher_seeds(cfg.seed, cfg.distill.teachers), start=1):
+        log(f"teacher {i}/{cfg.distill.teachers} (seed {seed})")
+        teachers.append(trained(seed, [])[0])
+    if teachers:
+        log(f"the model to keep (seed {cfg.seed}), on targets {1 - cfg.distill.weight:g} label + "
+            f"{cfg.distill.weight:g} the {len(teachers)} teachers' mean")
+    model, history = trained(cfg.seed, teachers)
     train_seconds = time.monotonic() - began
+    log(describe(model))
+    layout = frame_layout(model, params=params, step_frames=steps_of, hop_s=hop_s)
     model.save(out / "model.keras")
 
     calibration_x, calibration_y = sampler.epoch(np.random.default_rng([cfg.seed, 0]))
@@ -193,6 +206,8 @@ def train_split(*, config: Config, prepared: Prepared, split: dict[str, str], ou
     names, clip_y, clip_scores = clip_level(test, test_scores)
     if names:
         metrics["clip"] = metrics_by_label(clip_y, clip_scores, labels, threshold_values)
+    if teachers and final is None and len(test):
+        metrics["teachers"] = _ensemble_metrics(teachers, test, labels, threshold_values)
     long_mask = test.kind == "selections"
     if long_mask.any():
         metrics["chunk"] = metrics_by_label(test.y[long_mask], test_scores[long_mask], labels, threshold_values)
@@ -363,6 +378,18 @@ def _fold_plan(cfg: TrainSection, recordings: list[Recording], split: dict[str, 
     groups = kfold_test_groups(recordings, labels=list(cfg.labels), first=main_test, k=k,
                                seed=cfg.seed)
     return [(MAIN_FOLD if i == 1 else f"fold{i}", fold) for i, fold in enumerate(groups, 1)]
+
+
+def _ensemble_metrics(teachers: list, test, labels: list[str], thresholds: dict[str, float]) -> dict:
+    """The teachers' mean score on the test split, as the model's own figures are given (window
+    and clip level; the model's thresholds, which were not calibrated for it): what the ensemble
+    the model learned from would score, so the report says how much of it the one model kept."""
+    scores = np.mean([predict_probabilities(teacher, test.x) for teacher in teachers], axis=0)
+    out = {"teachers": len(teachers), "float": metrics_by_label(test.y, scores, labels, thresholds)}
+    names, clip_y, clip_scores = clip_level(test, scores)
+    if names:
+        out["clip"] = metrics_by_label(clip_y, clip_scores, labels, thresholds)
+    return out
 
 
 def _write_metrics(out: Path, summary: dict) -> None:
