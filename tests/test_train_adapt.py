@@ -363,3 +363,87 @@ def test_a_teacher_that_hears_no_call_vetoes_every_pseudo_call(trained, tmp_path
             run=run, unlabelled=[site], out=tmp_path / "adapted", teacher=silent, log=lambda m: None
         )
     assert not (tmp_path / "adapted").exists()
+
+
+# --- distillation from other runs: their mean score of every site window is its target ---
+
+
+def test_distillation_takes_one_pass_and_no_other_teacher(tmp_path):
+    from train.adapt_core import AdaptError, AdaptSettings, adapt_run
+
+    for settings, teacher in ((AdaptSettings(rounds=2), None), (AdaptSettings(), lambda *a: None)):
+        with pytest.raises(AdaptError, match="--distill-from"):
+            adapt_run(run=tmp_path, unlabelled=[tmp_path], distill_from=[tmp_path / "other"],
+                      settings=settings, teacher=teacher, log=lambda m: None)
+
+
+def _teacher_copy(run: Path, folder: Path, *, flip: bool = False, labels: list[str] | None = None) -> Path:
+    """A copy of ``run`` as another run of the recipe: its window and frame logits negated
+    (``flip``: a model that scores otherwise) or its run.json naming other ``labels``."""
+    import keras
+
+    shutil.copytree(run, folder)
+    if flip:
+        model = keras.models.load_model(folder / "model.keras")
+        for layer in model.layers:
+            if layer.name in ("logits", "frame_logits"):
+                layer.set_weights([-w for w in layer.get_weights()])
+        model.save(folder / "model.keras")
+    if labels is not None:
+        info = json.loads((folder / "run.json").read_text())
+        info["labels"] = labels
+        info["thresholds"] = dict.fromkeys(labels, 0.5)
+        (folder / "run.json").write_text(json.dumps(info))
+    return folder
+
+
+@pytest.mark.slow
+def test_distillation_fine_tunes_on_the_teachers_mean_of_every_site_window(trained, tmp_path, monkeypatch):
+    import keras
+
+    import train.adapt_core as core
+    from train.fit import predict_both
+    from train.model import has_frames
+
+    run, site, _ = trained
+    teachers = [_teacher_copy(run, tmp_path / "t1"), _teacher_copy(run, tmp_path / "t2", flip=True)]
+    seen: dict = {}
+    real = core.fine_tune
+
+    def spy(model, **kwargs) -> None:
+        seen.update(kwargs)
+        real(model, **kwargs)
+
+    monkeypatch.setattr(core, "fine_tune", spy)
+    out = tmp_path / "adapted"
+    record = core.adapt_run(run=run, unlabelled=[site], out=out, distill_from=teachers,
+                            settings=core.AdaptSettings(epochs=1, tolerance=0.99), log=lambda m: None)
+
+    # Every window of the site, its target the two teachers' mean (one scores as the run, the
+    # other the opposite way round: the mean is not either's).
+    windows = seen["site"]  # the site as adaptation read it; the targets are scored here afresh
+    x = windows.model_inputs(np.arange(len(windows)))
+    scored = [predict_both(keras.models.load_model(t / "model.keras"), x) for t in teachers]
+    np.testing.assert_array_equal(seen["rows"], np.arange(len(windows)))
+    np.testing.assert_allclose(seen["targets"], (scored[0][0] + scored[1][0]) / 2, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(seen["targets"], scored[0][0], atol=0.01)
+    if has_frames(keras.models.load_model(run / "model.keras")):
+        np.testing.assert_allclose(seen["frame_targets"], (scored[0][1] + scored[1][1]) / 2,
+                                   rtol=1e-5, atol=1e-6)
+    assert record["distilled_from"] == [str(t.resolve()) for t in teachers]
+    assert record["rounds"][0]["pseudo_labels"]["distilled_windows"] == len(windows)
+    rows = (out / "pseudo_labels.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(windows)
+    assert "Distilled from 2 runs" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_teacher_run_of_other_labels_is_one_line(trained, tmp_path):
+    run, site, _ = trained
+    other = _teacher_copy(run, tmp_path / "other", labels=["frog"])
+    result = _adapt("--run", str(run), "--unlabelled", str(site), "--out", str(tmp_path / "out"),
+                    "--distill-from", str(other))
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip()
+    assert line.count("\n") == 0 and "labels" in line and "Traceback" not in line
+    assert not (tmp_path / "out").exists()

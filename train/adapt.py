@@ -4,11 +4,14 @@
                           [--rounds N] [--epochs N] [--learning-rate-scale X] [--pseudo-share X]
                           [--positive-quantile Q] [--negative-quantile Q]
                           [--max-positives-per-recording N] [--tolerance X] [--teacher MODULE:FUNCTION]
+                          [--distill-from RUN...]
 
 Self-training: the run's model scores an hour or more of the new site's recordings; its
 confident calls and the site's own background become pseudo-labels; the model is fine-tuned on
 them together with its original training windows; the result is kept only if it is not worse on
-the run's validation split. It writes a new run folder (default ``<run>-adapted``) for
+the run's validation split. With ``--distill-from``, other runs of the same config (at other
+seeds) are the teachers instead: their mean score of every site window is its target
+(train.adapt_distill). It writes a new run folder (default ``<run>-adapted``) for
 ``python -m convert --int8``; the run is never modified. See train.adapt_core.
 Exit codes: 0 done, 2 bad input (one line naming the file or option), 1 adapted model refused
 or failure at run time.
@@ -112,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="optional scorer you supply (a module or path/to/file.py and a function, see "
         "train.adapt_teacher) that must agree with every pseudo-label",
     )
+    parser.add_argument(
+        "--distill-from",
+        nargs="+",
+        metavar="RUN",
+        help="instead of self-training: runs of the same config at other seeds, whose mean score "
+        "of every site window becomes its target (train.adapt_distill); one round, no --teacher",
+    )
     parser.add_argument("--version", action="version", version=f"callwatch {__version__}")
     return parser
 
@@ -143,6 +153,9 @@ def _main(argv: list[str] | None) -> int:
         )
         resolve_run(Path(args.run))  # one line before TensorFlow's start-up
         teacher = load_teacher(args.teacher) if args.teacher else None
+        for path in args.distill_from or []:
+            if not (Path(path) / "model.keras").is_file():
+                raise AdaptError(f"{path}: no model.keras there (--distill-from takes run folders python -m train wrote)")
         missing = [p for p in args.unlabelled if not Path(p).exists()]
         if missing:
             raise AdaptError(f"{missing[0]}: no such file or folder (--unlabelled)")
@@ -169,6 +182,7 @@ def _main(argv: list[str] | None) -> int:
             settings=settings,
             data_root=Path(args.data_root) if args.data_root else None,
             teacher=teacher,
+            distill_from=[Path(p) for p in args.distill_from] if args.distill_from else None,
             command=command,
             log=log,
         )

@@ -34,6 +34,7 @@ import numpy as np
 from device.audio import find_audio_files
 from device.config import ConfigError, load_config
 from device.runrecord import RunRecord, RunRecordError
+from train.adapt_distill import TeacherRunError, load_teacher_runs, site_targets
 from train.adapt_select import SelectionParams, agreement, select_pseudo_labels
 from train.adapt_site import read_site
 from train.adapt_teacher import Teacher, TeacherError, on_student_scale, teacher_view
@@ -120,13 +121,17 @@ def adapt_run(
     settings: AdaptSettings | None = None,
     data_root: Path | None = None,
     teacher: Teacher | None = None,
+    distill_from: list[Path] | None = None,
     command: str = "",
     log: Log = print,
 ) -> dict:
     """Adapt the model of ``run`` to the site recorded in ``unlabelled`` (files or folders) and
     write the adapted run folder into ``out`` (default ``<run>-adapted``); returns its adaptation
     record. Raises :class:`AdaptError` on bad input, :class:`AdaptRefused` when the adapted model
-    is worse on the run's validation split (nothing is written then)."""
+    is worse on the run's validation split (nothing is written then).
+
+    ``distill_from``: runs of the same recipe at other seeds; instead of self-training, the model
+    learns their mean score of every site window (:mod:`train.adapt_distill`; one round)."""
     import keras
     import tensorflow as tf
 
@@ -137,6 +142,11 @@ def adapt_run(
     from train.windows import WindowSampler, evaluation_windows
 
     settings = settings or AdaptSettings()
+    if distill_from and (teacher is not None or settings.rounds > 1):
+        raise AdaptError(
+            "--distill-from takes the teachers' scores of every window in one pass: it goes with "
+            "neither --teacher nor --rounds"
+        )
     run = resolve_run(Path(run))
     out = Path(out) if out is not None else run.with_name(run.name + "-adapted")
     if out.resolve() == run.resolve():
@@ -236,6 +246,15 @@ def adapt_run(
 
     before = predict_probabilities(original, validation.x)
     thresholds = {label: float(run_info.thresholds[label]) for label in labels}
+    distilled = None
+    if distill_from:  # the teachers' mean score of every site window: the targets
+        try:
+            teachers = load_teacher_runs([Path(p) for p in distill_from], run_info)
+        except TeacherRunError as exc:
+            raise AdaptError(str(exc)) from None
+        distilled = site_targets(teachers, site)
+        log(f"distilling from {len(teachers)} runs: their mean score of {len(site)} site windows, "
+            + ", ".join(f"{label} mean {distilled[0][:, i].mean():.3f}" for i, label in enumerate(labels)))
     teacher_scores = None
     if teacher is not None:  # one more view, fixed across rounds (train.adapt_teacher)
         try:
@@ -248,54 +267,68 @@ def adapt_run(
     kept = None
     learning_rate = cfg.learning_rate * settings.learning_rate_scale
     for round_ in range(1, settings.rounds + 1):
-        views = site.score_views(predict)
-        if teacher_scores is not None:  # the teacher's ranking on this round's student scale
-            views = np.concatenate([views, on_student_scale(teacher_scores, views)[None]])
-        low, high = agreement(views)
-        pseudo = select_pseudo_labels(
-            low=low,
-            high=high,
-            sources=site.sources,
-            labels=labels,
-            thresholds=thresholds,
-            params=settings.selection,
-            rng=np.random.default_rng([cfg.seed, 23, round_]),
-        )
-        chosen = pseudo.to_dict(site.sources)
-        for k, row in enumerate(pseudo.indices):
-            called = [label for i, label in enumerate(labels) if pseudo.y[k, i]]
-            chosen_rows.append(
-                [
-                    round_,
-                    str(site.sources[row]),
-                    f"{site.start_s[row]:.3f}",
-                    " ".join(called),
-                    " ".join(f"{v:.4f}" for v in low[row]),
-                    " ".join(f"{v:.4f}" for v in high[row]),
-                ]
+        if distilled is not None:
+            rows, (targets, frame_targets) = np.arange(len(site)), distilled
+            chosen = {
+                "distilled_windows": len(site),
+                "teachers": [str(p) for p in distill_from],
+                "mean_target": {label: round(float(targets[:, i].mean()), 6) for i, label in enumerate(labels)},
+            }
+            for row in rows:  # every window, its target in both score columns
+                target = " ".join(f"{v:.4f}" for v in targets[row])
+                chosen_rows.append([round_, str(site.sources[row]), f"{site.start_s[row]:.3f}", "", target, target])
+        else:
+            views = site.score_views(predict)
+            if teacher_scores is not None:  # the teacher's ranking on this round's student scale
+                views = np.concatenate([views, on_student_scale(teacher_scores, views)[None]])
+            low, high = agreement(views)
+            pseudo = select_pseudo_labels(
+                low=low,
+                high=high,
+                sources=site.sources,
+                labels=labels,
+                thresholds=thresholds,
+                params=settings.selection,
+                rng=np.random.default_rng([cfg.seed, 23, round_]),
             )
-        log(
-            f"round {round_}: pseudo-labels {chosen['positives']} calls (from {chosen['recordings_with_positives']} "
-            f"recordings) and {chosen['negatives']} background windows; cuts "
-            + ", ".join(
-                f"{k} >= {c['positive']:.3f} / <= {c['negative']:.3f}"
-                for k, c in pseudo.cuts.items()
-            )
-        )
-        if not len(pseudo.positives):
-            if round_ == 1:
-                raise AdaptRefused(
-                    "no window of the unlabelled audio scored as a confident call (above the run's "
-                    "threshold in every view): nothing to adapt on; recalibrate the thresholds on "
-                    "this site instead (python -m train.recalibrate)"
+            chosen = pseudo.to_dict(site.sources)
+            for k, row in enumerate(pseudo.indices):
+                called = [label for i, label in enumerate(labels) if pseudo.y[k, i]]
+                chosen_rows.append(
+                    [
+                        round_,
+                        str(site.sources[row]),
+                        f"{site.start_s[row]:.3f}",
+                        " ".join(called),
+                        " ".join(f"{v:.4f}" for v in low[row]),
+                        " ".join(f"{v:.4f}" for v in high[row]),
+                    ]
                 )
-            log(f"round {round_}: no confident calls; keeping round {round_ - 1}")
-            break
+            log(
+                f"round {round_}: pseudo-labels {chosen['positives']} calls (from {chosen['recordings_with_positives']} "
+                f"recordings) and {chosen['negatives']} background windows; cuts "
+                + ", ".join(
+                    f"{k} >= {c['positive']:.3f} / <= {c['negative']:.3f}"
+                    for k, c in pseudo.cuts.items()
+                )
+            )
+            if not len(pseudo.positives):
+                if round_ == 1:
+                    raise AdaptRefused(
+                        "no window of the unlabelled audio scored as a confident call (above the run's "
+                        "threshold in every view): nothing to adapt on; recalibrate the thresholds on "
+                        "this site instead (python -m train.recalibrate)"
+                    )
+                log(f"round {round_}: no confident calls; keeping round {round_ - 1}")
+                break
+            rows, targets, frame_targets = pseudo.indices, pseudo.y, None
         fine_tune(
             model,
             sampler=sampler,
             site=site,
-            pseudo=pseudo,
+            rows=rows,
+            targets=targets,
+            frame_targets=frame_targets,
             config=config,
             epochs=settings.epochs,
             learning_rate=learning_rate,
@@ -364,11 +397,12 @@ def adapt_run(
             "hop_s": hop_s,
         },
         "pseudo_labels": {
-            "positives": sum(r["pseudo_labels"]["positives"] for r in rounds if r["kept"]),
-            "negatives": sum(r["pseudo_labels"]["negatives"] for r in rounds if r["kept"]),
+            "positives": sum(r["pseudo_labels"].get("positives", 0) for r in rounds if r["kept"]),
+            "negatives": sum(r["pseudo_labels"].get("negatives", 0) for r in rounds if r["kept"]),
         },
         "rounds": rounds,
         "teacher": None if teacher is None else getattr(teacher, "__name__", str(teacher)),
+        "distilled_from": [str(Path(p).resolve()) for p in distill_from] if distill_from else None,
         "checked_on": checked_on,
         "settings": {
             **asdict(settings),
@@ -394,7 +428,10 @@ def adapt_run(
         windows=int(cfg.calibration_windows),
     )
     log(
-        f"adapted run: {out} ({record['pseudo_labels']['positives']} pseudo-positives, "
-        f"{record['pseudo_labels']['negatives']} pseudo-negatives; next: python -m convert --int8 {out})"
+        f"adapted run: {out} ("
+        + (f"distilled from {len(distill_from)} runs" if distill_from else
+           f"{record['pseudo_labels']['positives']} pseudo-positives, "
+           f"{record['pseudo_labels']['negatives']} pseudo-negatives")
+        + f"; next: python -m convert --int8 {out})"
     )
     return record

@@ -13,7 +13,6 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from device.config import Config
-from train.adapt_select import PseudoLabels
 from train.adapt_site import SiteWindows
 
 
@@ -48,7 +47,9 @@ def fine_tune(
     *,
     sampler,
     site: SiteWindows,
-    pseudo: PseudoLabels,
+    rows: np.ndarray,
+    targets: np.ndarray,
+    frame_targets: np.ndarray | None = None,
     config: Config,
     epochs: int,
     learning_rate: float,
@@ -57,13 +58,15 @@ def fine_tune(
     log: Callable[[str], None],
 ) -> None:
     """Train ``model`` in place for ``epochs`` epochs at a constant ``learning_rate``: each the
-    run's own training windows, freshly drawn, plus pseudo-labelled site windows drawn with
-    replacement (``pseudo_share`` of the epoch), all augmented as training augments.
+    run's own training windows, freshly drawn, plus the site's windows ``rows`` with their
+    ``targets`` (N, n_labels) drawn with replacement (``pseudo_share`` of the epoch), all
+    augmented as training augments. Targets are 0/1 pseudo-labels (self-training) or the
+    teachers' mean probabilities (:mod:`train.adapt_distill`).
 
     A model with a frame output (``pooling: time``) trains both outputs, as training does: the
-    run's windows with their frame targets, a pseudo-labelled call as a call somewhere in its
-    window (the frame loss takes its best step), pseudo-labelled background as no call at any
-    step."""
+    run's windows with their frame targets; a site window with its ``frame_targets`` (N, steps,
+    n_labels) when given, else a call as a call somewhere in its window (the frame loss takes its
+    best step) and background as no call at any step."""
     import keras
 
     from train.augment import augment
@@ -74,7 +77,6 @@ def fine_tune(
 
     cfg = config.train
     params = sampler.params
-    rows, pseudo_y = pseudo.indices, pseudo.y
     bce = keras.losses.BinaryCrossentropy(from_logits=True)
     frames = has_frames(model)
     steps = int(model.output_shape[1][1]) if frames else 0
@@ -95,9 +97,12 @@ def fine_tune(
         n = round(pseudo_share / (1 - pseudo_share) * len(x))
         pick = rng.integers(len(rows), size=n)
         x = np.concatenate([x, site.training_crops(rows[pick], rng)])
-        y = np.concatenate([y, pseudo_y[pick]])
-        pseudo_f = np.where(pseudo_y[pick][:, None, :] > 0, SOMEWHERE, 0.0).astype(np.float32)
-        f = np.concatenate([f, np.repeat(pseudo_f, steps, axis=1)])
+        y = np.concatenate([y, targets[pick]])
+        if frame_targets is not None:
+            f = np.concatenate([f, frame_targets[pick]])
+        else:
+            pseudo_f = np.where(targets[pick][:, None, :] > 0, SOMEWHERE, 0.0).astype(np.float32)
+            f = np.concatenate([f, np.repeat(pseudo_f, steps, axis=1)])
         n_labels = y.shape[1]
         order = rng.permutation(len(x))
         # Frame targets ride along as extra label columns, as in train.fit.

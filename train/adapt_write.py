@@ -224,8 +224,11 @@ def report_text(info: dict, metrics: dict) -> str:
         f"- Unlabelled audio: {len(a['unlabelled']['files'])} recordings, {a['unlabelled']['hours']:.2f} h, "
         f"{a['unlabelled']['windows']} windows every {a['unlabelled']['hop_s']} s "
         f"({', '.join(a['unlabelled']['paths'])}).",
-        f"- Pseudo-labels kept: {a['pseudo_labels']['positives']} calls, {a['pseudo_labels']['negatives']} "
-        "background windows (each listed in pseudo_labels.csv, to listen to).",
+        (f"- Distilled from {len(a['distilled_from'])} runs ({', '.join(a['distilled_from'])}): their mean "
+         "score of every site window was its target (each listed in pseudo_labels.csv with its target)."
+         if a.get("distilled_from") else
+         f"- Pseudo-labels kept: {a['pseudo_labels']['positives']} calls, {a['pseudo_labels']['negatives']} "
+         "background windows (each listed in pseudo_labels.csv, to listen to)."),
         f"- Checked on {a['checked_on']}, tolerance {a['settings']['tolerance']}:",
         "",
     ]
@@ -236,7 +239,8 @@ def report_text(info: dict, metrics: dict) -> str:
     for r in a["rounds"]:
         for label, v in r["check"]["labels"].items():
             lines.append(
-                f"| {r['round']} | {r['pseudo_labels']['positives']} | {r['pseudo_labels']['negatives']} | "
+                f"| {r['round']} | {r['pseudo_labels'].get('positives', '-')} | "
+                f"{r['pseudo_labels'].get('negatives', '-')} | "
                 f"{label} | {v['roc_auc_before']:.3f} -> {v['roc_auc_after']:.3f} | "
                 f"{v['pr_auc_before']:.3f} -> {v['pr_auc_after']:.3f} | {'yes' if r['kept'] else 'no'} |"
             )
