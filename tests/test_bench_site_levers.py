@@ -80,3 +80,11 @@ def test_a_number_in_a_dotted_key_picks_a_dataset(tmp_path: Path) -> None:
     rainforest = [d for d in datasets if d.path == "capuchin/recordings"]
     assert [d.negatives_per_minute for d in rainforest] == [6.0]
     assert [d.negatives_per_minute for d in datasets if d.path == "noise"] == [None]
+
+
+def test_the_distillation_variant_learns_from_the_sites_other_base_runs() -> None:
+    arguments = adapt_sites._arguments(adapt_sites.DISTILL, "DiLane")
+    assert arguments[0] == "--distill-from"
+    assert arguments[1:] == [str(adapt_sites.RUNS / f"base-DiLane-{s}") for s in adapt_sites.TEACHER_SEEDS]
+    assert not set(adapt_sites.TEACHER_SEEDS) & set(adapt_sites.SEEDS)  # never the student's own run
+    assert adapt_sites._arguments("r2", "DiLane") == ["--rounds", "2"]
