@@ -73,9 +73,9 @@ LEVERS = (
         {"train.augment.freq_shift_bands": 2},
     ),
     Lever(
-        "distill3",
-        "distillation from 3 teachers `train.distill.teachers: 3`",
-        {"train.distill.teachers": 3},
+        "ensemble3",
+        "an ensemble of 3 `train.model.ensemble: 3` (3 models on the device)",
+        {"train.model.ensemble": 3},
     ),
 )
 ORDER = (
@@ -88,23 +88,17 @@ ORDER = (
     ("neg6", SEEDS),
     ("mixup", SEEDS),
     ("fshift2", SEEDS),
-    ("distill3", SEEDS),
+    ("ensemble3", SEEDS),
 )
 """Training order when runs are missing: the brief's priorities (most wanted first)."""
 
 
-def _roc_auc(run: Path, of: str = "model") -> float | None:
-    """The run's clip ROC-AUC on its test split: of its model, or (``of="teachers"``) of its
-    distillation teachers' mean score (None when the run has none)."""
+def _roc_auc(run: Path) -> float | None:
     metrics = run / "metrics.json"
     if not metrics.is_file():
         return None
-    figures = json.loads(metrics.read_text())["metrics"]
-    if of == "teachers":
-        figures = figures.get("teachers")
-        if figures is None:
-            return None
-    return float(figures["clip"]["bobwhite"]["roc_auc"])
+    value = json.loads(metrics.read_text())["metrics"]["clip"]["bobwhite"]["roc_auc"]
+    return float(value)
 
 
 def _train(lever: Lever, site: str, seed: int) -> None:
@@ -154,19 +148,14 @@ def table() -> list[str]:
         "|---|---|---:|---:|---:|---:|---|",
     ]
     for lever in (EXAMPLE, *LEVERS):
-        kinds = [("model", lever.title)]
-        if "train.distill.teachers" in lever.changes:  # the ensemble it learned from, too
-            kinds.append(("teachers", f"its {lever.changes['train.distill.teachers']} teachers' mean score "
-                                      "(an ensemble: that many models on the device)"))
-        for of, title in kinds:
-            for site in SITES:
-                if lever is EXAMPLE:
-                    values = example[site]
-                else:
-                    values = [_roc_auc(RUNS / f"{lever.key}-{site}-{s}", of) for s in SEEDS]
-                cells = " | ".join("-" if v is None else f"{v:.3f}" for v in values)
-                delta = "" if lever is EXAMPLE else _delta(values, example[site])
-                rows.append(f"| {title} | {site} | {cells} | {_stats(values)} | {delta} |")
+        for site in SITES:
+            if lever is EXAMPLE:
+                values = example[site]
+            else:
+                values = [_roc_auc(RUNS / f"{lever.key}-{site}-{s}") for s in SEEDS]
+            cells = " | ".join("-" if v is None else f"{v:.3f}" for v in values)
+            delta = "" if lever is EXAMPLE else _delta(values, example[site])
+            rows.append(f"| {lever.title} | {site} | {cells} | {_stats(values)} | {delta} |")
     return rows
 
 

@@ -35,12 +35,10 @@ def test_bobwhite_config_without_changes_is_the_example_held_out(tmp_path: Path)
     assert train.augment == example.augment and train.model == example.model
 
 
-def _metrics(run: Path, roc_auc: float, teachers: float | None = None) -> None:
+def _metrics(run: Path, roc_auc: float) -> None:
     run.mkdir(parents=True)
-    metrics = {"clip": {"bobwhite": {"roc_auc": roc_auc}}}
-    if teachers is not None:
-        metrics["teachers"] = {"teachers": 3, "clip": {"bobwhite": {"roc_auc": teachers}}}
-    (run / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+    clip = {"bobwhite": {"roc_auc": roc_auc}}
+    (run / "metrics.json").write_text(json.dumps({"metrics": {"clip": clip}}))
 
 
 def test_table_reads_existing_runs_and_trains_nothing_when_told(
@@ -60,15 +58,6 @@ def test_table_reads_existing_runs_and_trains_nothing_when_told(
     assert "| 0.950 | - | 0.930 | 0.940 ± 0.014 | +0.020 (+0.050, -0.010) |" in time
     eq = next(r for r in rows if "eq_db" in r and "| WLFW_AL |" in r)
     assert "| - | - | - | - |" in eq
-    # A distilled run: the model, and the ensemble of its teachers in a row of its own.
-    distilled = [r for r in rows if "distill" in r and "| DiLane |" in r]
-    assert len(distilled) == 1 and "| - | - | - | - |" in distilled[0]
-    _metrics(tmp_path / "levers" / "distill3-DiLane-7", 0.93, teachers=0.96)
-    rows = site_levers.table()
-    model = next(r for r in rows if "`train.distill.teachers: 3`" in r and "| DiLane |" in r)
-    assert "| - | 0.930 | - | 0.930 (1 seed) | +0.010 (+0.010) |" in model
-    ensemble = next(r for r in rows if "teachers' mean score" in r and "| DiLane |" in r)
-    assert "| - | 0.960 | - | 0.960 (1 seed) | +0.040 (+0.040) |" in ensemble
     assert not list((tmp_path / "levers").glob("*.yaml"))  # nothing was trained
 
 

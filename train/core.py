@@ -41,7 +41,7 @@ from train.evaluate import (
     timeline_scores,
 )
 from train.final import FinalPlan, HeldOut, final_plan
-from train.fit import History, fit, predict_both, predict_probabilities, teacher_seeds
+from train.fit import History, fit, member_seeds, predict_both, predict_probabilities
 from train.frontend import context_frames, window_inputs
 from train.hard_negatives import apply_hard_negatives
 from train.prepare import Log, Prepared, prepare_data
@@ -86,7 +86,7 @@ def train_split(*, config: Config, prepared: Prepared, split: dict[str, str], ou
     keeps the pooled held-out windows as ``test_windows.npz`` (for convert's int8 check)."""
     import keras
 
-    from train.model import build_model, describe, frame_layout, step_frames
+    from train.model import build_model, describe, ensemble, frame_layout, step_frames
 
     cfg = config.train
     labels, params, window_s = list(cfg.labels), prepared.params, cfg.window_s
@@ -127,7 +127,7 @@ def train_split(*, config: Config, prepared: Prepared, split: dict[str, str], ou
     steps_of = step_frames(frames=params.window_frames(window_s), n_mels=params.n_mels,
                            filters=list(cfg.model.filters), stem_stride=cfg.model.stem_stride)
 
-    def trained(seed: int, teachers: list) -> tuple[keras.Model, History]:
+    def trained(seed: int) -> tuple[keras.Model, History]:
         keras.utils.set_random_seed(seed)  # initial weights too: the same config gives the same run
         model = build_model(frames=params.window_frames(window_s), n_mels=params.n_mels, n_labels=len(labels),
                             filters=list(cfg.model.filters), dropout=cfg.model.dropout,
@@ -138,19 +138,18 @@ def train_split(*, config: Config, prepared: Prepared, split: dict[str, str], ou
                       patience=cfg.patience, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
                       seed=seed, to_inputs=lambda x: window_inputs(x, params),
                       stop_after=final.epochs if final else None, step_frames=steps_of,
-                      weight_averaging=cfg.weight_averaging, ema_momentum=cfg.ema_momentum,
-                      teachers=teachers, distill_weight=cfg.distill.weight, log=log)
+                      weight_averaging=cfg.weight_averaging, ema_momentum=cfg.ema_momentum, log=log)
         return model, history
 
     began = time.monotonic()
-    teachers = []
-    for i, seed in enumerate(teacher_seeds(cfg.seed, cfg.distill.teachers), start=1):
-        log(f"teacher {i}/{cfg.distill.teachers} (seed {seed})")
-        teachers.append(trained(seed, [])[0])
-    if teachers:
-        log(f"the model to keep (seed {cfg.seed}), on targets {1 - cfg.distill.weight:g} label + "
-            f"{cfg.distill.weight:g} the {len(teachers)} teachers' mean")
-    model, history = trained(cfg.seed, teachers)
+    members = []
+    for i, seed in enumerate(member_seeds(cfg.seed, cfg.model.ensemble), start=1):
+        if cfg.model.ensemble > 1:
+            log(f"ensemble member {i}/{cfg.model.ensemble} (seed {seed})")
+        members.append(trained(seed))
+    model, history = members[0]  # the first member's training curves stand for the rest
+    if len(members) > 1:
+        model = ensemble([m for m, _ in members])
     train_seconds = time.monotonic() - began
     log(describe(model))
     layout = frame_layout(model, params=params, step_frames=steps_of, hop_s=hop_s)
@@ -206,8 +205,8 @@ def train_split(*, config: Config, prepared: Prepared, split: dict[str, str], ou
     names, clip_y, clip_scores = clip_level(test, test_scores)
     if names:
         metrics["clip"] = metrics_by_label(clip_y, clip_scores, labels, threshold_values)
-    if teachers and final is None and len(test):
-        metrics["teachers"] = _ensemble_metrics(teachers, test, labels, threshold_values)
+    if len(members) > 1 and final is None and len(test):
+        metrics["members"] = [_member_metrics(m, test, labels, threshold_values) for m, _ in members]
     long_mask = test.kind == "selections"
     if long_mask.any():
         metrics["chunk"] = metrics_by_label(test.y[long_mask], test_scores[long_mask], labels, threshold_values)
@@ -380,12 +379,11 @@ def _fold_plan(cfg: TrainSection, recordings: list[Recording], split: dict[str, 
     return [(MAIN_FOLD if i == 1 else f"fold{i}", fold) for i, fold in enumerate(groups, 1)]
 
 
-def _ensemble_metrics(teachers: list, test, labels: list[str], thresholds: dict[str, float]) -> dict:
-    """The teachers' mean score on the test split, as the model's own figures are given (window
-    and clip level; the model's thresholds, which were not calibrated for it): what the ensemble
-    the model learned from would score, so the report says how much of it the one model kept."""
-    scores = np.mean([predict_probabilities(teacher, test.x) for teacher in teachers], axis=0)
-    out = {"teachers": len(teachers), "float": metrics_by_label(test.y, scores, labels, thresholds)}
+def _member_metrics(member, test, labels: list[str], thresholds: dict[str, float]) -> dict:
+    """One ensemble member's own figures on the test split (window and clip level, at the
+    ensemble's thresholds), so the report shows what averaging gained over each model."""
+    scores = predict_probabilities(member, test.x)
+    out = {"float": metrics_by_label(test.y, scores, labels, thresholds)}
     names, clip_y, clip_scores = clip_level(test, scores)
     if names:
         out["clip"] = metrics_by_label(clip_y, clip_scores, labels, thresholds)

@@ -36,7 +36,7 @@ on 240 fresh clips (BENCHMARKS.md, "Weight averaging with the frame head").
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import keras
@@ -156,24 +156,12 @@ def predict_both(
     return sigmoid(out), None
 
 
-def teacher_seeds(seed: int, teachers: int) -> list[int]:
-    """Seeds of ``teachers`` teacher models for a run at ``seed``, drawn from NumPy's seed
-    sequence of (seed, teacher): 32-bit values, so a teacher is not the model of a run at another
-    seed (its seed and another run's are equal by a one-in-four-billion chance per pair)."""
-    return [int(np.random.SeedSequence([seed, i]).generate_state(1)[0]) for i in range(1, teachers + 1)]
-
-
-def distilled_targets(
-    y: np.ndarray, x: np.ndarray, teachers: Sequence[keras.Model], weight: float
-) -> np.ndarray:
-    """Window targets (N, n_labels) blended with the teachers' mean probability of the same
-    windows (N, frames, n_mels, 1): ``(1 - weight) * y + weight * mean``. The mean of several
-    models trained at other seeds is an ensemble's score: on a new site it ranks windows better
-    than any one of them (BENCHMARKS.md, "Distillation"), and a student trained towards it learns
-    where they agree, at one model's cost on the device. Frame targets are left as they are: the
-    teachers' steps of a clip whose call time is unknown are no surer than the student's."""
-    mean = np.mean([predict_probabilities(teacher, x) for teacher in teachers], axis=0)
-    return ((1.0 - weight) * y + weight * mean).astype(y.dtype)
+def member_seeds(seed: int, members: int) -> list[int]:
+    """Seeds of an ensemble's ``members`` models for a run at ``seed``: the first is ``seed`` (so
+    the first member is the model one run at that seed trains), the others drawn from NumPy's
+    seed sequence of (seed, member), 32-bit values, so they are not the seeds of runs at other
+    small seeds (a one-in-four-billion chance per pair)."""
+    return [seed] + [int(np.random.SeedSequence([seed, i]).generate_state(1)[0]) for i in range(1, members)]
 
 
 def frame_loss(y_true, y_pred):
@@ -224,8 +212,6 @@ def fit(
     step_frames: int = 0,
     weight_averaging: str = "none",
     ema_momentum: float = 0.99,
-    teachers: Sequence[keras.Model] = (),
-    distill_weight: float = 0.5,
     log: Callable[[str], None] = print,
 ) -> History:
     """Train ``model`` in place (best weights restored) and return its history.
@@ -240,9 +226,7 @@ def fit(
     ``step_frames``: spectrogram frames per step of the frame output (:func:`train.model.step_frames`;
     0: the window's frames over its steps, rounded down).
     ``weight_averaging``: "ema" validates, keeps and leaves in ``model`` the moving average of the
-    weights (:class:`WeightAverage` with ``ema_momentum``) instead of the weights as trained.
-    ``teachers``: trained models whose mean window probability of each augmented training window
-    is blended into its window target, ``distill_weight`` of it (:func:`distilled_targets`)."""
+    weights (:class:`WeightAverage` with ``ema_momentum``) instead of the weights as trained."""
     import tensorflow as tf
 
     if weight_averaging not in WEIGHT_AVERAGING:
@@ -282,8 +266,6 @@ def fit(
         y, f = y[:, :n_labels], y[:, n_labels:].reshape(len(y), steps, 1, n_labels)
         if to_inputs is not None:
             x = to_inputs(x)
-        if teachers:
-            y = distilled_targets(y, x[..., None], teachers, distill_weight)
         fitted = model.fit(
             x[..., None],
             [y, f] if frames else y,

@@ -116,6 +116,23 @@ def build_model(
     return keras.Model(inputs, logits, name=name)
 
 
+def ensemble(members: list[keras.Model]) -> keras.Model:
+    """One model of ``members`` (the same architecture, trained at different seeds): each scores
+    the input, and each output is the mean of the members' logits (built-in layers only, so the
+    saved model loads anywhere, and converts to one int8 model as a single one does). The mean
+    logit ranks windows as the mean probability nearly does (on the Bobwhite sites, clip ROC-AUC
+    within 0.01 of it, BENCHMARKS.md)."""
+    inputs = keras.Input(members[0].input_shape[1:], name="spectrogram")
+    outputs = []
+    for i, member in enumerate(members, start=1):
+        member.name = f"member_{i}"  # nested models need names of their own
+        out = member(inputs)
+        outputs.append(out if isinstance(out, (list, tuple)) else [out])
+    names = ["logits", FRAME_OUTPUT][: len(outputs[0])]
+    averaged = [keras.layers.Average(name=name)([out[k] for out in outputs]) for k, name in enumerate(names)]
+    return keras.Model(inputs, averaged if len(averaged) == 2 else averaged[0], name="callwatch_ensemble")
+
+
 def has_frames(model: keras.Model) -> bool:
     """True when the model has the frame output (a second output, :data:`FRAME_OUTPUT`)."""
     return len(model.outputs) == 2

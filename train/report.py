@@ -206,13 +206,13 @@ def write_report(out: Path, *, summary: dict, test: WindowSet, scores: np.ndarra
     lines += _table(metrics["float"], labels)
     if "clip" in metrics:
         lines += ["", "Per clip (a clip's score is its highest window):", ""] + _table(metrics["clip"], labels)
-    if "teachers" in metrics:
-        ensemble = metrics["teachers"]
-        lines += ["", f"The {ensemble['teachers']} teachers' mean score (the ensemble this model was distilled "
-                  "from, `train.distill`), on the same windows: "
-                  + "; ".join(f"{label} {name} ROC-AUC {_fmt(m['roc_auc'])}"
-                              for level, name in (("float", "window"), ("clip", "clip"))
-                              for label, m in ensemble.get(level, {}).items()) + "."]
+    if "members" in metrics:
+        lines += ["", f"This model is an ensemble of {len(metrics['members'])} (`train.model.ensemble`): the mean "
+                  "of their logits. Each member alone, on the same windows: "
+                  + "; ".join(f"member {i}: " + ", ".join(f"{label} {name} ROC-AUC {_fmt(m['roc_auc'])}"
+                                                          for level, name in (("float", "window"), ("clip", "clip"))
+                                                          for label, m in member.get(level, {}).items())
+                              for i, member in enumerate(metrics["members"], start=1)) + "."]
     if "chunk" in metrics:
         lines += ["", f"Per {summary['window_s']} s chunk of the long recordings (back to back from 0 s, "
                   "ambiguous chunks left out):", ""] + _table(metrics["chunk"], labels)

@@ -216,6 +216,12 @@ class ModelSection(Section):
         maximum=2,
         doc="Stride of the first convolution in time and frequency: 2 costs about a third of 1 on the device (measured in BENCHMARKS.md) for the same accuracy on the example data",
     )
+    ensemble: int = setting(
+        1,
+        minimum=1,
+        maximum=8,
+        doc="Models trained at different seeds (the first at train.seed) and shipped as one, their logits averaged: on a site none of them heard, the average ranks calls better than one model; training and the device's inference cost that many times as much (the front end is shared)",
+    )
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -238,24 +244,6 @@ class CalibrationSection(Section):
         minimum=0,
         maximum=3600,
         doc="False alarms per hour of background audio allowed",
-    )
-
-
-@dataclass(frozen=True, eq=False, repr=False)
-class DistillSection(Section):
-    """The ``train.distill`` section."""
-
-    teachers: int = setting(
-        0,
-        minimum=0,
-        maximum=16,
-        doc="Train this many teacher models first (the same config at other seeds), then the model to keep on targets blended with the teachers' mean score of each training window (knowledge distillation: one model of the usual size that learns what the ensemble agrees on; training costs teachers + 1 times as much, the device nothing more); 0: off",
-    )
-    weight: float = setting(
-        0.5,
-        minimum=0.0,
-        maximum=1.0,
-        doc="With teachers: each training window's target is (1 - weight) * its label + weight * the teachers' mean probability",
     )
 
 
@@ -352,7 +340,6 @@ class TrainSection(Section):
         maximum=0.9999,
         doc="With weight_averaging 'ema': after every step, average = momentum * average + (1 - momentum) * weights; it spans about 1 / (1 - momentum) steps (0.99: 100 steps, 4 epochs of 1500 windows at batch 64)",
     )
-    distill: DistillSection = section(DistillSection)
     seed: int = setting(
         1234,
         minimum=0,
