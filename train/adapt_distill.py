@@ -4,8 +4,8 @@ Self-training (:mod:`train.adapt_select`) can only take the calls the model alre
 highest; the calls it misses score low, and it cannot pick those. Several models of the same
 recipe trained at other seeds, averaged, rank a new site's windows better than any one of them
 (on the two Bobwhite sites, three models' mean score beat the single models' mean clip ROC-AUC
-in every direction; BENCHMARKS.md, "Distillation"). ``python -m train.adapt --distill-from RUN
-...`` takes those runs as teachers: their mean score of every window of the site becomes the
+in every direction; BENCHMARKS.md, "Six seeds, ensembles, distillation").
+``python -m train.adapt --distill-from RUN ...`` takes those runs as teachers: their mean score of every window of the site becomes the
 window's target (soft, not a 0/1 pseudo-label: nothing is thrown away, nothing is rounded to a
 call), and the model is fine-tuned on the site's windows with those targets together with its
 own training data, as self-training fine-tunes it. The device then runs one model, the size it

@@ -121,7 +121,7 @@ def ensemble(members: list[keras.Model]) -> keras.Model:
     the input, and each output is the mean of the members' logits (built-in layers only, so the
     saved model loads anywhere, and converts to one int8 model as a single one does). The mean
     logit ranks windows as the mean probability nearly does (on the Bobwhite sites, clip ROC-AUC
-    within 0.01 of it, BENCHMARKS.md)."""
+    within 0.011 of it, BENCHMARKS.md "Six seeds, ensembles, distillation")."""
     inputs = keras.Input(members[0].input_shape[1:], name="spectrogram")
     outputs = []
     for i, member in enumerate(members, start=1):
