@@ -297,7 +297,10 @@ def _snapshot(out: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def long_season(tmp_path_factory) -> Path:
-    return _season(tmp_path_factory.mktemp("long") / "season", seconds=90.0, per_site=4)
+    # Long enough that the files after the first take a replay most of a second: the signal and
+    # kill tests stop the batch once a file is done, and must land before the last one is (with
+    # 90 s files, block-wise replay finished all nine before a SIGINT landed).
+    return _season(tmp_path_factory.mktemp("long") / "season", seconds=360.0, per_site=4)
 
 
 @pytest.mark.parametrize("jobs", ["1", pytest.param("2", marks=pytest.mark.slow)])

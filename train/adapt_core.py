@@ -34,7 +34,7 @@ import numpy as np
 from device.audio import find_audio_files
 from device.config import ConfigError, load_config
 from device.runrecord import RunRecord, RunRecordError
-from train.adapt_distill import TeacherRunError, load_teacher_runs, site_targets
+from train.adapt_distill import TeacherRunError, check_teacher_runs, load_teacher_runs, site_targets
 from train.adapt_select import SelectionParams, agreement, select_pseudo_labels
 from train.adapt_site import read_site
 from train.adapt_teacher import Teacher, TeacherError, on_student_scale, teacher_view
@@ -172,6 +172,10 @@ def adapt_run(
     except RunRecordError as exc:
         raise AdaptError(str(exc)) from None
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
+    try:  # before anything loads: a wrong teacher run is one line
+        teacher_runs = check_teacher_runs([Path(p) for p in distill_from or []], run_info)
+    except TeacherRunError as exc:
+        raise AdaptError(str(exc)) from None
 
     prepared = prepare_data(train_cfg=cfg, data_root=data_root, cache_dir=cache_dir, log=log)
     with open(run / "split.csv", newline="") as f:
@@ -247,13 +251,9 @@ def adapt_run(
     before = predict_probabilities(original, validation.x)
     thresholds = {label: float(run_info.thresholds[label]) for label in labels}
     distilled = None
-    if distill_from:  # the teachers' mean score of every site window: the targets
-        try:
-            teachers = load_teacher_runs([Path(p) for p in distill_from], run_info)
-        except TeacherRunError as exc:
-            raise AdaptError(str(exc)) from None
-        distilled = site_targets(teachers, site)
-        log(f"distilling from {len(teachers)} runs: their mean score of {len(site)} site windows, "
+    if teacher_runs:  # the teachers' mean score of every site window: the targets
+        distilled = site_targets(load_teacher_runs(teacher_runs), site)
+        log(f"distilling from {len(teacher_runs)} runs: their mean score of {len(site)} site windows, "
             + ", ".join(f"{label} mean {distilled[0][:, i].mean():.3f}" for i, label in enumerate(labels)))
     teacher_scores = None
     if teacher is not None:  # one more view, fixed across rounds (train.adapt_teacher)
@@ -271,7 +271,7 @@ def adapt_run(
             rows, (targets, frame_targets) = np.arange(len(site)), distilled
             chosen = {
                 "distilled_windows": len(site),
-                "teachers": [str(p) for p in distill_from],
+                "teachers": [str(p) for p in teacher_runs],
                 "mean_target": {label: round(float(targets[:, i].mean()), 6) for i, label in enumerate(labels)},
             }
             for row in rows:  # every window, its target in both score columns

@@ -12,7 +12,7 @@ own training data, as self-training fine-tunes it. The device then runs one mode
 was. For a model with a frame output the teachers' mean frame scores are the frame targets too.
 
 The teachers must score what the model scores: the same labels, features and window length
-(:func:`load_teacher_runs` refuses others, in one line).
+(:func:`check_teacher_runs` refuses others, in one line).
 """
 
 from __future__ import annotations
@@ -29,12 +29,11 @@ class TeacherRunError(Exception):
     """A teacher run that cannot teach this model (missing, or scoring something else)."""
 
 
-def load_teacher_runs(paths: list[Path], student: RunRecord) -> list:
-    """The Keras models of the runs ``paths``, checked against the run they teach (``student``):
-    the same labels, window length and features, and not the run itself."""
-    import keras
-
-    models = []
+def check_teacher_runs(paths: list[Path], student: RunRecord) -> list[Path]:
+    """The run folders of ``paths``, checked against the run they teach (``student``): a
+    model.keras, and the same labels, window length and features. Reads run.json only (no
+    TensorFlow), so a wrong teacher is one line before anything loads."""
+    folders = []
     for path in paths:
         folder = path.parent if path.is_file() else path
         if not (folder / "model.keras").is_file():
@@ -55,8 +54,15 @@ def load_teacher_runs(paths: list[Path], student: RunRecord) -> list:
                     f"{folder}: its {what} ({theirs}) differ from the run's ({mine}); a teacher must "
                     "score what the model scores (train it from the same config at another seed)"
                 )
-        models.append(keras.models.load_model(folder / "model.keras", compile=False))
-    return models
+        folders.append(folder)
+    return folders
+
+
+def load_teacher_runs(folders: list[Path]) -> list:
+    """The Keras models of the run folders :func:`check_teacher_runs` passed."""
+    import keras
+
+    return [keras.models.load_model(folder / "model.keras", compile=False) for folder in folders]
 
 
 def site_targets(
@@ -67,13 +73,15 @@ def site_targets(
     (N, steps, n_labels) (else None)."""
     from train.fit import predict_both
 
-    windows, frames = [], []
+    windows: list[np.ndarray] = []
+    frames: list[np.ndarray] = []
     for start in range(0, len(site), batch):
         x = site.model_inputs(np.arange(start, min(start + batch, len(site))))
         scored = [predict_both(teacher, x) for teacher in teachers]
         windows.append(np.mean([w for w, _ in scored], axis=0))
-        if scored[0][1] is not None:
-            frames.append(np.mean([f for _, f in scored], axis=0))
+        steps = [f for _, f in scored if f is not None]
+        if steps:
+            frames.append(np.mean(steps, axis=0))
     window_targets = np.concatenate(windows).astype(np.float32)
     if not frames:
         return window_targets, None

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -142,14 +143,14 @@ def train_split(*, config: Config, prepared: Prepared, split: dict[str, str], ou
         return model, history
 
     began = time.monotonic()
-    members = []
+    trained_members: list[tuple[keras.Model, History]] = []
     for i, seed in enumerate(member_seeds(cfg.seed, cfg.model.ensemble), start=1):
         if cfg.model.ensemble > 1:
             log(f"ensemble member {i}/{cfg.model.ensemble} (seed {seed})")
-        members.append(trained(seed))
-    model, history = members[0]  # the first member's training curves stand for the rest
-    if len(members) > 1:
-        model = ensemble([m for m, _ in members])
+        trained_members.append(trained(seed))
+    model, history = trained_members[0]  # the first member's training curves stand for the rest
+    if len(trained_members) > 1:
+        model = ensemble([m for m, _ in trained_members])
     train_seconds = time.monotonic() - began
     log(describe(model))
     layout = frame_layout(model, params=params, step_frames=steps_of, hop_s=hop_s)
@@ -201,12 +202,12 @@ def train_split(*, config: Config, prepared: Prepared, split: dict[str, str], ou
                       "metrics_on_training_data": seen}
         log(f"final model: {final.epochs} epochs (folds kept {final.fold_epochs}); on its verification "
             "windows (seen in training): " + ", ".join(f"{k} ROC-AUC {v['roc_auc']:.3f}" for k, v in seen.items()))
-    metrics = {"float": metrics_by_label(test.y, test_scores, labels, threshold_values)}
+    metrics: dict[str, Any] = {"float": metrics_by_label(test.y, test_scores, labels, threshold_values)}
     names, clip_y, clip_scores = clip_level(test, test_scores)
     if names:
         metrics["clip"] = metrics_by_label(clip_y, clip_scores, labels, threshold_values)
-    if len(members) > 1 and final is None and len(test):
-        metrics["members"] = [_member_metrics(m, test, labels, threshold_values) for m, _ in members]
+    if len(trained_members) > 1 and final is None and len(test):
+        metrics["members"] = [_member_metrics(m, test, labels, threshold_values) for m, _ in trained_members]
     long_mask = test.kind == "selections"
     if long_mask.any():
         metrics["chunk"] = metrics_by_label(test.y[long_mask], test_scores[long_mask], labels, threshold_values)
