@@ -219,23 +219,25 @@ def _row(name: str, site: str, values: list[float | None]) -> str:
 
 
 def _ensemble_roc_auc(site: str, seeds: tuple[int, ...]) -> float | None:
-    """Clip ROC-AUC on the site of the mean score of the base runs at ``seeds`` (an ensemble:
-    that many models on the device), scored as the runs score their test split."""
+    """Clip ROC-AUC on the site of the mean probability of the base runs at ``seeds`` (an
+    ensemble: that many models on the device), scored as the runs score their test split
+    (train.evaluate.clip_level: a clip's score its highest window)."""
     import keras
     from sklearn.metrics import roc_auc_score
+
+    from train.evaluate import clip_level
+    from train.fit import predict_probabilities
+    from train.windows import WindowSet
 
     runs = [RUNS / f"base-{site}-{s}" for s in seeds]
     if not all((r / "model.keras").is_file() for r in runs):
         return None
     with np.load(runs[0] / "test_windows.npz") as data:  # the held-out site: the same in every run
-        x, y, source = data["x"], data["y"][:, 0], data["source"]
-    scores = np.mean([
-        1 / (1 + np.exp(-np.asarray(keras.models.load_model(r / "model.keras", compile=False)
-                                     .predict(x, verbose=0)).reshape(len(x), -1)[:, 0]))
-        for r in runs
-    ], axis=0)
-    clips = sorted(set(source.tolist()))
-    return float(roc_auc_score([y[source == c].max() for c in clips], [scores[source == c].max() for c in clips]))
+        test = WindowSet(data["x"], data["y"], data["source"], data["start_s"], np.array(["clips"] * len(data["y"])))
+    scores = np.mean([predict_probabilities(keras.models.load_model(r / "model.keras", compile=False), test.x)
+                      for r in runs], axis=0)
+    _, clip_y, clip_scores = clip_level(test, scores)
+    return float(roc_auc_score(clip_y[:, 0], clip_scores[:, 0]))
 
 
 def _teacher_alone(site: str) -> float:
