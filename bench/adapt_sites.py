@@ -55,6 +55,12 @@ DISTILL = "distill"
 the site, so they are not in :data:`VARIANTS`)."""
 
 
+PINNED: dict[str, object] = {"train.model.ensemble": 1, "detection.hop_s": 0.5}
+"""What every run of these benches was made with, whatever the example ships (since session 9 an
+ensemble of three at a 1 s hop): one model, clips scored every 0.5 s. A lever changes them
+through its own ``changes``."""
+
+
 def _arguments(prefix: str, site: str) -> list[str]:
     """Extra arguments of python -m train.adapt for the variant ``prefix`` on ``site``."""
     if prefix == DISTILL:
@@ -85,8 +91,10 @@ def bobwhite_config(
 ) -> Path:
     """Write ``folder/<name>.yaml``: examples/bobwhite.yaml with ``site`` as the test split, one
     model (cross-validation and ``final`` off), the given seed, the shared feature cache
-    (``runs/.cache``) and ``changes`` ({"train.augment.eq_db": 6, ...}: dotted keys, sections
-    made when missing, a number picks a list item: ``train.datasets.2.negatives_per_minute``) applied. Shared by the benches that train the example per site and seed."""
+    (``runs/.cache``), :data:`PINNED` and ``changes`` ({"train.augment.eq_db": 6, ...}: dotted
+    keys, sections made when missing, a number picks a list item:
+    ``train.datasets.2.negatives_per_minute``) applied. Shared by the benches that train the
+    example per site and seed."""
     import yaml  # PyYAML: a train/device dependency, imported only by benches that train
 
     config = yaml.safe_load((REPO / "examples" / "bobwhite.yaml").read_text())
@@ -96,7 +104,7 @@ def bobwhite_config(
             raise ValueError(f"examples/bobwhite.yaml no longer has train.split.{key}")
     split.update(test_groups=[site], leave_one_group_out=False, final=False)
     config["train"].update(name=name, seed=seed, cache_dir=str(REPO / "runs" / ".cache"))
-    for dotted, value in (changes or {}).items():
+    for dotted, value in {**PINNED, **(changes or {})}.items():
         *parents, leaf = dotted.split(".")
         section = config
         for key in parents:

@@ -59,8 +59,9 @@ BIRDNET = (
 )
 
 
-def pipeline_cpu(model: Path) -> dict:
-    """CPU seconds per hour: front end alone, inference alone, the whole worker."""
+def pipeline_cpu(model: Path, *, hop_s: float = HOP_S) -> dict:
+    """CPU seconds per hour: front end alone, inference alone, the whole worker; audio fed in
+    ``hop_s`` pieces, a window every ``hop_s``."""
     import numpy as np
 
     from device.bundle import load_bundle
@@ -78,8 +79,8 @@ def pipeline_cpu(model: Path) -> dict:
     classifier = load_classifier(bundle)
     params = bundle.features
     x = tone_signal(SECONDS, params.sample_rate)
-    hop = int(HOP_S * params.sample_rate)
-    n_windows = int((SECONDS - bundle.window_s) / HOP_S) + 1
+    hop = int(hop_s * params.sample_rate)
+    n_windows = int((SECONDS - bundle.window_s) / hop_s) + 1
     window = classifier.quantize(np.zeros((bundle.window_frames, params.n_mels), np.float32) - 60)
 
     def front_end():
@@ -97,7 +98,7 @@ def pipeline_cpu(model: Path) -> dict:
         health = Health()
         queue = SinkQueue([], maxsize=1000, block=True, health=health).start()
         pipeline = build_pipeline(
-            validate({"detection": {"hop_s": HOP_S}}),
+            validate({"detection": {"hop_s": hop_s}}),
             classifier,
             queue=queue,
             health=health,

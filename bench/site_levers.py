@@ -4,8 +4,9 @@ Each lever is ``examples/bobwhite.yaml`` with ONE change, trained once per seed 
 and per direction (test split WLFW_AL, then DiLane; ``train.split.test_groups``, so each model is
 that direction's leave-one-site-out fold, cross-validation and ``final`` off), and scored as the
 run scores its test split: clip ROC-AUC, a clip's score the max over its windows (every 0.5 s).
-Every configuration pins ``train.model.pooling`` (``max`` unless the lever is the pooling), so the
-figures do not move when the example's own pooling does. The example's row reuses the base runs
+Every configuration pins ``train.model.pooling`` (``max`` unless the lever is the pooling), one
+model and a 0.5 s hop (``adapt_sites.PINNED``, unless the lever is the ensemble), so the figures do
+not move when the example's own settings do. The example's row reuses the base runs
 of the ``adapt_sites`` bench (``runs/adapt-bench/base-<site>-<seed>``: the same model, pooling
 max, made when missing); the levers' runs live in ``runs/site-levers/<lever>-<site>-<seed>``. Runs are made when
 missing (one ``python -m train`` at a time, 4-9 minutes each on the shared 2-core machine) and

@@ -32,7 +32,19 @@ def test_bobwhite_config_without_changes_is_the_example_held_out(tmp_path: Path)
     train = load_config(adapt_sites.bobwhite_config("WLFW_AL", 42, name="b", folder=tmp_path)).train
     example = load_config(adapt_sites.REPO / "examples" / "bobwhite.yaml").train
     assert train.split.test_groups == ["WLFW_AL"] and train.seed == 42
-    assert train.augment == example.augment and train.model == example.model
+    assert train.augment == example.augment
+    assert train.model.filters == example.model.filters and train.model.pooling == example.model.pooling
+
+
+def test_bobwhite_config_pins_one_model_and_a_half_second_hop(tmp_path: Path) -> None:
+    """Every bench run was made with one model scored every 0.5 s; the example's ensemble and
+    hop do not leak into the levers' baseline, and a lever can still change them."""
+    config = load_config(adapt_sites.bobwhite_config("DiLane", 7, name="b", folder=tmp_path))
+    assert config.train.model.ensemble == 1 and config.detection.hop_s == 0.5
+    lever = adapt_sites.bobwhite_config(
+        "DiLane", 7, name="e", folder=tmp_path, changes={"train.model.ensemble": 3}
+    )
+    assert load_config(lever).train.model.ensemble == 3
 
 
 def _metrics(run: Path, roc_auc: float) -> None:
