@@ -39,7 +39,7 @@ def held_out(n: int, best_epoch: int, seed: int) -> HeldOut:
     scores = np.clip(0.6 * y + 0.5 * rng.random((n, 1)), 0, 1).astype(np.float32)
     windows = WindowSet(x=np.zeros((n, 4, 3, 1), np.float32), y=y, source=np.array([f"f{seed}_{i}" for i in range(n)]),
                         start_s=np.zeros(n), kind=np.array(["clips"] * n))
-    return HeldOut(windows, scores, {}, [], best_epoch)
+    return HeldOut(windows, scores, {}, [], [best_epoch])
 
 
 @pytest.mark.parametrize(("epochs", "median"), [([3, 8], 6), ([3, 8, 10], 8), ([1], 1), ([4, 4, 5, 9], 5)])
@@ -54,6 +54,16 @@ def test_final_plan_takes_the_median_epoch_and_pools_the_held_out_scores(epochs,
     assert len(plan.held_out) == len(y) and np.array_equal(plan.held_out_scores, scores)
     expected = threshold_at_precision(y[:, 0], scores[:, 0], target=cfg.calibration.target_precision)
     assert plan.thresholds["call"].value == expected.value
+
+
+def test_an_ensembles_final_epochs_are_the_median_of_every_members_kept_epoch():
+    """Two folds of an ensemble of three: the median of all six members' kept epochs (7), not of
+    the first members' alone (3 and 4 would give 4)."""
+    folds = [held_out(40, 3, seed=0), held_out(47, 4, seed=1)]
+    folds[0].best_epochs[:], folds[1].best_epochs[:] = [3, 8, 9], [4, 20, 6]
+    config = validate(demo_config())
+    plan = final_plan(cfg=config.train, held_out=folds, window_s=3.0, hop_s=0.5, detection=config.detection)
+    assert plan.epochs == 7 and plan.fold_epochs == [3, 8, 9, 4, 20, 6]
 
 
 def test_final_without_cross_validation_is_refused_with_one_line(tmp_path):

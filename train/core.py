@@ -192,7 +192,7 @@ def train_split(*, config: Config, prepared: Prepared, split: dict[str, str], ou
         test, test_scores = final.held_out, final.held_out_scores
         seen = metrics_by_label(test.y, predict_probabilities(model, test.x), labels, threshold_values)
         final_info = {"epochs": final.epochs, "fold_best_epochs": final.fold_epochs, "folds": final.folds,
-                      "epochs_rule": "median of the folds' kept epochs, of the same cosine schedule",
+                      "epochs_rule": "median of the folds' kept epochs (every ensemble member's), of the same cosine schedule",
                       "thresholds_from": f"pooled out-of-fold scores of {final.folds} folds "
                                          f"({len(test)} held-out windows), calibration.method "
                                          f"{cfg.calibration.method}",
@@ -216,7 +216,8 @@ def train_split(*, config: Config, prepared: Prepared, split: dict[str, str], ou
     if collect is not None:
         test_timelines = _timelines(model, [r for r in parts["test"] if cfg.calibration.method == "false_alarms"
                                             or r.kind == "selections"], prepared, window_s, hop_s)
-        collect.append(HeldOut(test, test_scores, test_timelines, parts["test"], history.best_epoch))
+        collect.append(HeldOut(test, test_scores, test_timelines, parts["test"],
+                               [h.best_epoch for _, h in trained_members]))
     if timeline_recordings:
         metrics["events"] = event_metrics(_timelines(model, timeline_recordings, prepared, window_s, hop_s),
                                           timeline_recordings, labels, detection, window_s, hop_s, layout)

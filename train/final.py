@@ -5,8 +5,9 @@ of :func:`train.core.train_final` leaves a :class:`HeldOut` (its test windows, s
 model that never trained on them); :func:`final_plan` pools them into what the final model
 trains and is calibrated with:
 
-- epochs: the median of the folds' kept epochs (rounded half up), of the same cosine schedule:
-  with every group in training nothing is left to stop early on;
+- epochs: the median of the folds' kept epochs (rounded half up; every member's, for an
+  ensemble), of the same cosine schedule: with every group in training nothing is left to stop
+  early on;
 - thresholds: ``train.calibration`` applied to the pooled out-of-fold scores, the same rule a
   single run applies to its validation split, on every held-out window at once;
 - verification windows: the pooled held-out windows. The final model trains on them, so they
@@ -37,7 +38,8 @@ class HeldOut:
     timelines: dict
     """Recording name -> (starts, probabilities) every hop_s (false-alarm calibration, event extents)."""
     recordings: list[Recording]
-    best_epoch: int
+    best_epochs: list[int]
+    """The kept epoch of the fold's model: one, or one per ensemble member."""
 
 
 @dataclass
@@ -45,7 +47,7 @@ class FinalPlan:
     """What cross-validation chose for the final model, trained on every recording."""
 
     epochs: int
-    """Epochs to train: the median of the folds' kept epochs."""
+    """Epochs to train: the median of the folds' kept epochs (every ensemble member's)."""
     fold_epochs: list[int]
     thresholds: dict
     """{label: Threshold} calibrated on the folds' pooled out-of-fold scores."""
@@ -73,7 +75,7 @@ def final_plan(
     (false alarms counted by the device's detector with the ``detection`` settings)."""
 
     labels = list(cfg.labels)
-    epochs = [h.best_epoch for h in held_out]
+    epochs = [e for h in held_out for e in h.best_epochs]
     windows = WindowSet(
         *(
             np.concatenate([getattr(h.windows, f) for h in held_out])
