@@ -60,9 +60,9 @@ def check_teacher_runs(paths: list[Path], student: RunRecord) -> list[Path]:
 
 def load_teacher_runs(folders: list[Path]) -> list:
     """The Keras models of the run folders :func:`check_teacher_runs` passed."""
-    import keras
+    from train.adapt_tune import load_model
 
-    return [keras.models.load_model(folder / "model.keras", compile=False) for folder in folders]
+    return [load_model(folder / "model.keras") for folder in folders]
 
 
 def site_targets(

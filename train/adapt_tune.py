@@ -3,17 +3,49 @@
 :func:`fine_tune` starts from the trained weights (BatchNormalization's statistics follow the
 new mix of windows, part of what adapts the model to the site); :func:`validation_check`
 compares the original and the adapted model on labelled windows the adaptation never used.
+
+An ensemble (``train.model.ensemble``, :func:`train.model.ensemble`) is one Keras model whose
+outputs average nested members ``member_1..N``; :func:`ensemble_members` finds them.
+:data:`MEMBER_MODES` says how adaptation fine-tunes them: ``"joint"`` fits the ensemble model
+itself, the loss on the averaged output the device scores (what ``model.fit`` on it does);
+``"each"`` fits every member alone on the same pseudo-labels, as training trained each alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from device.config import Config
 from train.adapt_site import SiteWindows
+
+
+MEMBER_MODES = ("joint", "each")
+"""How an ensemble's members are fine-tuned (see the module docstring)."""
+
+
+def load_model(path: Path):
+    """The Keras model of ``path``, uncompiled (fine_tune compiles it). An ensemble's members
+    were saved compiled, each with an optimizer of its own, and Keras warns once per member that
+    it skips their state (fine-tuning uses a fresh optimizer anyway): not the user's concern."""
+    import warnings
+
+    import keras
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        return keras.models.load_model(path, compile=False)
+
+
+def ensemble_members(model) -> list:
+    """The nested member models of an ensemble built by :func:`train.model.ensemble` (in order,
+    ``member_1..N``); empty for a single model."""
+    import keras
+
+    return [layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name.startswith("member_")]
 
 
 def validation_check(
@@ -56,6 +88,7 @@ def fine_tune(
     pseudo_share: float,
     round_: int,
     log: Callable[[str], None],
+    member: int = 0,
 ) -> None:
     """Train ``model`` in place for ``epochs`` epochs at a constant ``learning_rate``: each the
     run's own training windows, freshly drawn, plus the site's windows ``rows`` with their
@@ -66,7 +99,10 @@ def fine_tune(
     A model with a frame output (``pooling: time``) trains both outputs, as training does: the
     run's windows with their frame targets; a site window with its ``frame_targets`` (N, steps,
     n_labels) when given, else a call as a call somewhere in its window (the frame loss takes its
-    best step) and background as no call at any step."""
+    best step) and background as no call at any step.
+
+    ``member``: the ensemble member (1..N) being fine-tuned alone, so each draws its own windows
+    and augmentation (0: the whole model, the draw a single model always had)."""
     import keras
 
     from train.augment import augment
@@ -91,7 +127,7 @@ def fine_tune(
     )
     augment_params = cfg.augment
     for epoch in range(1, epochs + 1):
-        rng = np.random.default_rng([cfg.seed, 17, round_, epoch])
+        rng = np.random.default_rng([cfg.seed, 17, round_, epoch] + ([member] if member else []))
         # The same draw either way (WindowSampler.epoch_with_frames).
         x, y, f = sampler.epoch_with_frames(rng, steps=steps, step_frames=per_step)
         n = round(pseudo_share / (1 - pseudo_share) * len(x))
@@ -125,7 +161,8 @@ def fine_tune(
             verbose=0,
         )
         log(
-            f"round {round_} epoch {epoch}/{epochs}  windows {len(y)} ({n} pseudo-labelled)  "
+            (f"member {member} " if member else "")
+            + f"round {round_} epoch {epoch}/{epochs}  windows {len(y)} ({n} pseudo-labelled)  "
             f"loss {float(fitted.history['loss'][-1]):.4f}"
         )
     model.compile(loss=bce)  # a plain loss in the saved config, as train.fit leaves it
