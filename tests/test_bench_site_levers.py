@@ -89,3 +89,29 @@ def test_the_distillation_variant_learns_from_the_sites_other_base_runs() -> Non
     assert arguments[1:] == [str(adapt_sites.RUNS / f"base-DiLane-{s}") for s in adapt_sites.TEACHER_SEEDS]
     assert not set(adapt_sites.TEACHER_SEEDS) & set(adapt_sites.SEEDS)  # never the student's own run
     assert adapt_sites._arguments("r2", "DiLane") == ["--rounds", "2"]
+
+
+def test_the_ensemble_rows_adapt_the_site_levers_ensemble_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(adapt_sites, "RUNS", tmp_path / "adapt")
+    monkeypatch.setattr(adapt_sites, "DATA", tmp_path / "data")  # no clips: an empty site folder
+    monkeypatch.setattr(site_levers, "RUNS", tmp_path / "levers")
+    monkeypatch.setenv("SITE_LEVERS_NO_TRAIN", "1")
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(adapt_sites, "_python", lambda *args, log: calls.append(args))
+    _metrics(tmp_path / "levers" / "ensemble3-DiLane-7", 0.959)
+
+    assert adapt_sites.ensemble_base("DiLane", 7) == tmp_path / "levers" / "ensemble3-DiLane-7"
+    assert adapt_sites._ensemble_roc_auc_at("DiLane", 7) == 0.959
+    assert adapt_sites._ensemble_roc_auc_at("DiLane", 42) is None  # missing, and told not to train
+    assert not list((tmp_path / "levers").glob("*.yaml"))
+    value, note = adapt_sites._adapted("ens3-r2", "DiLane", 7, base=adapt_sites.ensemble_base("DiLane", 7),
+                                       arguments=adapt_sites.ENSEMBLE_VARIANTS["ens3-r2"])
+    (args,) = calls
+    assert args[args.index("--run") + 1] == str(tmp_path / "levers" / "ensemble3-DiLane-7")
+    assert args[args.index("--out") + 1] == str(tmp_path / "adapt" / "ens3-r2-DiLane-7")
+    assert args[-2:] == ("--rounds", "2") and "--distill-from" not in args
+    assert value is None and note.startswith("seed 7: no adapted model")
+    # The single model's variants still adapt the base runs.
+    adapt_sites._adapted("r2", "DiLane", 7)
+    assert calls[-1][calls[-1].index("--run") + 1] == str(tmp_path / "adapt" / "base-DiLane-7")
+    assert set(adapt_sites.ENSEMBLE_VARIANTS) == {"ens3-adapt", "ens3-each", "ens3-r2", "ens3-teacher-r2"}
