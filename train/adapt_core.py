@@ -250,8 +250,10 @@ def adapt_run(
     model, original = load_model(run / "model.keras"), load_model(run / "model.keras")
     members = ensemble_members(model)
     if members:  # the pseudo-labels and the check use the ensemble's averaged scores
-        log(f"an ensemble of {len(members)}: pseudo-labels from its averaged scores, members fine-tuned "
-            + ("jointly through that average" if settings.members == "joint" else "each alone on them"))
+        log(f"an ensemble of {len(members)}: "
+            + ("the teachers' targets" if distill_from else "pseudo-labels from its averaged scores")
+            + ", members fine-tuned "
+            + ("jointly through their average" if settings.members == "joint" else "each alone on them"))
 
     def predict(x: np.ndarray) -> np.ndarray:
         return predict_probabilities(model, x)

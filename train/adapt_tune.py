@@ -22,7 +22,6 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from device.config import Config
 from train.adapt_site import SiteWindows
 
-
 MEMBER_MODES = ("joint", "each")
 """How an ensemble's members are fine-tuned (see the module docstring)."""
 

@@ -229,9 +229,10 @@ def report_text(info: dict, metrics: dict) -> str:
          if a.get("distilled_from") else
          f"- Pseudo-labels kept: {a['pseudo_labels']['positives']} calls, {a['pseudo_labels']['negatives']} "
          "background windows (each listed in pseudo_labels.csv, to listen to)."),
-        *([f"- An ensemble of {a['ensemble']['members']} (`train.model.ensemble`): pseudo-labels from its "
-           "averaged scores, members fine-tuned "
-           + ("jointly through that average." if a["ensemble"]["fine_tuned"] == "joint" else "each alone on them.")]
+        *([f"- An ensemble of {a['ensemble']['members']} (`train.model.ensemble`), adapted as one model (its "
+           "averaged score, what the device runs, is what was scored and checked), its members fine-tuned "
+           + ("jointly through that average." if a["ensemble"]["fine_tuned"] == "joint" else
+              "each alone on the same targets.")]
           if a.get("ensemble") else []),
         f"- Checked on {a['checked_on']}, tolerance {a['settings']['tolerance']}:",
         "",
