@@ -17,7 +17,7 @@ afterwards against the clips' folders (a pseudo-call from a presence clip counts
 The ensemble rows: the same adaptation of the ensemble of three the ``site_levers`` bench
 trains (``runs/site-levers/ensemble3-<site>-<seed>``, made when missing), written to
 ``runs/adapt-bench/ens3-<variant>-<site>-<seed>``: the defaults (members fine-tuned jointly
-through the averaged output), ``--members each``, ``--rounds 2`` and BirdNET with two rounds.
+through the averaged output), ``--rounds 2`` and BirdNET with two rounds.
 
 Runs live in ``runs/adapt-bench/`` (made when missing, reused when present: several hours of
 training on a loaded 2-core machine; one training about 4 minutes, one adaptation 3-4).
@@ -71,12 +71,10 @@ ENSEMBLE = "ensemble3"
 example with ``train.model.ensemble: 3``) are the ensemble rows' base runs."""
 ENSEMBLE_VARIANTS = {
     "ens3-adapt": [],
-    "ens3-each": ["--members", "each"],
     "ens3-r2": ["--rounds", "2"],
     "ens3-teacher-r2": [*TEACHER, "--rounds", "2"],
 }
-"""Adapted ensemble run prefix -> extra arguments of python -m train.adapt (``each``: every member
-fine-tuned alone on the ensemble's pseudo-labels instead of jointly through its average)."""
+"""Adapted ensemble run prefix -> extra arguments of python -m train.adapt."""
 
 
 def ensemble_base(site: str, seed: int) -> Path:
@@ -381,7 +379,7 @@ def run() -> str:
         "--distill-from runs/adapt-bench/base-<site>-1 runs/adapt-bench/base-<site>-2 runs/adapt-bench/base-<site>-3",
         "python -m train.adapt --run runs/site-levers/ensemble3-<site>-<seed> --unlabelled "
         "runs/adapt-bench/site-<site> --out runs/adapt-bench/ens3-<variant>-<site>-<seed> "
-        "[--members each | --rounds 2 | --teacher examples/teachers/birdnet.py:score --rounds 2]",
+        "[--rounds 2 | --teacher examples/teachers/birdnet.py:score --rounds 2]",
         "```",
     ]
     return "\n".join(lines + table + [""] + notes + [""] + commands) + "\n"

@@ -114,4 +114,4 @@ def test_the_ensemble_rows_adapt_the_site_levers_ensemble_runs(tmp_path: Path, m
     # The single model's variants still adapt the base runs.
     adapt_sites._adapted("r2", "DiLane", 7)
     assert calls[-1][calls[-1].index("--run") + 1] == str(tmp_path / "adapt" / "base-DiLane-7")
-    assert set(adapt_sites.ENSEMBLE_VARIANTS) == {"ens3-adapt", "ens3-each", "ens3-r2", "ens3-teacher-r2"}
+    assert set(adapt_sites.ENSEMBLE_VARIANTS) == {"ens3-adapt", "ens3-r2", "ens3-teacher-r2"}

@@ -112,35 +112,6 @@ def test_an_ensemble_adapts_as_one_model_and_keeps_its_members(ensemble_run, tmp
 
 
 @pytest.mark.slow
-def test_each_member_can_be_fine_tuned_alone_on_the_ensembles_pseudo_labels(ensemble_run, tmp_path, monkeypatch):
-    import keras
-
-    import train.adapt_core as core
-
-    run, site = ensemble_run
-    tuned: list[tuple[str, int, int]] = []
-    real = core.fine_tune
-
-    def spy(model, **kwargs) -> None:
-        tuned.append((model.name, kwargs["member"], len(kwargs["rows"])))
-        real(model, **kwargs)
-
-    monkeypatch.setattr(core, "fine_tune", spy)
-    out = tmp_path / "adapted"
-    record = core.adapt_run(run=run, unlabelled=[site], out=out,
-                            settings=core.AdaptSettings(epochs=1, tolerance=0.2, members="each"), log=lambda m: None)
-    # One fine-tuning per member, on the same pseudo-labels (the ensemble's), not the ensemble's model.
-    assert [(name, member) for name, member, _ in tuned] == [("member_1", 1), ("member_2", 2)]
-    assert len({n for _, _, n in tuned}) == 1
-    assert record["ensemble"] == {"members": 2, "fine_tuned": "each"}
-    before = keras.models.load_model(run / "model.keras", compile=False)
-    after = keras.models.load_model(out / "model.keras", compile=False)
-    _assert_the_mean_of_its_members(after, _test_x(run))
-    for old, new in zip(_members(before), _members(after)):
-        assert any(not np.array_equal(a, b) for a, b in zip(old.get_weights(), new.get_weights())), old.name
-
-
-@pytest.mark.slow
 def test_an_ensemble_takes_a_teacher_and_distils_from_other_runs(ensemble_run, tmp_path):
     from train.adapt_core import AdaptSettings, adapt_run
 
@@ -164,10 +135,3 @@ def test_an_ensemble_takes_a_teacher_and_distils_from_other_runs(ensemble_run, t
     assert record["distilled_from"] == [str(other.resolve())] and record["ensemble"]["members"] == 2
     assert (tmp_path / "distilled" / "model.keras").is_file()
 
-
-def test_members_is_a_checked_setting():
-    from train.adapt_core import AdaptSettings
-
-    assert AdaptSettings().members == "joint"
-    with pytest.raises(ValueError, match="members"):
-        AdaptSettings(members="mean")

@@ -4,7 +4,7 @@
                           [--rounds N] [--epochs N] [--learning-rate-scale X] [--pseudo-share X]
                           [--positive-quantile Q] [--negative-quantile Q]
                           [--max-positives-per-recording N] [--tolerance X] [--teacher MODULE:FUNCTION]
-                          [--distill-from RUN...] [--members joint|each]
+                          [--distill-from RUN...]
 
 Self-training: the run's model scores an hour or more of the new site's recordings; its
 confident calls and the site's own background become pseudo-labels; the model is fine-tuned on
@@ -14,8 +14,7 @@ seeds) are the teachers instead: their mean score of every site window is its ta
 (train.adapt_distill). It writes a new run folder (default ``<run>-adapted``) for
 ``python -m convert --int8``; the run is never modified. An ensemble run (``train.model.ensemble``)
 adapts as one model: its averaged scores choose the pseudo-labels and face the check, and its
-members are fine-tuned jointly through that average (``--members each``: each alone on the same
-pseudo-labels). See train.adapt_core.
+members are fine-tuned jointly through that average. See train.adapt_core.
 Exit codes: 0 done, 2 bad input (one line naming the file or option), 1 adapted model refused
 or failure at run time.
 """
@@ -125,13 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of self-training: runs of the same config at other seeds, whose mean score "
         "of every site window becomes its target (train.adapt_distill); one round, no --teacher",
     )
-    parser.add_argument(
-        "--members",
-        choices=("joint", "each"),
-        default="joint",
-        help="an ensemble run's members: fine-tuned jointly through their averaged output (the "
-        "default) or each alone on the same pseudo-labels; a single model ignores it",
-    )
     parser.add_argument("--version", action="version", version=f"callwatch {__version__}")
     return parser
 
@@ -160,7 +152,6 @@ def _main(argv: list[str] | None) -> int:
             learning_rate_scale=args.learning_rate_scale,
             pseudo_share=args.pseudo_share,
             tolerance=args.tolerance,
-            members=args.members,
         )
         resolve_run(Path(args.run))  # one line before TensorFlow's start-up
         teacher = load_teacher(args.teacher) if args.teacher else None

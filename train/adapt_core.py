@@ -38,7 +38,7 @@ from train.adapt_distill import TeacherRunError, check_teacher_runs, load_teache
 from train.adapt_select import SelectionParams, agreement, select_pseudo_labels
 from train.adapt_site import read_site
 from train.adapt_teacher import Teacher, TeacherError, on_student_scale, teacher_view
-from train.adapt_tune import MEMBER_MODES, ensemble_members, fine_tune, load_model, validation_check
+from train.adapt_tune import ensemble_members, fine_tune, load_model, validation_check
 from train.windows import WindowSet
 
 Log = Callable[[str], None]
@@ -75,9 +75,6 @@ class AdaptSettings:
     """Share of each fine-tuning epoch's windows that are pseudo-labelled (the rest: the run's own)."""
     tolerance: float = 0.01
     """Largest drop of validation ROC-AUC or PR-AUC (any label) an adapted model may show."""
-    members: str = "joint"
-    """An ensemble's members: fine-tuned ``"joint"``ly through their averaged output, or
-    ``"each"`` alone on the same pseudo-labels (:mod:`train.adapt_tune`); a single model ignores it."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.rounds <= 3 or not 1 <= self.epochs <= 100:
@@ -90,8 +87,6 @@ class AdaptSettings:
             raise ValueError(
                 "learning_rate_scale must be in (0, 1], pseudo_share in (0, 1), tolerance in [0, 1)"
             )
-        if self.members not in MEMBER_MODES:
-            raise ValueError(f"members must be one of {', '.join(MEMBER_MODES)}, not {self.members!r}")
 
 
 def resolve_run(path: Path) -> Path:
@@ -249,11 +244,10 @@ def adapt_run(
     keras.utils.set_random_seed(cfg.seed)
     model, original = load_model(run / "model.keras"), load_model(run / "model.keras")
     members = ensemble_members(model)
-    if members:  # the pseudo-labels and the check use the ensemble's averaged scores
+    if members:  # one model: its averaged scores choose the pseudo-labels and face the check
         log(f"an ensemble of {len(members)}: "
             + ("the teachers' targets" if distill_from else "pseudo-labels from its averaged scores")
-            + ", members fine-tuned "
-            + ("jointly through their average" if settings.members == "joint" else "each alone on them"))
+            + ", members fine-tuned jointly through their average")
 
     def predict(x: np.ndarray) -> np.ndarray:
         return predict_probabilities(model, x)
@@ -332,23 +326,20 @@ def adapt_run(
                 log(f"round {round_}: no confident calls; keeping round {round_ - 1}")
                 break
             rows, targets, frame_targets = pseudo.indices, pseudo.y, None
-        alone = list(enumerate(members, start=1)) if members and settings.members == "each" else [(0, model)]
-        for member, tuned in alone:
-            fine_tune(
-                tuned,
-                sampler=sampler,
-                site=site,
-                rows=rows,
-                targets=targets,
-                frame_targets=frame_targets,
-                config=config,
-                epochs=settings.epochs,
-                learning_rate=learning_rate,
-                pseudo_share=settings.pseudo_share,
-                round_=round_,
-                log=log,
-                member=member,
-            )
+        fine_tune(
+            model,
+            sampler=sampler,
+            site=site,
+            rows=rows,
+            targets=targets,
+            frame_targets=frame_targets,
+            config=config,
+            epochs=settings.epochs,
+            learning_rate=learning_rate,
+            pseudo_share=settings.pseudo_share,
+            round_=round_,
+            log=log,
+        )
         check = validation_check(
             y=validation.y,
             before=before,
@@ -414,7 +405,7 @@ def adapt_run(
             "negatives": sum(r["pseudo_labels"].get("negatives", 0) for r in rounds if r["kept"]),
         },
         "rounds": rounds,
-        "ensemble": {"members": len(members), "fine_tuned": settings.members} if members else None,
+        "ensemble": {"members": len(members), "fine_tuned": "joint"} if members else None,
         "teacher": None if teacher is None else getattr(teacher, "__name__", str(teacher)),
         "distilled_from": [str(Path(p).resolve()) for p in distill_from] if distill_from else None,
         "checked_on": checked_on,
@@ -427,8 +418,6 @@ def adapt_run(
         "created_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": command,
     }
-    if members and settings.members == "each":
-        model.compile(loss=keras.losses.BinaryCrossentropy(from_logits=True))  # as fine_tune leaves a model
     write_adapted_run(
         pseudo_rows=chosen_rows,
         run=run,

@@ -5,10 +5,10 @@ new mix of windows, part of what adapts the model to the site); :func:`validatio
 compares the original and the adapted model on labelled windows the adaptation never used.
 
 An ensemble (``train.model.ensemble``, :func:`train.model.ensemble`) is one Keras model whose
-outputs average nested members ``member_1..N``; :func:`ensemble_members` finds them.
-:data:`MEMBER_MODES` says how adaptation fine-tunes them: ``"joint"`` fits the ensemble model
-itself, the loss on the averaged output the device scores (what ``model.fit`` on it does);
-``"each"`` fits every member alone on the same pseudo-labels, as training trained each alone.
+outputs average nested members ``member_1..N`` (:func:`ensemble_members` finds them); it is
+fine-tuned as one model, jointly, the loss on the averaged output the device scores (what
+``model.fit`` on it does). Fitting each member alone on the same pseudo-labels was measured
+(BENCHMARKS.md, "Adapting an ensemble") and did no better.
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from device.config import Config
 from train.adapt_site import SiteWindows
-
-MEMBER_MODES = ("joint", "each")
-"""How an ensemble's members are fine-tuned (see the module docstring)."""
 
 
 def load_model(path: Path):
@@ -87,7 +84,6 @@ def fine_tune(
     pseudo_share: float,
     round_: int,
     log: Callable[[str], None],
-    member: int = 0,
 ) -> None:
     """Train ``model`` in place for ``epochs`` epochs at a constant ``learning_rate``: each the
     run's own training windows, freshly drawn, plus the site's windows ``rows`` with their
@@ -98,10 +94,7 @@ def fine_tune(
     A model with a frame output (``pooling: time``) trains both outputs, as training does: the
     run's windows with their frame targets; a site window with its ``frame_targets`` (N, steps,
     n_labels) when given, else a call as a call somewhere in its window (the frame loss takes its
-    best step) and background as no call at any step.
-
-    ``member``: the ensemble member (1..N) being fine-tuned alone, so each draws its own windows
-    and augmentation (0: the whole model, the draw a single model always had)."""
+    best step) and background as no call at any step."""
     import keras
 
     from train.augment import augment
@@ -126,7 +119,7 @@ def fine_tune(
     )
     augment_params = cfg.augment
     for epoch in range(1, epochs + 1):
-        rng = np.random.default_rng([cfg.seed, 17, round_, epoch] + ([member] if member else []))
+        rng = np.random.default_rng([cfg.seed, 17, round_, epoch])
         # The same draw either way (WindowSampler.epoch_with_frames).
         x, y, f = sampler.epoch_with_frames(rng, steps=steps, step_frames=per_step)
         n = round(pseudo_share / (1 - pseudo_share) * len(x))
@@ -160,8 +153,7 @@ def fine_tune(
             verbose=0,
         )
         log(
-            (f"member {member} " if member else "")
-            + f"round {round_} epoch {epoch}/{epochs}  windows {len(y)} ({n} pseudo-labelled)  "
+            f"round {round_} epoch {epoch}/{epochs}  windows {len(y)} ({n} pseudo-labelled)  "
             f"loss {float(fitted.history['loss'][-1]):.4f}"
         )
     model.compile(loss=bce)  # a plain loss in the saved config, as train.fit leaves it

@@ -231,8 +231,7 @@ def report_text(info: dict, metrics: dict) -> str:
          "background windows (each listed in pseudo_labels.csv, to listen to)."),
         *([f"- An ensemble of {a['ensemble']['members']} (`train.model.ensemble`), adapted as one model (its "
            "averaged score, what the device runs, is what was scored and checked), its members fine-tuned "
-           + ("jointly through that average." if a["ensemble"]["fine_tuned"] == "joint" else
-              "each alone on the same targets.")]
+           "jointly through that average."]
           if a.get("ensemble") else []),
         f"- Checked on {a['checked_on']}, tolerance {a['settings']['tolerance']}:",
         "",
