@@ -363,9 +363,12 @@ def _verify_and_bundle(*, run: RunFolder, model, content: bytes, x: np.ndarray, 
                             "estimate is the cross-validated one in the training report")
     adaptation = run.adaptation
     if adaptation is not None:  # python -m train.adapt: say what the model was adapted on
-        metrics["adaptation"] = {k: adaptation.get(k) for k in ("from_run", "pseudo_labels", "checked_on")}
+        metrics["adaptation"] = {k: adaptation.get(k) for k in ("from_run", "pseudo_labels", "checked_on", "ensemble",
+                                                                "teacher", "distilled_from")}
         metrics["adaptation"]["unlabelled"] = {k: v for k, v in adaptation.get("unlabelled", {}).items() if k != "files"}
-        report_notes.append(f"adapted (self-training) from {adaptation.get('from_run')} on unlabelled audio: "
+        how = (f"distilled from {len(adaptation['distilled_from'])} runs" if adaptation.get("distilled_from")
+               else "self-training")
+        report_notes.append(f"adapted ({how}) from {adaptation.get('from_run')} on unlabelled audio: "
                             f"{adaptation.get('pseudo_labels')} pseudo-labels (see run.json adaptation)")
     manifest_path: Path | None = None
     if verified:

@@ -101,6 +101,7 @@ def test_an_ensemble_adapts_as_one_model_and_keeps_its_members(ensemble_run, tmp
     assert converted.returncode == 0, converted.stderr[-2000:]
     bundle = json.loads((out / "model.json").read_text())
     assert bundle["metrics"]["adaptation"]["from_run"] == str(run.resolve())
+    assert bundle["metrics"]["adaptation"]["ensemble"] == {"members": 2, "fine_tuned": "joint"}
     replayed = subprocess.run(
         [sys.executable, "-m", "device", "--replay", str(site), "--model", str(out),
          "--scores-csv", str(tmp_path / "scores.csv"), "--events-jsonl", str(tmp_path / "events.jsonl")],
