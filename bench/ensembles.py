@@ -293,7 +293,7 @@ def capuchin_table(runs: dict[tuple[int, int], Path]) -> list[str]:
         for seed in SEEDS:
             f, where = found.get((size, seed)), _where(runs.get((size, seed)))
             if f is None:
-                rows.append(f"| {_title(size)} | {seed} | {where} | - | - | - | - | - | not run |")
+                rows.append(f"| {_title(size)} | {seed} | {where} | - | - | - | - | - | not done |")
                 continue
             folds = " | ".join(f"{v:.3f}" for v in f.folds)
             rows.append(
@@ -317,13 +317,14 @@ def events_table(found: dict[tuple[int, int], Events | None]) -> list[str]:
             ("median offset error s", pick("offset_s")),
         ]
     )
-    separate = [
-        f"{_title(size)} seed {seed}: {e.separate} of {e.apart}"
-        for (size, seed), e in sorted(
-            found.items(), key=lambda item: (-item[0][0], SEEDS.index(item[0][1]))
+    separate = []
+    for size in SIZES:
+        done = [(seed, found.get((size, seed))) for seed in SEEDS]
+        each = ", ".join(
+            f"{e.separate} of {e.apart} (seed {seed})" for seed, e in done if e is not None
         )
-        if e is not None
-    ]
+        if each:
+            separate.append(f"{_title(size)}: {each}")
     if separate:
         rows += ["", "Calls 1 s or more apart reported separately: " + "; ".join(separate) + "."]
     return rows
@@ -369,7 +370,7 @@ def run() -> str:
             lines
             + ["Capuchinbird, 5 folds pooled (50 recordings):", ""]
             + capuchin_table(capuchin)
-            + ["", docs[2], ""]
+            + ["", docs[2].strip(), ""]
             + events_table({key: measured.get(run) for key, run in demo.items()})
             + [
                 "",

@@ -104,7 +104,7 @@ def test_the_capuchin_table_reads_run_folders(tmp_path: Path) -> None:
     assert "| 0.999 | - | 0.995 |" in r and "(+0.002, -0.001)" in r
     fold_row = next(r for r in rows if r.startswith("| ensemble of 3 | 1234 |"))
     assert "| 0.950 | 0.960 | 0.970 | 1.000 | 0.990 | 0.980 (205, 7, 8) |" in fold_row
-    assert next(r for r in rows if r.startswith("| ensemble of 3 | 7 |")).endswith("| not run |")
+    assert next(r for r in rows if r.startswith("| ensemble of 3 | 7 |")).endswith("| not done |")
 
 
 def test_the_events_table_says_what_is_missing() -> None:
@@ -117,7 +117,7 @@ def test_the_events_table_says_what_is_missing() -> None:
     assert "| 0.950 | - | - | 0.950 (1 seed) | +0.050 (+0.050) |" in f1
     one = next(r for r in rows if r.startswith("| event F1") and "one model" in r)
     assert "| 0.900 | 0.940 | - | 0.920 ± 0.028 |" in one
-    assert "ensemble of 3 seed 1234: 40 of 41" in rows[-1]
+    assert "ensemble of 3: 40 of 41 (seed 1234);" in rows[-1]
 
 
 def test_nothing_is_trained_when_told(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
