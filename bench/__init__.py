@@ -15,6 +15,7 @@ import datetime as dt
 import os
 import platform
 import re
+import statistics
 import time
 from collections.abc import Callable
 
@@ -80,3 +81,20 @@ def replace_section(text: str, name: str, section: str) -> str:
     if pattern.search(text):
         return pattern.sub(lambda _: block, text, count=1)
     return text.rstrip("\n") + "\n\n" + block + "\n"
+
+
+def seed_stats(values: list[float | None]) -> str:
+    """``mean ± sd`` of a figure over the seeds that have it ("-" when none; one seed says so)."""
+    done = [v for v in values if v is not None]
+    if len(done) > 1:
+        return f"{statistics.mean(done):.3f} ± {statistics.stdev(done):.3f}"
+    return f"{done[0]:.3f} (1 seed)" if done else "-"
+
+
+def seed_delta(values: list[float | None], base: list[float | None]) -> str:
+    """The mean over the seeds both have of ``values`` minus ``base``, and the per-seed differences."""
+    pairs = [(v, b) for v, b in zip(values, base) if v is not None and b is not None]
+    if not pairs:
+        return "-"
+    each = ", ".join(f"{v - b:+.3f}" for v, b in pairs)
+    return f"{statistics.mean(v - b for v, b in pairs):+.3f} ({each})"

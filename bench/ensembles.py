@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import adapt_sites, events, preamble
+from bench import adapt_sites, events, preamble, seed_delta, seed_stats
 
 NAME = "ensembles"
 REPO = adapt_sites.REPO
@@ -230,20 +229,8 @@ def events_figures(runs: list[Path]) -> dict[Path, Events]:
     return found
 
 
-def _stats(values: list[float | None]) -> str:
-    done = [v for v in values if v is not None]
-    if len(done) > 1:
-        return f"{statistics.mean(done):.3f} ± {statistics.stdev(done):.3f}"
-    return f"{done[0]:.3f} (1 seed)" if done else "-"
 
 
-def _delta(values: list[float | None], base: list[float | None]) -> str:
-    """Mean over the seeds both have of ensemble minus one model, and the per-seed differences."""
-    pairs = [(v, b) for v, b in zip(values, base) if v is not None and b is not None]
-    if not pairs:
-        return "-"
-    each = ", ".join(f"{v - b:+.3f}" for v, b in pairs)
-    return f"{statistics.mean(v - b for v, b in pairs):+.3f} ({each})"
 
 
 def _title(ensemble: int) -> str:
@@ -269,8 +256,8 @@ def metric_rows(metrics: list[tuple[str, dict[tuple[int, int], float | None]]]) 
         for size in SIZES[::-1]:
             values = [value.get((size, s)) for s in SEEDS]
             cells = " | ".join("-" if v is None else f"{v:.3f}" for v in values)
-            delta = "" if size == 1 else _delta(values, base)
-            rows.append(f"| {metric} | {_title(size)} | {cells} | {_stats(values)} | {delta} |")
+            delta = "" if size == 1 else seed_delta(values, base)
+            rows.append(f"| {metric} | {_title(size)} | {cells} | {seed_stats(values)} | {delta} |")
     return rows
 
 

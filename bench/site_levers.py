@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import adapt_sites, preamble
+from bench import adapt_sites, preamble, seed_delta, seed_stats
 
 NAME = "site_levers"
 RUNS = adapt_sites.REPO / "runs" / "site-levers"
@@ -119,20 +118,8 @@ def _example(site: str, seed: int) -> float | None:
     return adapt_sites.base_roc_auc(site, seed)
 
 
-def _stats(values: list[float | None]) -> str:
-    done = [v for v in values if v is not None]
-    if len(done) > 1:
-        return f"{statistics.mean(done):.3f} ± {statistics.stdev(done):.3f}"
-    return f"{done[0]:.3f} (1 seed)" if done else "-"
 
 
-def _delta(values: list[float | None], example: list[float | None]) -> str:
-    """Mean over the seeds both have of lever minus example, and the per-seed differences."""
-    pairs = [(v, e) for v, e in zip(values, example) if v is not None and e is not None]
-    if not pairs:
-        return "-"
-    each = ", ".join(f"{v - e:+.3f}" for v, e in pairs)
-    return f"{statistics.mean(v - e for v, e in pairs):+.3f} ({each})"
 
 
 def table() -> list[str]:
@@ -155,8 +142,8 @@ def table() -> list[str]:
             else:
                 values = [_roc_auc(RUNS / f"{lever.key}-{site}-{s}") for s in SEEDS]
             cells = " | ".join("-" if v is None else f"{v:.3f}" for v in values)
-            delta = "" if lever is EXAMPLE else _delta(values, example[site])
-            rows.append(f"| {lever.title} | {site} | {cells} | {_stats(values)} | {delta} |")
+            delta = "" if lever is EXAMPLE else seed_delta(values, example[site])
+            rows.append(f"| {lever.title} | {site} | {cells} | {seed_stats(values)} | {delta} |")
     return rows
 
 

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import csv
 import shutil
-import statistics
 import tempfile
 from pathlib import Path
 
-from bench import adapt_sites, preamble, site_levers
+from bench import adapt_sites, preamble, seed_stats, site_levers
 
 NAME = "site_replay"
 RUNS = adapt_sites.REPO / "runs" / "site-replay"
@@ -81,11 +80,6 @@ def replay_roc_auc(model: Path, site: str, hop_s: float) -> float:
     return float(roc_auc_score([label for _, label in files], [best[str(f)] for f, _ in files]))
 
 
-def _stats(values: list[float | None]) -> str:
-    done = [v for v in values if v is not None]
-    if len(done) > 1:
-        return f"{statistics.mean(done):.3f} ± {statistics.stdev(done):.3f}"
-    return f"{done[0]:.3f} (1 seed)" if done else "-"
 
 
 def accuracy_rows() -> list[str]:
@@ -99,7 +93,7 @@ def accuracy_rows() -> list[str]:
             for hop in HOPS:
                 values = [None if b is None else replay_roc_auc(b / "model.tflite", site, hop) for b in bundles]
                 cells = " | ".join("-" if v is None else f"{v:.3f}" for v in values)
-                rows.append(f"| {title} | {site} | {hop:g} s | {cells} | {_stats(values)} |")
+                rows.append(f"| {title} | {site} | {hop:g} s | {cells} | {seed_stats(values)} |")
     return rows
 
 
