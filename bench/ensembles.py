@@ -229,10 +229,6 @@ def events_figures(runs: list[Path]) -> dict[Path, Events]:
     return found
 
 
-
-
-
-
 def _title(ensemble: int) -> str:
     return "one model (the example)" if ensemble == 1 else f"ensemble of {ensemble}"
 

@@ -118,10 +118,6 @@ def _example(site: str, seed: int) -> float | None:
     return adapt_sites.base_roc_auc(site, seed)
 
 
-
-
-
-
 def table() -> list[str]:
     """The figures, training whatever is missing first (in :data:`ORDER`)."""
     levers = {lever.key: lever for lever in LEVERS}

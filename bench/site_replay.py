@@ -80,8 +80,6 @@ def replay_roc_auc(model: Path, site: str, hop_s: float) -> float:
     return float(roc_auc_score([label for _, label in files], [best[str(f)] for f, _ in files]))
 
 
-
-
 def accuracy_rows() -> list[str]:
     rows = [
         "| model | held out | hop | seed 1234 | seed 7 | seed 42 | mean ± sd |",
