@@ -65,6 +65,34 @@ def test_the_ensembles_outputs_are_the_mean_of_its_members_logits(pooling):
     assert io_.input_dtype == "int8" and (io_.frames_shape is not None) == (pooling == "time")
 
 
+def test_a_saved_ensemble_of_trained_members_loads_without_warnings(tmp_path):
+    """Training leaves each member compiled, with an optimizer; the ensemble holds copies without
+    one, so loading it (convert, adapt) does not warn once per member about skipped optimizer
+    state, and the copies score as the trained members do."""
+    import warnings
+
+    import keras
+
+    from train.model import build_model, ensemble
+
+    x = np.random.default_rng(0).normal(size=(8, 50, 40, 1)).astype(np.float32)
+    members = []
+    for seed in (1, 2):
+        keras.utils.set_random_seed(seed)
+        member = build_model(frames=50, n_mels=40, n_labels=1, filters=[8, 8], dropout=0.1, pooling="max")
+        member.compile(optimizer="adam", loss=keras.losses.BinaryCrossentropy(from_logits=True))
+        member.fit(x, np.array([[0], [1]] * 4, np.float32), epochs=1, verbose=0)
+        member.compile(loss=keras.losses.BinaryCrossentropy(from_logits=True))  # as train.fit leaves it
+        members.append(member)
+    alone = np.mean([m.predict(x, verbose=0) for m in members], axis=0)
+    ensemble(members).save(tmp_path / "model.keras")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = keras.models.load_model(tmp_path / "model.keras", compile=False)
+    assert not [w for w in caught if "Skipping variable loading" in str(w.message)]
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), alone, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_an_ensemble_run_trains_its_members_and_converts_to_one_int8_model(tmp_path, monkeypatch):
     import keras

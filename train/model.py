@@ -124,7 +124,11 @@ def ensemble(members: list[keras.Model]) -> keras.Model:
     within 0.011 of it, BENCHMARKS.md "Six seeds, ensembles, distillation")."""
     inputs = keras.Input(members[0].input_shape[1:], name="spectrogram")
     outputs = []
-    for i, member in enumerate(members, start=1):
+    for i, trained in enumerate(members, start=1):
+        # A copy of its weights without its optimizer (training compiled it): saved with one,
+        # the ensemble would load with a Keras warning per member that it skips that state.
+        member = keras.models.clone_model(trained)
+        member.set_weights(trained.get_weights())
         member.name = f"member_{i}"  # nested models need names of their own
         out = member(inputs)
         outputs.append(out if isinstance(out, (list, tuple)) else [out])
